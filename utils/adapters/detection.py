@@ -1,0 +1,227 @@
+"""Facts about a model gathered without knowing its author: a module scan and one probe.
+
+The scan reads the module tree and the source of the model's own classes (embedding tables,
+position tables, triangular mask buffers, ``is_causal=True``, output heads). The probe runs one
+small forward pass (batch 2 × min(8, max_seq_len)) with hooks on every embedding to learn which
+table receives the token ids, then a second with the last token changed to see whether earlier
+outputs move (they must not in a causal model).
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import textwrap
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from utils.adapters.signature import ForwardSpec, extract_output
+from utils.errors import UserError, locate_in_files
+
+__all__ = ["Evidence", "Probe", "Scan", "model_files", "run_probe", "scan_structure"]
+
+_POS_WORDS = ("pos", "position", "wpe", "pe")
+_EMB_WORDS = ("emb", "wte", "tok", "embed")
+_CAUSAL_CALLS = {"tril", "triu", "generate_square_subsequent_mask", "causal_mask"}
+
+
+@dataclass
+class Evidence:
+    """How one property was decided: its value, the method that won, and the details."""
+
+    value: Any
+    method: str  # override | config | declared | structure | probe | default
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "method": self.method, "detail": self.detail}
+
+
+@dataclass
+class Scan:
+    """What the module tree and the model's own source say."""
+
+    embeddings: dict[str, int] = field(default_factory=dict)  # nn.Embedding name -> rows
+    embedding_params: dict[str, int] = field(default_factory=dict)  # raw tables -> rows
+    padding_idx: dict[str, int] = field(default_factory=dict)
+    position_tables: dict[str, int] = field(default_factory=dict)  # name -> length
+    causal_markers: list[str] = field(default_factory=list)
+    heads: dict[str, int] = field(default_factory=dict)  # Linear name -> out_features
+
+
+@dataclass
+class Probe:
+    """What one forward pass showed."""
+
+    output_shape: tuple[int, ...]
+    output_how: str
+    seq_len: int
+    token_embedding: str | None = None
+    decoder_embedding: str | None = None
+    position_embedding: str | None = None
+    leak: float | None = None  # max |Δ output| before the changed last position, relative
+    seconds: float = 0.0
+
+
+def model_files(model: nn.Module) -> set[str]:
+    """Source files of the classes that make up ``model`` (for error locations)."""
+    files = set()
+    for cls in {type(m) for m in model.modules()}:
+        if cls.__module__.startswith("torch."):
+            continue
+        try:
+            files.add(inspect.getsourcefile(cls))
+        except (TypeError, OSError):
+            pass
+    files.discard(None)
+    return files
+
+
+def _is_causal_buffer(t: torch.Tensor) -> bool:
+    """A square (…, T, T) buffer shaped like a causal mask, in any of its usual encodings."""
+    if t.ndim < 2 or t.shape[-1] != t.shape[-2] or t.shape[-1] < 2:
+        return False
+    n = t.shape[-1]
+    m = t.reshape(-1, n, n)[0]
+    if m.is_floating_point():
+        if torch.isnan(m).any():
+            return False
+        allowed = m == 0 if (m < 0).any() else m != 0  # additive (0 / -inf) or 0/1 masks
+    else:
+        allowed = m != 0
+    lower = torch.ones(n, n, dtype=torch.bool, device=m.device).tril()
+    return torch.equal(allowed, lower) or torch.equal(allowed, ~lower)  # keep- or block-style
+
+
+def _source_markers(classes: set[type]) -> list[str]:
+    found = []
+    for cls in classes:
+        if cls.__module__.startswith("torch.nn"):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        for node in ast.walk(tree):
+            name = (node.func.attr if isinstance(node.func, ast.Attribute) else
+                    getattr(node.func, "id", "")) if isinstance(node, ast.Call) else ""
+            if name in _CAUSAL_CALLS:
+                found.append(f"{cls.__name__} calls {name}()")
+            if isinstance(node, ast.keyword) and node.arg == "is_causal" and isinstance(
+                    node.value, ast.Constant) and node.value.value is True:
+                found.append(f"{cls.__name__} passes is_causal=True")
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and (
+                    node.value.value is True) and any(
+                    getattr(t, "attr", getattr(t, "id", None)) == "is_causal"
+                    for t in node.targets):
+                found.append(f"{cls.__name__} sets is_causal = True")
+    return sorted(set(found))
+
+
+def scan_structure(model: nn.Module) -> Scan:
+    scan = Scan()
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Embedding):
+            scan.embeddings[name] = mod.num_embeddings
+            if mod.padding_idx is not None:
+                scan.padding_idx[name] = mod.padding_idx
+        elif isinstance(mod, nn.Linear):
+            scan.heads[name] = mod.out_features
+    for name, p in model.named_parameters():
+        leaf = name.rsplit(".", 1)[-1].lower()
+        owner = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+        if isinstance(owner, (nn.Embedding, nn.Linear)) or p.ndim < 2:
+            continue
+        if any(w in leaf for w in _POS_WORDS) and p.ndim in (2, 3):
+            scan.position_tables[name] = int(p.shape[-2])  # (1, L, D) or (L, D)
+        elif any(w in leaf for w in _EMB_WORDS) and p.ndim == 2:
+            scan.embedding_params[name] = int(p.shape[0])
+    for name, buf in model.named_buffers():
+        leaf = name.rsplit(".", 1)[-1].lower()
+        if _is_causal_buffer(buf):
+            scan.causal_markers.append(f"triangular mask buffer '{name}' {tuple(buf.shape)}")
+            scan.position_tables.setdefault(name, int(buf.shape[-1]))
+        elif buf.ndim in (2, 3) and any(leaf.startswith(w) for w in _POS_WORDS):
+            # sinusoidal tables: (L, D), (1, L, D) or (L, 1, D); the length is the larger dim
+            dims = [d for d in buf.shape if d != 1]
+            if len(dims) == 2:
+                scan.position_tables[name] = int(dims[0])
+    scan.causal_markers += _source_markers({type(m) for m in model.modules()})
+    return scan
+
+
+def _arange_like(t: torch.Tensor) -> bool:
+    row = t.reshape(-1, t.shape[-1])[0] if t.ndim else t
+    return row.numel() > 1 and bool(torch.all(row[1:] - row[:-1] == 1))
+
+
+def run_probe(model: nn.Module, spec: ForwardSpec, *, seq_len: int, id_limit: int,
+              device: torch.device) -> Probe:
+    """Two forward passes at batch 2 × ``seq_len`` with ids in ``[0, id_limit)``."""
+    gen = torch.Generator().manual_seed(1234)
+    ids = torch.randint(0, max(id_limit, 1), (2, seq_len), generator=gen).to(device)
+    batch = {"input_ids": ids}
+    if spec.decoder_param:
+        batch["decoder_input_ids"] = torch.randint(0, max(id_limit, 1), (2, seq_len),
+                                                   generator=gen).to(device)
+    seen: dict[str, torch.Tensor | None] = {}
+
+    def record(name: str):
+        def hook(module, inputs, output) -> None:  # returns None: the output is untouched
+            if name not in seen:
+                first = inputs[0] if inputs else None
+                seen[name] = first.detach() if isinstance(first, torch.Tensor) else None
+        return hook
+
+    hooks = [m.register_forward_hook(record(name))
+             for name, m in model.named_modules() if isinstance(m, nn.Embedding)]
+    was_training = model.training
+    model.eval()
+    start = time.perf_counter()
+    try:
+        with torch.no_grad():
+            args, kwargs = spec.build_call(batch)
+            out, how = extract_output(model(*args, **kwargs))
+            for h in hooks:
+                h.remove()
+            hooks = []
+            key = "decoder_input_ids" if spec.decoder_param else "input_ids"
+            changed = {k: v.clone() for k, v in batch.items()}
+            changed[key][:, -1] = (changed[key][:, -1] + 1) % max(id_limit, 2)
+            args, kwargs = spec.build_call(changed)
+            out2, _ = extract_output(model(*args, **kwargs))
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(
+            f"The first forward pass of {type(model).__name__} raised "
+            f"{type(exc).__name__}: {exc}",
+            location=locate_in_files(exc.__traceback__, model_files(model)),
+            why=f"It was called as {spec.describe()} with token ids of shape "
+            f"{tuple(ids.shape)} (batch-first) in [0, {id_limit}).",
+            fix="Fix the line shown; a model must run on a [batch, seq_len] tensor of token ids.",
+        ) from None
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    probe = Probe(tuple(out.shape), how, seq_len, seconds=time.perf_counter() - start)
+    dec = batch.get("decoder_input_ids")
+    for name, inp in seen.items():
+        if inp is None:
+            continue
+        if inp.shape == ids.shape and torch.equal(inp, ids) and probe.token_embedding is None:
+            probe.token_embedding = name
+        elif dec is not None and inp.shape == dec.shape and torch.equal(inp, dec):
+            probe.decoder_embedding = name
+        elif inp.dtype in (torch.long, torch.int) and _arange_like(inp):
+            probe.position_embedding = probe.position_embedding or name
+    if out.ndim == 3 and out.shape[1] == seq_len and out2.shape == out.shape:
+        scale = float(out.detach().abs().max().clamp_min(1e-6))
+        delta = (out[:, :-1] - out2[:, :-1]).abs().max() if seq_len > 1 else torch.tensor(0.0)
+        probe.leak = float(delta) / scale
+    return probe

@@ -1,0 +1,295 @@
+"""One uniform interface over any transformer: what every tier, the trainer and the exporter use.
+
+``adapt(model, config)`` works out how to call the model, its task, vocab size and maximum
+length — keeping the evidence for each decision — and returns a :class:`ModelAdapter` with
+``make_inputs``, ``logits`` and ``loss`` in one batch format: a dict with ``input_ids``,
+``attention_mask`` (1 = real token), ``labels`` (unshifted, -100 ignored; ``[B]`` for
+classification) and ``decoder_input_ids`` for seq2seq.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from utils.adapters import detection, inference
+from utils.adapters.config_mapping import flatten_config, lookup
+from utils.adapters.detection import Evidence
+from utils.adapters.signature import ForwardSpec, analyse_forward, extract_output
+from utils.errors import UserError
+
+__all__ = ["ModelAdapter", "adapt"]
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class ModelAdapter:
+    """A model with everything the testbench needs to feed it and score it."""
+
+    model: nn.Module
+    task: str
+    vocab_size: int
+    max_seq_len: int | None
+    spec: ForwardSpec
+    output_size: int
+    num_classes: int | None = None
+    pad_token_id: int | None = None
+    mask_token_id: int | None = None
+    bos_token_id: int | None = None
+    target_vocab_size: int | None = None  # seq2seq decoder vocab, when it differs
+    config: dict[str, Any] = field(default_factory=dict)
+    evidence: dict[str, Evidence] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    source: dict[str, Any] = field(default_factory=dict)
+
+    # ---- facts ------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        p = next(self.model.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    @property
+    def is_causal(self) -> bool:
+        """Whether outputs at position t may depend only on tokens up to t (decoder side)."""
+        return self.task in ("causal_lm", "seq2seq")
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    @property
+    def model_files(self) -> set[str]:
+        return detection.model_files(self.model)
+
+    def to(self, device: str | torch.device) -> ModelAdapter:
+        self.model.to(device)
+        return self
+
+    # ---- batches ----------------------------------------------------------------------
+    def _label_limit(self) -> int:
+        """Ids must index the embedding and, for LMs, the output head as well."""
+        if self.task in ("causal_lm", "masked_lm"):
+            return min(self.vocab_size, self.output_size)
+        return self.vocab_size
+
+    def _random_ids(self, shape, limit: int, gen: torch.Generator) -> torch.Tensor:
+        ids = torch.randint(0, limit, shape, generator=gen)
+        if self.pad_token_id is not None and limit > 1:  # real tokens are never padding
+            ids[ids == self.pad_token_id] = (self.pad_token_id + 1) % limit
+        return ids
+
+    def make_inputs(self, batch: int = 2, seq_len: int | None = None, seed: int = 0,
+                    device: str | torch.device | None = None) -> dict[str, torch.Tensor]:
+        """A random batch in the standard format, valid for this model's task.
+
+        Example:
+            >>> batch = adapter.make_inputs(4, 32)
+            >>> loss = adapter.loss(batch)
+        """
+        seq_len = seq_len or min(16, self.max_seq_len or 16)
+        gen = torch.Generator().manual_seed(seed)
+        limit = self._label_limit()
+        ids = self._random_ids((batch, seq_len), limit, gen)
+        out = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        if self.task == "causal_lm":
+            out["labels"] = ids.clone()
+        elif self.task == "masked_lm":
+            chosen = torch.rand((batch, seq_len), generator=gen) < 0.15
+            chosen[torch.arange(batch), torch.randint(0, seq_len, (batch,), generator=gen)] = True
+            out["labels"] = torch.where(chosen, ids, IGNORE_INDEX)
+            fill = (torch.full_like(ids, self.mask_token_id) if self.mask_token_id is not None
+                    else self._random_ids((batch, seq_len), limit, gen))
+            out["input_ids"] = torch.where(chosen, fill, ids)
+        elif self.task == "classification":
+            out["labels"] = torch.randint(0, self.num_classes or 2, (batch,), generator=gen)
+        elif self.task == "seq2seq":
+            tgt_limit = min(self.target_vocab_size or self.vocab_size, self.output_size)
+            labels = self._random_ids((batch, seq_len), tgt_limit, gen)
+            start = self.bos_token_id if self.bos_token_id is not None else (
+                self.pad_token_id or 0)
+            out["labels"] = labels
+            out["decoder_input_ids"] = torch.cat(
+                [torch.full((batch, 1), start, dtype=labels.dtype), labels[:, :-1]], dim=1)
+        target = torch.device(device) if device is not None else self.device
+        return {k: v.to(target) for k, v in out.items()}
+
+    # ---- calling the model ------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor]) -> Any:
+        """Call the model on a batch dict; returns whatever the model returns."""
+        args, kwargs = self.spec.build_call(batch)
+        return self.model(*args, **kwargs)
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               **extra: torch.Tensor) -> torch.Tensor:
+        """The main output tensor: [B, T, V] for LMs/seq2seq, [B, C] classifiers, [B, T, H]
+        encoders. ``decoder_input_ids`` may be passed for seq2seq (default: ``input_ids``)."""
+        batch = {"input_ids": input_ids, **extra}
+        if attention_mask is not None:
+            batch["attention_mask"] = attention_mask
+        return extract_output(self.forward(batch))[0]
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The task loss: shifted next-token CE (causal), CE on masked positions (masked LM),
+        teacher-forced CE (seq2seq), CE over classes; encoders have no task loss, so a
+        surrogate (mean squared output) lets gradients flow."""
+        logits = self.logits(**{k: v for k, v in batch.items() if k != "labels"})
+        labels = batch.get("labels")
+        if self.task == "encoder" or labels is None:
+            return logits.float().pow(2).mean()
+        if self.task == "causal_lm":
+            logits, labels = logits[:, :-1], labels[:, 1:]
+            mask = batch.get("attention_mask")
+            if mask is not None:  # no loss on padding targets
+                labels = labels.masked_fill(mask[:, 1:] == 0, IGNORE_INDEX)
+        if self.task == "classification":
+            return F.cross_entropy(logits.float(), labels)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                               ignore_index=IGNORE_INDEX)
+
+    # ---- reporting --------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """The JSON contract's ``model`` object."""
+        params = self.num_parameters
+        return {
+            "class": type(self.model).__name__,
+            "task": self.task,
+            "vocab_size": self.vocab_size,
+            "max_seq_len": self.max_seq_len,
+            "num_classes": self.num_classes,
+            "pad_token_id": self.pad_token_id,
+            "mask_token_id": self.mask_token_id,
+            "output_size": self.output_size,
+            "parameters": params,
+            "trainable_parameters": sum(p.numel() for p in self.model.parameters()
+                                        if p.requires_grad),
+            "size_mb": round(sum(p.numel() * p.element_size()
+                                 for p in self.model.parameters()) / 2**20, 3),
+            "forward": self.spec.describe(),
+            "evidence": {k: v.to_dict() for k, v in self.evidence.items()},
+            "warnings": list(self.warnings),
+        }
+
+
+def _optional_int(flat: dict, names: tuple[str, ...]) -> tuple[int | None, str | None]:
+    for name in names:
+        if isinstance(flat.get(name), int) and not isinstance(flat.get(name), bool):
+            return flat[name], name
+    return None, None
+
+
+def _id_limit(scan, flat: dict, vocab_override: int | None) -> int:
+    """Probe ids are kept below every table that might be the token embedding."""
+    sizes = [*scan.embeddings.values(), *scan.embedding_params.values()]
+    sizes = [s for s in sizes if s >= 4] or sizes
+    config = lookup(flat, "vocab_size")
+    sizes += [int(config[1])] if config else []
+    sizes += [vocab_override] if vocab_override else []
+    return min(sizes) if sizes else 2
+
+
+def adapt(model, config: dict | None = None, *, task: str | None = None,
+          vocab_size: int | None = None, max_seq_len: int | None = None,
+          num_classes: int | None = None, pad_token_id: int | None = None,
+          mask_token_id: int | None = None, device: str | torch.device | None = None,
+          ) -> ModelAdapter:
+    """Wrap ``model`` (an ``nn.Module`` or a ``LoadedModel``) in a :class:`ModelAdapter`.
+
+    Keyword arguments are explicit overrides and beat everything the adapter would infer.
+
+    Raises:
+        UserError: a forward that cannot be called with token ids, a probe forward that
+            raises, a vocab size or task that cannot be determined.
+    """
+    source: dict[str, Any] = {}
+    if not isinstance(model, nn.Module) and hasattr(model, "model"):  # a LoadedModel
+        source, config, model = model.source, config or model.config, model.model
+    if not isinstance(model, nn.Module):
+        raise UserError(f"adapt() needs a torch nn.Module; it got {type(model).__name__}.",
+                        fix="Pass the model instance (or load one with utils.load_model).")
+    if config is None and hasattr(getattr(model, "config", None), "to_dict"):
+        config = model.config.to_dict()  # Hugging Face models carry their config
+    flat, _ = flatten_config(dict(config or {}))
+    if device is not None:
+        model.to(device)
+    spec = analyse_forward(model)
+    scan = detection.scan_structure(model)
+    length_ev = inference.decide_lengths(override=max_seq_len, flat=flat, scan=scan,
+                                         probe=detection.Probe((), "", 0))
+    probe_len = min(8, length_ev.value) if length_ev.value else 8
+    dev = next(model.parameters(), torch.empty(0)).device
+    probe = detection.run_probe(model, spec, seq_len=probe_len,
+                                id_limit=_id_limit(scan, flat, vocab_size), device=dev)
+    length_ev = inference.decide_lengths(override=max_seq_len, flat=flat, scan=scan, probe=probe)
+    vocab_ev, notes = inference.decide_vocab(override=vocab_size, flat=flat, scan=scan,
+                                             probe=probe)
+    if vocab_ev is None:
+        raise UserError(
+            f"Could not determine the vocab size of {type(model).__name__}.",
+            why="No nn.Embedding received the token ids, no embedding table was found, and the "
+            "config has no vocab_size.",
+            fix="Add \"vocab_size\": N to config.json, or pass vocab_size=N (CLI: --vocab-size N).")
+    task_ev, causal_probe = inference.decide_task(
+        override=task, flat=flat, class_name=type(model).__name__, spec=spec, scan=scan,
+        probe=probe, vocab=vocab_ev.value)
+    shape = probe.output_shape
+    _check_output(task_ev, shape, probe_len, type(model).__name__)
+    evidence = {"task": task_ev, "vocab_size": vocab_ev, "max_seq_len": length_ev}
+    if causal_probe is not None:
+        evidence["causal_probe"] = causal_probe
+    evidence["forward"] = Evidence(spec.describe(), "signature",
+                                   f"output found as {probe.output_how}, shape {list(shape)}")
+
+    classes = None
+    if task_ev.value == "classification":
+        declared, key = _optional_int(flat, ("num_classes", "num_labels", "n_classes"))
+        classes = num_classes or declared or shape[-1]
+        how = ("override" if num_classes else "config" if declared else "probe")
+        evidence["num_classes"] = Evidence(classes, how, f"config {key}" if declared else
+                                           f"output shape {list(shape)}")
+    pad, pad_key = _optional_int(flat, ("pad_token_id", "pad_id", "pad_idx", "padding_idx"))
+    if pad_token_id is not None:
+        evidence["pad_token_id"] = Evidence(pad_token_id, "override", "given explicitly")
+    elif pad is not None:
+        evidence["pad_token_id"] = Evidence(pad, "config", f"config {pad_key}")
+    elif probe.token_embedding in scan.padding_idx:
+        evidence["pad_token_id"] = Evidence(scan.padding_idx[probe.token_embedding], "structure",
+                                            f"padding_idx of '{probe.token_embedding}'")
+    mask_id, _ = _optional_int(flat, ("mask_token_id", "mask_id", "mask_idx"))
+    out_size = shape[-1]
+    if task_ev.value in ("causal_lm", "masked_lm") and out_size != vocab_ev.value:
+        notes.append(f"The output head has {out_size} outputs but the token embedding has "
+                     f"{vocab_ev.value} rows: ids >= {min(out_size, vocab_ev.value)} cannot be "
+                     "both read and predicted.")
+    tgt_vocab = None
+    if probe.decoder_embedding is not None:
+        tgt_vocab = scan.embeddings[probe.decoder_embedding]
+    bos, _ = _optional_int(flat, ("bos_token_id", "decoder_start_token_id", "sos_token_id"))
+    return ModelAdapter(
+        model=model, task=task_ev.value, vocab_size=int(vocab_ev.value),
+        max_seq_len=length_ev.value, spec=spec, output_size=int(out_size), num_classes=classes,
+        pad_token_id=evidence["pad_token_id"].value if "pad_token_id" in evidence else None,
+        mask_token_id=mask_token_id if mask_token_id is not None else mask_id,
+        bos_token_id=bos, target_vocab_size=tgt_vocab, config=dict(config or {}),
+        evidence=evidence, warnings=notes, source=source)
+
+
+def _check_output(task_ev: Evidence, shape: tuple[int, ...], seq_len: int, name: str) -> None:
+    """The output's shape must fit the task, or no loss and no check can be computed."""
+    task = task_ev.value
+    per_token = len(shape) == 3 and shape[1] == seq_len
+    if task == "classification" and len(shape) == 2:
+        return
+    if task != "classification" and per_token:
+        return
+    want = "[batch, classes]" if task == "classification" else f"[batch, seq_len={seq_len}, vocab]"
+    raise UserError(
+        f"{name} returned an output of shape {list(shape)}, which does not fit task '{task}' "
+        f"({task_ev.method}: {task_ev.detail}).",
+        why=f"Task '{task}' needs {want}, batch first.",
+        fix="Return batch-first logits from forward, or set the right task in config.json "
+        '("task": "classification" | "causal_lm" | ...).')

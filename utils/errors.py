@@ -1,0 +1,114 @@
+"""The one error type for problems caused by input, and how it renders.
+
+Everything a user can cause — a bad gist id, no network, a model that will not build, a config
+key the constructor does not take — raises :class:`UserError`. Its message says what happened,
+why, and what to do next, in the user's terms. In IPython/Jupyter it renders as that message
+only (no traceback wall) while still stopping "Run all" like any exception.
+"""
+
+from __future__ import annotations
+
+import linecache
+import traceback
+from dataclasses import dataclass
+from types import TracebackType
+
+__all__ = ["CodeLocation", "MissingExtraError", "UserError", "locate_in_files"]
+
+
+@dataclass(frozen=True)
+class CodeLocation:
+    """A line in the user's code: where an error happened."""
+
+    file: str
+    line: int
+    text: str = ""
+
+    def __str__(self) -> str:
+        where = f"{self.file}, line {self.line}"
+        return f"{where}: {self.text.strip()}" if self.text.strip() else where
+
+
+class UserError(Exception):
+    """An error caused by input, with what happened, why, and the fix.
+
+    Args:
+        what: One sentence: what happened, naming what was received.
+        why: Why it is a problem, or what is allowed.
+        fix: What to do next.
+        location: The line of the user's code involved, if any.
+
+    Example:
+        >>> raise UserError("Gist 'abc' was not found.", why="It was deleted or the id is wrong.",
+        ...                 fix="Check the id in the gist's URL.")
+    """
+
+    def __init__(
+        self,
+        what: str,
+        *,
+        why: str | None = None,
+        fix: str | None = None,
+        location: CodeLocation | None = None,
+    ) -> None:
+        self.what = what
+        self.why = why
+        self.fix = fix
+        self.location = location
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        lines = [self.what]
+        if self.location is not None:
+            lines.append(f"  Where: {self.location}")
+        if self.why:
+            lines.append(f"  Why: {self.why}")
+        if self.fix:
+            lines.append(f"  Fix: {self.fix}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        """The error as JSON-ready data (the CLI's ``"error"`` field)."""
+        loc = self.location
+        return {
+            "type": type(self).__name__,
+            "message": self.message,
+            "what": self.what,
+            "why": self.why,
+            "fix": self.fix,
+            "file": loc.file if loc else None,
+            "line": loc.line if loc else None,
+        }
+
+    def _render_traceback_(self) -> list[str]:
+        # IPython calls this instead of formatting a traceback: the notebook shows the message.
+        return [f"\x1b[1;31m{type(self).__name__}\x1b[0m: {self.message}"]
+
+
+class MissingExtraError(UserError):
+    """An optional dependency is not installed; names the pip extra that provides it."""
+
+    def __init__(self, module: str, extra: str, feature: str) -> None:
+        self.module = module
+        self.extra = extra
+        super().__init__(
+            f"{feature} needs the package '{module}', which is not installed.",
+            why=f"'{module}' belongs to the optional '{extra}' extra, which the zero-install "
+            "path (loading, Tier 1, Tier 2) does not need.",
+            fix=f'pip install "transformer-testbench[{extra}]" (in Colab, run training.ipynb, '
+            "which installs the extras without touching torch or numpy).",
+        )
+
+
+def locate_in_files(tb: TracebackType | None, files: set[str]) -> CodeLocation | None:
+    """The innermost frame of ``tb`` that lies in one of ``files`` (the user's model sources).
+
+    Errors are reported at the user's line, not ours or torch's.
+    """
+    found = None
+    for frame in traceback.extract_tb(tb):
+        if frame.filename in files:
+            text = frame.line or linecache.getline(frame.filename, frame.lineno or 0)
+            found = CodeLocation(frame.filename, frame.lineno or 0, text or "")
+    return found

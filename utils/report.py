@@ -1,0 +1,222 @@
+"""Typed results of checks, and the report that aggregates them.
+
+A check returns a :class:`CheckResult` (data only: it never prints and never draws). A runner
+collects results into a :class:`Report`, which renders as a pandas frame, JSON (the CLI's
+contract), an HTML table for notebooks or a text table for terminals. Figures are drawn on
+demand by :meth:`Report.plots` from the results' data, never during a run.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from utils.errors import UserError
+
+__all__ = ["SCHEMA_VERSION", "STATUSES", "CheckResult", "Report", "register_plot"]
+
+SCHEMA_VERSION = 1
+Status = Literal["pass", "warn", "fail", "skip", "error"]
+STATUSES: tuple[str, ...] = ("pass", "warn", "fail", "skip", "error")
+_ICON = {"pass": "✓", "warn": "!", "fail": "✗", "skip": "-", "error": "E"}
+_COLOUR = {"pass": "#1a7f37", "warn": "#9a6700", "fail": "#cf222e", "skip": "#6e7781",
+           "error": "#8250df"}
+
+# check name -> function drawing a matplotlib Figure from that check's result
+_PLOTTERS: dict[str, Callable[[CheckResult], Any]] = {}
+
+
+def register_plot(check_name: str):
+    """Decorator: register the function that draws ``check_name``'s figure from its result."""
+
+    def deco(fn):
+        _PLOTTERS[check_name] = fn
+        return fn
+
+    return deco
+
+
+@dataclass
+class CheckResult:
+    """What one check measured and concluded.
+
+    Attributes:
+        name: Bare check name, the same in JSON, ``checks=`` and ``--checks``.
+        tier: 1, 2 or 3.
+        status: pass | warn | fail | skip | error.
+        summary: One line a person understands: what was measured, against which threshold,
+            and what to do if it failed.
+        metrics: Numbers measured (JSON-ready floats/ints).
+        threshold: The limits the verdict was taken against, next to the measurement.
+        rows: Optional table (one dict per row), e.g. per-layer statistics for a plot.
+        error: For status ``error``: ``{type, message, file, line}``.
+        seconds: Wall time the check took.
+    """
+
+    name: str
+    tier: int
+    status: Status
+    summary: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    threshold: dict[str, Any] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    error: dict[str, Any] | None = None
+    seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
+
+    def to_dict(self, *, rows: bool = False) -> dict[str, Any]:
+        data = asdict(self)
+        if not rows:
+            data.pop("rows")
+        return _json_safe(data)
+
+
+@dataclass
+class Report:
+    """Results of a run, with the model and environment they were measured on.
+
+    ``passed`` is True when no check failed or errored; warn and skip never change it.
+    """
+
+    results: list[CheckResult] = field(default_factory=list)
+    model: dict[str, Any] | None = None
+    source: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+    error: dict[str, Any] | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and not any(r.status in ("fail", "error") for r in self.results)
+
+    def __getitem__(self, name: str) -> CheckResult:
+        for r in self.results:
+            if r.name == name:
+                return r
+        raise KeyError(f"no check named {name!r}; have {[r.name for r in self.results]}")
+
+    def counts(self) -> dict[str, int]:
+        return {s: sum(r.status == s for r in self.results) for s in STATUSES}
+
+    def verdict(self) -> str:
+        """One line: the outcome and the counts."""
+        if self.error is not None:
+            return "NOT RUN — the model could not be loaded (see the error above)."
+        if not self.results:
+            return "LOADED: the model was built and adapted; no checks were run."
+        c = self.counts()
+        parts = ", ".join(f"{n} {s}" for s, n in c.items() if n)
+        word = "PASSED" if self.passed else "FAILED"
+        return f"{word}: {len(self.results)} checks ({parts or 'none run'})"
+
+    def raise_on_failure(self) -> Report:
+        """Raise a :class:`UserError` listing failed and errored checks; else return self."""
+        bad = [r for r in self.results if r.status in ("fail", "error")]
+        if bad:
+            lines = "; ".join(f"{r.name} [{r.status}]: {r.summary}" for r in bad)
+            raise UserError(f"{len(bad)} check(s) did not pass: {lines}",
+                            fix="Read each check's summary, fix the model, and run again.")
+        return self
+
+    # ---- renderings -------------------------------------------------------------------
+    def to_dict(self, *, rows: bool = False) -> dict[str, Any]:
+        """The CLI's JSON contract (schema_version 1)."""
+        from utils import __version__
+
+        data = {
+            "schema_version": SCHEMA_VERSION,
+            "tool_version": __version__,
+            "source": self.source,
+            "model": self.model,
+            "checks": [r.to_dict(rows=rows) for r in self.results],
+            "passed": self.passed,
+            "environment": self.environment,
+        }
+        if self.error is not None:
+            data["error"] = self.error
+        return _json_safe(data)
+
+    def to_json(self, path: str | None = None, *, rows: bool = False, indent: int = 2) -> str:
+        text = json.dumps(self.to_dict(rows=rows), indent=indent)
+        if path is not None:
+            from utils.adapters.cache import write_atomic
+
+            write_atomic(path, text.encode())
+        return text
+
+    def to_frame(self):
+        """A pandas DataFrame, one row per check."""
+        import pandas as pd
+
+        return pd.DataFrame(
+            [{"check": r.name, "tier": r.tier, "status": r.status, "summary": r.summary,
+              "seconds": round(r.seconds, 3)} for r in self.results],
+            columns=["check", "tier", "status", "summary", "seconds"],
+        )
+
+    def to_text(self, width: int = 100) -> str:
+        """A plain-text table for terminals, ending with the verdict."""
+        lines = []
+        if self.results:
+            name_w = max(len(r.name) for r in self.results)
+            for r in self.results:
+                summary = r.summary if len(r.summary) <= width else r.summary[: width - 1] + "…"
+                lines.append(f"{_ICON[r.status]} {r.status:<5} {r.name:<{name_w}} "
+                             f"{r.seconds:6.2f}s  {summary}")
+        lines.append(self.verdict())
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th style='text-align:left'>{h}</th>"
+                       for h in ("status", "check", "tier", "seconds", "summary"))
+        body = []
+        for r in self.results:
+            colour = _COLOUR[r.status]
+            body.append(
+                f"<tr><td style='color:{colour};font-weight:bold'>{_ICON[r.status]} {r.status}</td>"
+                f"<td><code>{html.escape(r.name)}</code></td><td>{r.tier}</td>"
+                f"<td>{r.seconds:.2f}</td><td style='text-align:left'>{html.escape(r.summary)}</td></tr>"
+            )
+        colour = _COLOUR["pass" if self.passed else "fail"]
+        title = html.escape((self.model or {}).get("class", "model"))
+        return (
+            f"<div class='testbench-report'><h4>Testbench report — {title}</h4>"
+            f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+            f"<p style='color:{colour};font-weight:bold'>{html.escape(self.verdict())}</p></div>"
+        )
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+    def plots(self, names: list[str] | None = None) -> dict[str, Any]:
+        """Draw the figures of the checks that have one; returns ``{check name: Figure}``."""
+        figures = {}
+        for r in self.results:
+            if (names is None or r.name in names) and r.name in _PLOTTERS and r.status != "error":
+                figures[r.name] = _PLOTTERS[r.name](r)
+        return figures
+
+
+def _json_safe(value: Any) -> Any:
+    """Numbers, tensors and numpy scalars as plain JSON values; NaN/Inf as strings."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:  # torch/numpy scalar
+        return _json_safe(value.item())
+    if hasattr(value, "tolist"):
+        return _json_safe(value.tolist())
+    return str(value)
