@@ -12,7 +12,7 @@ Example:
 
 __version__ = "0.1.0"
 
-from utils.adapters import LoadedModel, ModelAdapter, adapt, load_model  # noqa: E402
-from utils.errors import UserError  # noqa: E402
+from utils.adapters import LoadedModel, ModelAdapter, adapt, load_model
+from utils.errors import UserError
 
 __all__ = ["LoadedModel", "ModelAdapter", "UserError", "__version__", "adapt", "load_model"]

@@ -10,6 +10,7 @@ outputs move (they must not in a causal model).
 from __future__ import annotations
 
 import ast
+import contextlib
 import inspect
 import textwrap
 import time
@@ -73,10 +74,8 @@ def model_files(model: nn.Module) -> set[str]:
     for cls in {type(m) for m in model.modules()}:
         if cls.__module__.startswith("torch."):
             continue
-        try:
+        with contextlib.suppress(TypeError, OSError):
             files.add(inspect.getsourcefile(cls))
-        except (TypeError, OSError):
-            pass
     files.discard(None)
     return files
 

@@ -73,7 +73,7 @@ class TinyGPT(nn.Module):
             nn.init.zeros_(module.bias)
 
     def forward(self, input_ids):
-        B, T = input_ids.shape
+        _, T = input_ids.shape  # (B, T)
         if T > self.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds max_seq_len {self.max_seq_len}")
         pos = torch.arange(T, device=input_ids.device)
