@@ -60,8 +60,10 @@ def flatten_config(config: dict) -> tuple[dict[str, Any], list[str]]:
     """One flat dict of scalar settings, and notes on conflicting values.
 
     Top-level keys win; then nested sections; then the builder graph's node params in order.
+    Lists of values (``"architectures"``, ``"layer_sizes"``) are settings too and are kept.
     """
-    flat = {k: v for k, v in config.items() if not isinstance(v, (dict, list))}
+    flat = {k: v for k, v in config.items()
+            if not isinstance(v, dict) and k not in ("nodes", "edges")}
     notes: list[str] = []
     sections = [config[k] for k in _NESTED if isinstance(config.get(k), dict)]
     nodes = config.get("nodes")

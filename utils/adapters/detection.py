@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import inspect
+import re
 import textwrap
 import time
 from dataclasses import dataclass, field
@@ -25,9 +26,15 @@ from utils.errors import UserError, locate_in_files
 
 __all__ = ["Evidence", "Probe", "Scan", "model_files", "run_probe", "scan_structure"]
 
-_POS_WORDS = ("pos", "position", "wpe", "pe")
+_POS_WORDS = {"pos", "position", "positions", "positional", "wpe", "pe"}
 _EMB_WORDS = ("emb", "wte", "tok", "embed")
 _CAUSAL_CALLS = {"tril", "triu", "generate_square_subsequent_mask", "causal_mask"}
+
+
+def _is_position_name(name: str) -> bool:
+    """``pos_emb``, ``position_embeddings``, ``wpe``, ``pe``; not ``upper`` or ``type``."""
+    leaf = name.rsplit(".", 1)[-1].lower()
+    return any(t in _POS_WORDS or t.startswith("pos") for t in re.split(r"[_\d]+", leaf) if t)
 
 
 @dataclass
@@ -126,6 +133,8 @@ def scan_structure(model: nn.Module) -> Scan:
     for name, mod in model.named_modules():
         if isinstance(mod, nn.Embedding):
             scan.embeddings[name] = mod.num_embeddings
+            if _is_position_name(name):  # a guess until the probe sees it receive positions
+                scan.position_tables[name] = mod.num_embeddings
             if mod.padding_idx is not None:
                 scan.padding_idx[name] = mod.padding_idx
         elif isinstance(mod, nn.Linear):
@@ -135,7 +144,7 @@ def scan_structure(model: nn.Module) -> Scan:
         owner = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
         if isinstance(owner, (nn.Embedding, nn.Linear)) or p.ndim < 2:
             continue
-        if any(w in leaf for w in _POS_WORDS) and p.ndim in (2, 3):
+        if _is_position_name(leaf) and p.ndim in (2, 3):
             scan.position_tables[name] = int(p.shape[-2])  # (1, L, D) or (L, D)
         elif any(w in leaf for w in _EMB_WORDS) and p.ndim == 2:
             scan.embedding_params[name] = int(p.shape[0])
@@ -144,7 +153,7 @@ def scan_structure(model: nn.Module) -> Scan:
         if _is_causal_buffer(buf):
             scan.causal_markers.append(f"triangular mask buffer '{name}' {tuple(buf.shape)}")
             scan.position_tables.setdefault(name, int(buf.shape[-1]))
-        elif buf.ndim in (2, 3) and any(leaf.startswith(w) for w in _POS_WORDS):
+        elif buf.ndim in (2, 3) and _is_position_name(leaf):
             # sinusoidal tables: (L, D), (1, L, D) or (L, 1, D); the length is the larger dim
             dims = [d for d in buf.shape if d != 1]
             if len(dims) == 2:

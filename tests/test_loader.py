@@ -1,0 +1,399 @@
+"""Loading models from local folders: class choice, config mapping, imports, weights, errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+from utils import load_model
+from utils.errors import UserError
+
+HEADER = "import torch\nfrom torch import nn\n"
+
+GPT = HEADER + '''
+class Block(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.ff = nn.Linear(d, d)
+
+    def forward(self, x):
+        return x + self.ff(x)
+
+
+class GPT(nn.Module):
+    def __init__(self, vocab_size, d_model=16, block_size=32):
+        super().__init__()
+        self.emb = nn.Embedding(vocab_size, d_model)
+        self.pos = nn.Embedding(block_size, d_model)
+        self.block = Block(d_model)
+        self.head = nn.Linear(d_model, vocab_size)
+
+    def forward(self, idx):
+        pos = torch.arange(idx.shape[1])
+        return self.head(self.block(self.emb(idx) + self.pos(pos)))
+'''
+
+
+def say_nothing(_msg):
+    pass
+
+
+def load(folder, **kw):
+    return load_model(folder, say=say_nothing, **kw)
+
+
+# ---- choosing the class ------------------------------------------------------------------
+def test_root_class_is_chosen_over_helpers(write_model):
+    loaded = load(write_model(GPT, {"vocab_size": 50}))
+    assert loaded.model_class.__name__ == "GPT"
+    assert loaded.model.emb.num_embeddings == 50
+
+
+def test_helper_reached_through_a_function_is_not_a_candidate(write_model):
+    code = HEADER + '''
+class Block(nn.Module):
+    def forward(self, x):
+        return x
+
+def make_blocks(n):
+    return nn.ModuleList(Block() for _ in range(n))
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 4)
+        self.blocks = make_blocks(2)
+
+    def forward(self, x):
+        return self.emb(x)
+'''
+    assert load(write_model(code)).model_class.__name__ == "Net"
+
+
+def test_base_class_is_not_a_candidate(write_model):
+    code = HEADER + '''
+class Base(nn.Module):
+    def describe(self):
+        return type(self).__name__
+
+class Net(Base):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 4)
+
+    def forward(self, x):
+        return self.emb(x)
+'''
+    assert load(write_model(code)).model_class.__name__ == "Net"
+
+
+TWO = HEADER + '''
+class EncoderModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 4)
+
+    def forward(self, x):
+        return self.emb(x)
+
+class DecoderModel(EncoderModel):
+    pass
+
+class Other(nn.Module):
+    def forward(self, x):
+        return x
+'''
+
+
+def test_two_candidates_are_listed(write_model):
+    with pytest.raises(UserError, match=r"candidate model classes: DecoderModel, Other") as info:
+        load(write_model(TWO))
+    assert "model_name" in info.value.fix
+
+
+def test_model_name_in_config_and_model_class_argument_choose(write_model):
+    folder = write_model(TWO, {"model_name": "Other"})
+    assert load(folder).model_class.__name__ == "Other"
+    assert load(folder, model_class="DecoderModel").model_class.__name__ == "DecoderModel"
+
+
+def test_unknown_requested_class(write_model):
+    with pytest.raises(UserError, match=r"names the model class 'Nope'.*") as info:
+        load(write_model(TWO, {"model_name": "Nope"}))
+    assert "EncoderModel, DecoderModel, Other" in info.value.why
+
+
+def test_no_module_class(write_model):
+    with pytest.raises(UserError, match=r"defines no nn\.Module subclass"):
+        load(write_model("def f(x):\n    return x\n\nclass Plain:\n    pass\n"))
+
+
+# ---- parsing ------------------------------------------------------------------------------
+def test_syntax_error_reports_file_line_and_text(write_model):
+    code = GPT.replace("def forward(self, idx):", "def forward(self, idx)")
+    line = code.splitlines().index("    def forward(self, idx)") + 1
+    with pytest.raises(UserError, match=rf"model\.py has a syntax error at line {line}") as info:
+        load(write_model(code))
+    assert "def forward(self, idx)" in info.value.message
+    assert info.value.location.line == line
+
+
+def test_non_utf8_model(write_model):
+    folder = write_model("", files={"model.py": b"# caf\xe9\nimport torch\n"})
+    with pytest.raises(UserError, match=r"model\.py is not UTF-8 text \(byte 0xe9 at line 1\)"):
+        load(folder)
+
+
+def test_bad_json_config_names_line_and_column(write_model):
+    folder = write_model(GPT, files={"config.json": '{\n  "vocab_size": 50,\n}\n'})
+    with pytest.raises(UserError, match=r"config\.json is not valid JSON: .* at line 3, column 1"):
+        load(folder)
+
+
+def test_config_must_be_an_object(write_model):
+    with pytest.raises(UserError, match="holds a JSON list, not an object"):
+        load(write_model(GPT, files={"config.json": "[1, 2]"}))
+
+
+def test_no_model_py_but_one_python_file_is_used(tmp_path):
+    (tmp_path / "gpt.py").write_text(GPT)
+    (tmp_path / "config.json").write_text('{"vocab_size": 12}')
+    assert load(tmp_path).source["model_file"] == "gpt.py"
+
+
+def test_no_model_py_among_several(tmp_path):
+    (tmp_path / "a.py").write_text(GPT)
+    (tmp_path / "b.py").write_text(GPT)
+    with pytest.raises(UserError, match=r"has no model\.py and several \.py files \(a\.py, b\.py\)"):
+        load(tmp_path)
+
+
+def test_missing_config_builds_with_defaults_and_says_so(write_model):
+    code = GPT.replace("def __init__(self, vocab_size,", "def __init__(self, vocab_size=20,")
+    notes = []
+    loaded = load_model(write_model(code), say=notes.append)
+    assert loaded.model.emb.num_embeddings == 20
+    assert any("No config.json" in n for n in notes)
+
+
+# ---- config mapping -------------------------------------------------------------------------
+def test_unknown_keys_are_not_passed_and_listed(write_model):
+    loaded = load(write_model(GPT, {"vocab_size": 30, "learning_rate": 3e-4, "author": "me"}))
+    assert loaded.build.passed == {"vocab_size": 30}
+    assert loaded.build.unused == ["author", "learning_rate"]
+    assert any("learning_rate" in w and "not passed" in w for w in loaded.warnings)
+
+
+def test_aliases_fill_constructor_arguments(write_model):
+    loaded = load(write_model(GPT, {"vocab": 40, "max_seq_len": 24, "n_embd": 8}))
+    assert loaded.build.passed == {"vocab_size": 40, "d_model": 8, "block_size": 24}
+    assert loaded.build.from_alias == {"vocab_size": "vocab", "d_model": "n_embd",
+                                       "block_size": "max_seq_len"}
+    assert loaded.model.pos.num_embeddings == 24
+
+
+def test_builder_graph_form(write_model):
+    config = {"vocab_size": 33, "seq_length": 16,
+              "nodes": [{"id": "emb", "type": "embedding", "params": {"d_model": 8}},
+                        {"id": "blk", "type": "block", "params": {"d_model": 8, "heads": 2}}],
+              "edges": [["emb", "blk"]]}
+    loaded = load(write_model(GPT, config))
+    assert loaded.build.passed == {"vocab_size": 33, "d_model": 8, "block_size": 16}
+
+
+def test_zero_argument_constructor_gets_nothing_and_says_config_is_descriptive(write_model):
+    code = GPT.replace("def __init__(self, vocab_size, d_model=16, block_size=32):",
+                       "def __init__(self):\n        vocab_size, d_model, block_size = 21, 8, 8")
+    loaded = load(write_model(code, {"vocab_size": 21, "d_model": 8}))
+    assert loaded.build.style == "no-arguments" and loaded.build.passed == {}
+    assert any("takes no arguments" in w for w in loaded.warnings)
+
+
+def test_missing_required_argument_is_named(write_model):
+    with pytest.raises(UserError, match=r"GPT needs 'vocab_size', which config\.json does not "
+                       r"give") as info:
+        load(write_model(GPT, {"d_model": 8}))
+    assert "d_model" in info.value.why
+
+
+def test_dataclass_config_object(write_model):
+    code = HEADER + '''from dataclasses import dataclass
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 11
+    n_embd: int = 4
+    bias: bool = True
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.emb = nn.Embedding(config.vocab_size, config.n_embd)
+
+    def forward(self, idx):
+        return self.emb(idx)
+'''
+    loaded = load(write_model(code, {"vocab_size": 77, "n_embd": 6, "dropout": 0.0}))
+    assert loaded.build.style == "dataclass:GPTConfig"
+    assert type(loaded.model.config).__name__ == "GPTConfig"
+    assert loaded.model.emb.weight.shape == (77, 6)
+    assert loaded.build.unused == ["dropout"]
+
+
+def test_plain_config_parameter_gets_attribute_access(write_model):
+    code = HEADER + '''
+class Net(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.emb = nn.Embedding(cfg.vocab_size, cfg["d_model"])
+
+    def forward(self, x):
+        return self.emb(x)
+'''
+    loaded = load(write_model(code, {"vocab_size": 19, "d_model": 3}))
+    assert loaded.model.emb.weight.shape == (19, 3)
+
+
+def test_constructor_error_points_at_the_users_line(write_model):
+    code = GPT.replace("self.block = Block(d_model)",
+                       "self.block = Block(d_model)\n        raise ValueError('bad size')")
+    line = code.splitlines().index("        raise ValueError('bad size')") + 1
+    with pytest.raises(UserError, match=r"Building GPT failed: ValueError: bad size") as info:
+        load(write_model(code, {"vocab_size": 10}))
+    assert info.value.location.line == line and info.value.location.file.endswith("model.py")
+
+
+# ---- importing ------------------------------------------------------------------------------
+def test_missing_package_is_named_with_pip(write_model):
+    code = "import einops\n" + GPT
+    with pytest.raises(UserError, match=r"imports 'einops', which is not installed") as info:
+        load(write_model(code, {"vocab_size": 10}))
+    assert "pip install einops" in info.value.fix and info.value.location.line == 1
+
+
+def test_pip_name_differs_from_import_name(write_model):
+    with pytest.raises(UserError) as info:
+        load(write_model("import sklearn.linear_model\n" + GPT, {"vocab_size": 10}))
+    assert "pip install scikit-learn" in info.value.fix
+
+
+def test_import_time_error_has_location(write_model):
+    with pytest.raises(UserError, match=r"NameError: name 'undefined_thing'") as info:
+        load(write_model(GPT + "\nSIZE = undefined_thing\n", {"vocab_size": 10}))
+    assert info.value.location.text.strip() == "SIZE = undefined_thing"
+
+
+LAYERS = HEADER + '''
+WIDTH = {width}
+
+class Block(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.ff = nn.Linear(d, WIDTH)
+
+    def forward(self, x):
+        return self.ff(x)
+'''
+SIBLING_MODEL = HEADER + '''from {name} import Block
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 4)
+        self.block = Block(4)
+
+    def forward(self, x):
+        return self.block(self.emb(x))
+'''
+
+
+def test_sibling_files_are_private_to_each_model(write_model):
+    a = load(write_model(SIBLING_MODEL.format(name="layers"), name="a",
+                         files={"layers.py": LAYERS.format(width=3)}))
+    b = load(write_model(SIBLING_MODEL.format(name="layers"), name="b",
+                         files={"layers.py": LAYERS.format(width=5)}))
+    assert a.model.block.ff.out_features == 3 and b.model.block.ff.out_features == 5
+    assert "layers" not in sys.modules
+    assert a.module.__name__ != b.module.__name__
+
+
+def test_a_sibling_named_utils_does_not_collide_with_this_package(write_model):
+    import utils
+
+    loaded = load(write_model(SIBLING_MODEL.format(name="utils"),
+                              files={"utils.py": LAYERS.format(width=7)}))
+    assert loaded.model.block.ff.out_features == 7
+    assert sys.modules["utils"] is utils and hasattr(utils, "load_model")
+
+
+def test_each_load_is_a_fresh_module_with_the_real_path(write_model):
+    folder = write_model(GPT, {"vocab_size": 10})
+    a, b = load(folder), load(folder)
+    assert a.module is not b.module and a.model_class is not b.model_class
+    assert a.module.__file__ == str(folder / "model.py")
+
+
+def test_provenance_has_sha256_of_each_file(write_model):
+    import hashlib
+
+    folder = write_model(GPT, {"vocab_size": 10})
+    source = load(folder).source
+    assert source["kind"] == "folder" and source["model_class"] == "GPT"
+    assert source["sha256"]["model.py"] == hashlib.sha256(GPT.encode()).hexdigest()
+    assert set(source["sha256"]) == {"model.py", "config.json"}
+
+
+# ---- weights --------------------------------------------------------------------------------
+def test_weights_beside_the_code_are_loaded(write_model):
+    folder = write_model(GPT, {"vocab_size": 10})
+    trained = load(folder).model
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(1.0)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in trained.state_dict().items()}},
+               folder / "weights.pt")
+    loaded = load(folder)
+    assert torch.equal(loaded.model.head.weight, trained.head.weight)
+    assert loaded.source["weights"]["file"] == "weights.pt"
+
+
+def test_safetensors_weights(write_model):
+    from safetensors.torch import save_file
+
+    folder = write_model(GPT, {"vocab_size": 10})
+    trained = load(folder).model
+    save_file(trained.state_dict(), folder / "model.safetensors")
+    assert torch.equal(load(folder).model.emb.weight, trained.emb.weight)
+
+
+def test_mismatched_weights_list_missing_unexpected_and_shapes(write_model, tmp_path):
+    folder = write_model(GPT, {"vocab_size": 10})
+    state = load(folder).model.state_dict()
+    state["emb.weight"] = torch.zeros(11, 16)
+    state.pop("head.bias")
+    state["extra.weight"] = torch.zeros(1)
+    path = tmp_path / "w.pt"
+    torch.save(state, path)
+    with pytest.raises(UserError, match=r"do not fit GPT") as info:
+        load(folder, weights=path)
+    message = info.value.message
+    assert "missing from the file (1): head.bias" in message
+    assert "in the file but not the model (1): extra.weight" in message
+    assert "emb.weight: file (11, 16) vs model (10, 16)" in message
+
+
+def test_unreadable_weights(write_model):
+    folder = write_model(GPT, {"vocab_size": 10}, files={"weights.pt": b"not a checkpoint"})
+    with pytest.raises(UserError, match=r"Could not read weights from weights\.pt"):
+        load(folder)
+
+
+def test_config_override_argument(write_model):
+    folder = write_model(GPT, {"vocab_size": 10})
+    loaded = load(folder, config={"vocab_size": 14})
+    assert loaded.model.emb.num_embeddings == 14
+    assert json.loads((folder / "config.json").read_text()) == {"vocab_size": 10}
