@@ -12,11 +12,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.pop("GITHUB_TOKEN", None)
 os.environ.pop("GH_TOKEN", None)
 
-import json  # noqa: E402
-from pathlib import Path  # noqa: E402
+import json
+from pathlib import Path
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 ZOO = Path(__file__).parent / "zoo"
 

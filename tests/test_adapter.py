@@ -322,5 +322,5 @@ def test_describe_is_the_json_contract():
 
 
 def test_not_a_module():
-    with pytest.raises(UserError, match="needs a torch nn.Module; it got str"):
+    with pytest.raises(UserError, match=r"needs a torch nn\.Module; it got str"):
         adapt("gpt2")
