@@ -44,7 +44,7 @@ def test_renderings():
     data = json.loads(report.to_json())
     assert data["passed"] is False and data["checks"][0]["metrics"] == {"norm": 1.5, "bad": "nan"}
     frame = report.to_frame()
-    assert list(frame["status"]) == ["pass", "fail"] and list(frame.columns)[0] == "check"
+    assert list(frame["status"]) == ["pass", "fail"] and frame.columns[0] == "check"
     text = report.to_text()
     assert "✗ fail  causal_masking" in text and text.endswith("FAILED: 2 checks (1 pass, 1 fail)")
     html = report._repr_html_()
