@@ -37,9 +37,13 @@ ALIASES: tuple[tuple[str, ...], ...] = (
     ("dropout", "dropout_rate", "p_dropout", "drop_rate"),
 )
 # Keys that steer the testbench, never constructor arguments (unless a constructor asks).
+# The vocab, length and class-count aliases are read by the adapter too, so they are never
+# reported as unused.
 META_KEYS = frozenset({"model_name", "model_class", "task", "nodes", "edges", "model_type",
                        "architectures", "is_decoder", "is_causal", "pad_token_id",
                        "mask_token_id", "bos_token_id", "eos_token_id"})
+_READ_BY_TESTBENCH = {alias for group in ALIASES if group[0] in ("vocab_size", "max_seq_len",
+                                                               "num_classes") for alias in group}
 _CONFIG_PARAMS = {"config", "cfg", "conf", "args", "params", "hparams", "hp", "model_config",
                   "configs", "opt", "opts"}
 _NESTED = ("model", "model_config", "config", "architecture", "hyperparameters", "params")
@@ -162,7 +166,8 @@ def build_model(cls: type, module: ModuleType, config: dict, config_name: str = 
         _raise_missing(cls, _fill(params, flat, record), flat, config_name)
         args = ()
     used_keys = {record.from_alias.get(k, k) for k in record.passed}
-    record.unused = sorted(k for k in flat if k not in used_keys and k not in META_KEYS)
+    record.unused = sorted(k for k in flat if k not in used_keys and k not in META_KEYS
+                           and k not in _READ_BY_TESTBENCH)
     record.warnings = notes
     if record.unused and record.style != "config-object":
         record.warnings.append(

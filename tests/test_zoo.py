@@ -1,0 +1,87 @@
+"""The public zoo as a table of cases: each model through the folder path, the loopback Gist API
+and the CLI gives the expected task, vocab size, max length, exit code and error message."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from conftest import ZOO, zoo_cases, zoo_expected
+
+from utils import adapt, load_model
+from utils.__main__ import main
+from utils.errors import UserError
+
+CASES = zoo_cases()
+HEALTHY = [c for c in CASES if zoo_expected(c)["exit_code"] == 0]
+BROKEN = [c for c in CASES if zoo_expected(c)["exit_code"] == 2]
+
+
+def quiet(_msg):
+    pass
+
+
+def test_the_zoo_has_healthy_and_broken_models():
+    assert len(HEALTHY) >= 5 and len(BROKEN) >= 4
+
+
+def check_adapter(adapter, expected):
+    assert adapter.task == expected["task"], adapter.evidence["task"]
+    assert adapter.vocab_size == expected["vocab_size"], adapter.evidence["vocab_size"]
+    assert adapter.max_seq_len == expected["max_seq_len"], adapter.evidence["max_seq_len"]
+    if expected.get("num_classes") is not None:
+        assert adapter.num_classes == expected["num_classes"]
+    batch = adapter.make_inputs(2, min(8, adapter.max_seq_len or 8))
+    loss = adapter.loss(batch)
+    assert loss.isfinite()
+    loss.backward()
+
+
+@pytest.mark.parametrize("name", HEALTHY)
+def test_healthy_from_folder(name):
+    check_adapter(adapt(load_model(ZOO / name, say=quiet)), zoo_expected(name))
+
+
+@pytest.mark.parametrize("name", HEALTHY)
+def test_healthy_from_gist(name, gist_server):
+    gid = gist_server.add_folder(ZOO / name)
+    loaded = load_model(f"https://gist.github.com/octocat/{gid}", say=quiet)
+    assert loaded.source["gist_id"] == gid
+    check_adapter(adapt(loaded), zoo_expected(name))
+
+
+def load_and_adapt(source):
+    return adapt(load_model(source, say=quiet))
+
+
+@pytest.mark.parametrize("name", BROKEN)
+def test_broken_from_folder_and_gist(name, gist_server):
+    pattern = zoo_expected(name)["error_pattern"]
+    with pytest.raises(UserError) as from_folder:
+        load_and_adapt(ZOO / name)
+    assert re.search(pattern, from_folder.value.message, re.IGNORECASE | re.DOTALL), \
+        from_folder.value.message
+    gid = gist_server.add_folder(ZOO / name)
+    with pytest.raises(UserError) as from_gist:
+        load_and_adapt(gid)
+    assert re.search(pattern, from_gist.value.message, re.IGNORECASE | re.DOTALL)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_cli_on_each(name, tmp_path, capsys):
+    expected = zoo_expected(name)
+    out = tmp_path / "report.json"
+    code = main(["validate", str(ZOO / name), "--json", str(out)])
+    assert code == expected["exit_code"], capsys.readouterr().err
+    report = json.loads(out.read_text())
+    if code == 2:
+        assert report["model"] is None
+        assert re.search(expected["error_pattern"], report["error"]["message"],
+                         re.IGNORECASE | re.DOTALL)
+    else:
+        model = report["model"]
+        assert (model["task"], model["vocab_size"], model["max_seq_len"]) == (
+            expected["task"], expected["vocab_size"], expected["max_seq_len"])
+        failing = sorted(c["name"] for c in report["checks"] if c["status"] in ("fail", "error"))
+        assert failing == sorted(expected["failing_checks"])
