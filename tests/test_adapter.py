@@ -324,3 +324,13 @@ def test_describe_is_the_json_contract():
 def test_not_a_module():
     with pytest.raises(UserError, match=r"needs a torch nn\.Module; it got str"):
         adapt("gpt2")
+
+
+def test_embedding_read_through_functional_call_falls_back_to_structure():
+    class Functional(TinyLM):
+        def forward(self, input_ids):
+            h = F.embedding(input_ids, self.tok.weight)
+            return self.head(torch.tanh(self.mix(h.cumsum(1))))
+
+    a = adapt(Functional(vocab=48))
+    assert a.vocab_size == 48 and a.evidence["vocab_size"].method == "structure"

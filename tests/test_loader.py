@@ -397,3 +397,9 @@ def test_config_override_argument(write_model):
     loaded = load(folder, config={"vocab_size": 14})
     assert loaded.model.emb.num_embeddings == 14
     assert json.loads((folder / "config.json").read_text()) == {"vocab_size": 10}
+
+
+def test_relative_imports_between_gist_files(write_model):
+    code = SIBLING_MODEL.format(name=".layers")
+    loaded = load(write_model(code, files={"layers.py": LAYERS.format(width=6)}))
+    assert loaded.model.block.ff.out_features == 6

@@ -130,6 +130,10 @@ def decide_vocab(*, override: int | None, flat: dict, scan: Scan, probe: Probe,
     elif len(scan.embedding_params) == 1:
         (name, rows), = scan.embedding_params.items()
         found = Evidence(rows, "structure", f"rows of the embedding table parameter '{name}'")
+    elif tables := {n: r for n, r in scan.embeddings.items() if n not in scan.position_tables}:
+        name, rows = max(tables.items(), key=lambda kv: kv[1])
+        found = Evidence(rows, "structure", f"rows of '{name}', the largest embedding (the probe "
+                         "did not see any embedding receive the token ids)")
     elif config is not None:
         found = Evidence(int(config[1]), "config", f"config {config[0]}={config[1]}")
     if found is not None and config is not None and int(config[1]) != found.value:

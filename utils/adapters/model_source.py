@@ -161,9 +161,22 @@ def _isolated_siblings(folder: Path, package: str) -> Iterator[dict[str, ModuleT
         sys.modules.update(saved)
 
 
+def _ensure_package(name: str, path: list[str]) -> None:
+    if name not in sys.modules:
+        package = ModuleType(name)
+        package.__path__ = path
+        sys.modules[name] = package
+
+
 def import_model_code(code: ModelCode) -> ModuleType:
-    """Run the model file as a fresh module named after its content, and return it."""
+    """Run the model file as a fresh module in a package of its own, and return it.
+
+    The package's ``__path__`` is the model's folder, so relative imports between the gist's
+    files (``from .layers import Block``) work as well as plain ones (``from layers import``).
+    """
     package = f"testbench_models.m{next(_counter)}"
+    _ensure_package("testbench_models", [])
+    _ensure_package(package, [str(code.path.parent)])
     name = f"{package}.{code.path.stem}"
     spec = importlib.util.spec_from_file_location(name, code.path)
     module = importlib.util.module_from_spec(spec)
