@@ -403,3 +403,10 @@ def test_relative_imports_between_gist_files(write_model):
     code = SIBLING_MODEL.format(name=".layers")
     loaded = load(write_model(code, files={"layers.py": LAYERS.format(width=6)}))
     assert loaded.model.block.ff.out_features == 6
+
+
+def test_a_single_model_py_does_not_pick_up_other_files_checkpoints(write_model):
+    folder = write_model(GPT, {"vocab_size": 10}, files={"a.pt": b"x", "b.pt": b"y"})
+    assert "weights" not in load(folder / "model.py").source
+    with pytest.raises(UserError, match=r"several weights files: a\.pt, b\.pt"):
+        load(folder)

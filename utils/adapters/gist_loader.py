@@ -93,9 +93,16 @@ def _model_file(folder: Path, where: str) -> Path:
         fix="Name the file that defines your model model.py (in the gist: edit, rename the file).")
 
 
-def _weights_file(folder: Path, explicit: str | os.PathLike | None) -> Path | None:
+def _weights_file(folder: Path, explicit: str | os.PathLike | None,
+                  discover: bool) -> Path | None:
+    """The weights to load: the explicit path, else the one weights file of a model folder.
+
+    A single ``model.py`` given by path may sit in any folder, so nothing is discovered there.
+    """
     if explicit:
         return Path(explicit)
+    if not discover:
+        return None
     found = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES)
     if len(found) > 1:
         raise UserError(f"{folder} holds several weights files: {', '.join(p.name for p in found)}.",
@@ -168,7 +175,7 @@ def load_model(
     cls = getattr(module, class_name)
     model, record = build_model(cls, module, config)
     warnings += record.warnings
-    weights_path = _weights_file(folder, weights)
+    weights_path = _weights_file(folder, weights, discover=spec.kind != "file")
     if weights_path is not None:
         stats = load_weights(model, weights_path)
         provenance["weights"] = {"file": weights_path.name, **stats}
