@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from utils.__main__ import main
+from utils.tier1_critical_validation import TIER1_CHECKS
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTRACT_KEYS = {"schema_version", "tool_version", "source", "model", "checks", "passed"}
@@ -33,7 +34,10 @@ def test_embedded_example_by_default(tmp_path, capsys):
     assert CONTRACT_KEYS <= set(report) and report["schema_version"] == 1
     assert SOURCE_KEYS <= set(report["source"]) and MODEL_KEYS <= set(report["model"])
     assert report["model"]["evidence"]["task"]["method"] == "config"
-    assert report["passed"] is True and report["checks"] == []
+    assert report["passed"] is True
+    assert [c["name"] for c in report["checks"]] == list(TIER1_CHECKS)
+    assert all(c["status"] == "pass" for c in report["checks"])
+    assert report["source"]["kind"] == "folder"
 
 
 def test_overrides_reach_the_adapter(tmp_path):
@@ -86,9 +90,23 @@ def test_internal_bug_exits_70(monkeypatch, capsys):
 def test_real_process_exit_codes_and_no_traceback(tmp_path):
     ok = run_cli("validate")
     assert ok.returncode == 0, ok.stderr
-    assert "LOADED" in ok.stdout
+    assert "PASSED" in ok.stdout
     bad = run_cli("validate", str(tmp_path / "missing" / "model.py"))
     assert bad.returncode == 2
     assert "No file or folder" in bad.stderr and "Traceback" not in bad.stderr
     usage = run_cli("validate", "--nope")
     assert usage.returncode == 64
+
+
+@pytest.mark.parametrize("argv", [["validate", "--checks", "nope"],
+                                  ["validate", "--skip", "shape_robustness,nope"]])
+def test_unknown_check_names_are_usage_errors(argv, capsys):
+    assert main(argv) == 64
+    assert "Unknown check name(s): nope" in capsys.readouterr().err
+
+
+def test_checks_and_skip_select(tmp_path):
+    out = tmp_path / "r.json"
+    assert main(["validate", "--checks", "determinism,initial_loss", "--skip", "initial_loss",
+                 "--json", str(out)]) == 0
+    assert [c["name"] for c in json.loads(out.read_text())["checks"]] == ["determinism"]

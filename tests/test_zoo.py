@@ -15,6 +15,7 @@ from utils.errors import UserError
 
 CASES = zoo_cases()
 HEALTHY = [c for c in CASES if zoo_expected(c)["exit_code"] == 0]
+DEFECTIVE = [c for c in CASES if zoo_expected(c)["exit_code"] == 1]  # load, then fail checks
 BROKEN = [c for c in CASES if zoo_expected(c)["exit_code"] == 2]
 
 
@@ -23,7 +24,7 @@ def quiet(_msg):
 
 
 def test_the_zoo_has_healthy_and_broken_models():
-    assert len(HEALTHY) >= 5 and len(BROKEN) >= 4
+    assert len(HEALTHY) >= 5 and len(BROKEN) >= 4 and len(DEFECTIVE) >= 2
 
 
 def check_adapter(adapter, expected):
@@ -38,8 +39,8 @@ def check_adapter(adapter, expected):
     loss.backward()
 
 
-@pytest.mark.parametrize("name", HEALTHY)
-def test_healthy_from_folder(name):
+@pytest.mark.parametrize("name", HEALTHY + DEFECTIVE)
+def test_adapts_from_folder(name):
     check_adapter(adapt(load_model(ZOO / name, say=quiet)), zoo_expected(name))
 
 

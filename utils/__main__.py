@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "example model is used.")
     v.add_argument("source", nargs="?", help="gist id or URL, Colab URL with gist_id, folder, "
                    "or model.py (default: the embedded example)")
-    v.add_argument("--tier", choices=["1", "2", "all"], default="1", help="which tier to run")
+    v.add_argument("--tier", choices=["1", "2", "all"], default="1",
+                   help="which tier to run (default 1)")
     v.add_argument("--json", metavar="PATH", help="write the report as JSON here")
     v.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     v.add_argument("--checks", type=_names, metavar="A,B", help="run only these checks")
@@ -75,10 +76,30 @@ def _describe(report: Report) -> str:
     return "\n".join(lines)
 
 
+def _check_names(args: argparse.Namespace) -> list[str]:
+    """The checks the flags ask for; a bad tier or check name is a usage error."""
+    from utils.checks import select
+    from utils.tier1_critical_validation import TIER1_CHECKS
+
+    tiers = {"1": list(TIER1_CHECKS)}
+    if args.tier not in tiers and args.tier != "all":
+        raise UserError(f"Tier {args.tier} is not part of Transformer Testbench {__version__}.",
+                        why=f"Available tiers: {', '.join(tiers)}.", fix="Use --tier 1.")
+    wanted = [n for tier in sorted(tiers) for n in tiers[tier]] if args.tier == "all" else \
+        tiers[args.tier]
+    return select(wanted, args.checks, args.skip)
+
+
 def validate(args: argparse.Namespace) -> int:
     from utils.adapters import adapt, load_model
+    from utils.checks import CheckOptions, run_checks
     from utils.environment import resolve_device, versions
 
+    try:
+        names = _check_names(args)
+    except UserError as err:
+        print(f"usage error: {err.message}", file=sys.stderr)
+        return EXIT_USAGE
     report = Report(source={"input": args.source or "(embedded example)", "kind": None,
                             "gist_id": None, "revision": None, "sha256": {}},
                     environment=versions())
@@ -90,8 +111,10 @@ def validate(args: argparse.Namespace) -> int:
         adapter = adapt(loaded, task=args.task, vocab_size=args.vocab_size,
                         max_seq_len=args.max_seq_len, num_classes=args.num_classes,
                         device=device)
-        report.model = adapter.describe()
-        report.environment["device"] = str(device)
+        source = report.source
+        report = run_checks(adapter, names, CheckOptions(seed=args.seed, device=str(device)),
+                            progress=sys.stderr.isatty())
+        report.source = source
     except UserError as err:
         report.error = err.to_dict()
         print(f"error: {err.message}", file=sys.stderr)

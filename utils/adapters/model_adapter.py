@@ -71,8 +71,9 @@ class ModelAdapter:
         return self
 
     # ---- batches ----------------------------------------------------------------------
-    def _label_limit(self) -> int:
-        """Ids must index the embedding and, for LMs, the output head as well."""
+    @property
+    def id_limit(self) -> int:
+        """Input ids stay below this: the embedding's rows and, for LMs, the head's outputs."""
         if self.task in ("causal_lm", "masked_lm"):
             return min(self.vocab_size, self.output_size)
         return self.vocab_size
@@ -93,7 +94,7 @@ class ModelAdapter:
         """
         seq_len = seq_len or min(16, self.max_seq_len or 16)
         gen = torch.Generator().manual_seed(seed)
-        limit = self._label_limit()
+        limit = self.id_limit
         ids = self._random_ids((batch, seq_len), limit, gen)
         out = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         if self.task == "causal_lm":

@@ -1,0 +1,191 @@
+"""Tier 1 checks on models whose verdict is known, the runner's contract, and the facade."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from utils import adapt
+from utils import test_functions as facade
+from utils.checks import CheckOptions
+from utils.errors import UserError
+from utils.tier1_critical_validation import TIER1_CHECKS, run_tier1
+
+
+class LM(nn.Module):
+    """A small healthy causal LM; subclasses plant one defect each."""
+
+    def __init__(self, vocab=64, d=16, max_len=32):
+        super().__init__()
+        self.tok = nn.Embedding(vocab, d)
+        self.pos = nn.Embedding(max_len, d)
+        self.mix = nn.Linear(d, d)
+        self.head = nn.Linear(d, vocab)
+        for p in self.parameters():
+            nn.init.normal_(p, std=0.02)
+
+    def hidden(self, ids):
+        h = self.tok(ids) + self.pos(torch.arange(ids.shape[1]))
+        return torch.tanh(self.mix(h.cumsum(1) / torch.arange(1, ids.shape[1] + 1)[:, None]))
+
+    def forward(self, input_ids):
+        return self.head(self.hidden(input_ids))
+
+
+def run(model, *names, **options):
+    return run_tier1(model, checks=list(names) or None, options=CheckOptions(**options),
+                     progress=False)
+
+
+def test_healthy_model_passes_everything():
+    report = run(LM())
+    assert [r.name for r in report.results] == list(TIER1_CHECKS)
+    assert report.passed and {r.status for r in report.results} == {"pass"}
+
+
+class DropoutInEval(LM):
+    def forward(self, input_ids):
+        return self.head(F.dropout(self.hidden(input_ids), 0.5))  # training=True always
+
+
+class Stateful(LM):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, input_ids):
+        self.calls += 1
+        return self.head(self.hidden(input_ids)) * self.calls
+
+
+@pytest.mark.parametrize(("model", "pattern"), [
+    (DropoutInEval(), "depend on the random seed"),
+    (Stateful(), "different outputs twice"),
+])
+def test_determinism_fails_on_its_defects(model, pattern):
+    result = run(model, "determinism").results[0]
+    assert result.status == "fail" and pattern in result.summary
+
+
+class Overconfident(LM):
+    def forward(self, input_ids):
+        return super().forward(input_ids) * 500  # a huge output scale at init
+
+
+def test_initial_loss_fails_far_above_chance():
+    result = run(Overconfident(), "initial_loss").results[0]
+    assert result.status == "fail" and result.metrics["ratio"] > 2
+    assert result.threshold["fail_above_ratio"] == 2.0
+
+
+def test_initial_loss_threshold_can_be_overridden():
+    result = run(Overconfident(), "initial_loss",
+                 thresholds={"initial_loss.ratio": 1e9, "initial_loss.warn_ratio": 1e9})
+    assert result.results[0].status == "pass"
+
+
+def test_initial_loss_skips_encoders():
+    class Encoder(LM):
+        def forward(self, input_ids):
+            return self.hidden(input_ids)  # hidden states, no head
+
+    result = run(adapt(Encoder(), task="encoder"), "initial_loss").results[0]
+    assert result.status == "skip" and "encoder" in result.summary
+
+
+class HugeLogits(LM):
+    def forward(self, input_ids):
+        return super().forward(input_ids) * 1e6
+
+
+def test_output_stability_warns_on_huge_but_finite_logits():
+    result = run(HugeLogits(), "output_stability").results[0]
+    assert result.status == "warn" and result.metrics["max_abs_logit"] > 1e3
+
+
+class SeqFirstOutput(LM):
+    def forward(self, input_ids):
+        out = super().forward(input_ids)
+        return out.transpose(0, 1) if input_ids.shape[0] == 1 else out  # wrong at batch 1
+
+
+def test_shape_robustness_names_the_wrong_shape():
+    result = run(SeqFirstOutput(), "shape_robustness").results[0]
+    assert result.status == "fail" and "batch 1 × length 2" in result.summary
+    assert "expected [1, 2, 64]" in result.summary
+
+
+class CrashesLate(LM):
+    def forward(self, input_ids):
+        if input_ids.shape[0] == 1 and input_ids.shape[1] > 20:
+            raise RuntimeError("planted crash")
+        return super().forward(input_ids)
+
+
+def test_a_crashing_check_is_an_error_with_the_line_and_the_run_goes_on():
+    report = run(CrashesLate())
+    by_name = {r.name: r for r in report.results}
+    assert by_name["shape_robustness"].status == "fail"
+    assert "planted crash" in by_name["shape_robustness"].summary
+    assert __file__ in by_name["shape_robustness"].summary
+    assert by_name["determinism"].status == "pass" and not report.passed
+
+
+def test_runner_turns_exceptions_into_error_results(monkeypatch):
+    from utils import checks
+
+    def broken(adapter, options):
+        raise ValueError("boom")
+
+    monkeypatch.setitem(checks.REGISTRY, "determinism", (1, broken))
+    result = run(LM(), "determinism").results[0]
+    assert result.status == "error" and result.error["type"] == "ValueError"
+    assert result.error["line"] > 0 and result.seconds >= 0
+
+
+def test_unknown_check_and_bad_options():
+    with pytest.raises(UserError, match="Unknown check name"):
+        run(LM(), "gradient_magic")
+    with pytest.raises(UserError, match=r"batch_size must be >= 1.*time_budget must be > 0"):
+        CheckOptions(batch_size=0, time_budget=0)
+
+
+def test_checks_leave_the_model_as_they_found_it():
+    model = LM().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    run(model)
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_facade_takes_a_bare_module_and_config():
+    report = facade.run_all_tier1_tests(LM(), {"task": "causal_lm"}, seed=3)
+    assert report.passed and "<table>" in report._repr_html_()
+    assert facade.test_shape_robustness(LM()).status == "pass"
+    assert facade.test_initial_loss(Overconfident()).status == "fail"
+
+
+def test_facade_is_not_collected_by_pytest():
+    assert facade.__test__ is False
+
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.mark.parametrize("build", ["gpt2", "bert", "llama"])
+def test_hugging_face_models_pass_tier1(build):
+    small = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "intermediate_size": 64}
+    model = {
+        "gpt2": lambda: transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=4)),
+        "bert": lambda: transformers.BertForMaskedLM(transformers.BertConfig(
+            vocab_size=320, max_position_embeddings=48, **small)),
+        "llama": lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            vocab_size=256, max_position_embeddings=80, num_key_value_heads=2, **small)),
+    }[build]()
+    report = run(adapt(model))
+    assert not [r for r in report.results if r.status in ("fail", "error")], report.to_text()

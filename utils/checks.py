@@ -1,0 +1,148 @@
+"""What every tier shares: check options, the check registry, and the runner.
+
+A check is one function ``check_<name>(adapter, options) -> CheckResult`` registered under its
+bare name with :func:`register`. Checks never print and never raise on a failed model; the
+runner times each one, turns a crash into status ``error`` (with the model file's line), and
+collects the results into a :class:`~utils.report.Report`.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import torch
+
+from utils.errors import UserError, locate_in_files
+from utils.report import CheckResult, Report
+
+__all__ = ["REGISTRY", "CheckOptions", "register", "run_checks"]
+
+CheckFn = Callable[..., CheckResult]
+REGISTRY: dict[str, tuple[int, CheckFn]] = {}  # name -> (tier, function)
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    """Settings shared by all checks.
+
+    Attributes:
+        seed: Seed for generated inputs and any randomness a check uses.
+        device: ``"cpu"``, ``"cuda"`` or None for wherever the model already is.
+        batch_size: Largest batch a check generates (checks shrink it for big models).
+        max_len_cap: Longest sequence a check generates, whatever the model's max_seq_len
+            (long-context configs would make checks slow).
+        time_budget: Seconds a single check should aim to stay within.
+        thresholds: Overrides of checks' thresholds by key, e.g. ``{"initial_loss.ratio": 3}``.
+    """
+
+    seed: int = 0
+    device: str | None = None
+    batch_size: int = 4
+    max_len_cap: int = 256
+    time_budget: float = 10.0
+    thresholds: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.max_len_cap < 1:
+            problems.append(f"max_len_cap must be >= 1, got {self.max_len_cap}")
+        if self.time_budget <= 0:
+            problems.append(f"time_budget must be > 0, got {self.time_budget}")
+        if problems:
+            raise UserError(f"Invalid check options: {'; '.join(problems)}.",
+                            fix="Pass values in range.")
+        object.__setattr__(self, "thresholds", MappingProxyType(dict(self.thresholds)))
+
+    def threshold(self, key: str, default: float) -> float:
+        """An overridable threshold: ``thresholds[key]`` or the check's default."""
+        return float(self.thresholds.get(key, default))
+
+    def max_len(self, adapter) -> int:
+        """The longest length to test: the model's max_seq_len, capped."""
+        return min(adapter.max_seq_len or self.max_len_cap, self.max_len_cap)
+
+
+def register(name: str, tier: int) -> Callable[[CheckFn], CheckFn]:
+    """Decorator: make ``fn`` the check called ``name`` in ``tier``."""
+
+    def deco(fn: CheckFn) -> CheckFn:
+        REGISTRY[name] = (tier, fn)
+        return fn
+
+    return deco
+
+
+def available(tier: int | None = None) -> list[str]:
+    """Names of registered checks (of one tier, or all), in registration order."""
+    return [n for n, (t, _) in REGISTRY.items() if tier is None or t == tier]
+
+
+def select(tier_names: list[str], checks: Iterable[str] | None,
+           skip: Iterable[str] | None) -> list[str]:
+    """The checks to run; unknown names are a ``UserError`` listing the known ones."""
+    wanted, skipped = list(checks or tier_names), set(skip or ())
+    unknown = [n for n in [*wanted, *skipped] if n not in REGISTRY]
+    if unknown:
+        raise UserError(f"Unknown check name(s): {', '.join(unknown)}.",
+                        why=f"Available checks: {', '.join(tier_names)}.",
+                        fix=f"Use the bare names above, e.g. checks=['{tier_names[0]}'].")
+    return [n for n in wanted if n not in skipped]
+
+
+def _run_one(name: str, adapter, options: CheckOptions) -> CheckResult:
+    tier, fn = REGISTRY[name]
+    start = time.perf_counter()
+    was_training = adapter.model.training
+    torch.manual_seed(options.seed)
+    try:
+        result = fn(adapter, options)
+    except Exception as exc:
+        loc = locate_in_files(exc.__traceback__, adapter.model_files)
+        frames = traceback.extract_tb(exc.__traceback__)
+        result = CheckResult(
+            name=name, tier=tier, status="error",
+            summary=f"The check crashed: {type(exc).__name__}: {exc}"
+            + (f" (at {loc})" if loc else ""),
+            error={"type": type(exc).__name__, "message": str(exc),
+                   "file": loc.file if loc else (frames[-1].filename if frames else None),
+                   "line": loc.line if loc else (frames[-1].lineno if frames else None)})
+    finally:
+        adapter.model.train(was_training)
+        adapter.model.zero_grad(set_to_none=True)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _progress(names: list[str], enabled: bool):
+    if not enabled:
+        return names
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm ships with Colab, but a bare install may lack it
+        return names
+    return tqdm(names, desc="checks", unit="check", leave=False)
+
+
+def run_checks(adapter, names: list[str], options: CheckOptions | None = None, *,
+               progress: bool = True, model_info: dict[str, Any] | None = None) -> Report:
+    """Run the named checks on ``adapter``; a crash is an ``error`` result, never a stop."""
+    from utils.environment import versions
+
+    options = options or CheckOptions()
+    if options.device is not None:
+        adapter.to(options.device)
+    report = Report(model=model_info or adapter.describe(), source=dict(adapter.source),
+                    environment={**versions(), "device": str(adapter.device)})
+    bar = _progress(names, progress)
+    for name in bar:
+        if hasattr(bar, "set_postfix_str"):
+            bar.set_postfix_str(name)
+        report.results.append(_run_one(name, adapter, options))
+    return report

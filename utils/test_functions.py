@@ -1,0 +1,52 @@
+"""The familiar entry points, by stable names, for notebooks and custom scripts.
+
+Each takes ``(model, config=None, **options)`` — a bare ``nn.Module`` and an optional config
+dict, as a custom notebook has them (a ``LoadedModel`` or ``ModelAdapter`` works too) — and
+returns a :class:`~utils.report.CheckResult` or :class:`~utils.report.Report`. ``options`` are
+:class:`~utils.checks.CheckOptions` fields (``seed``, ``device``, ``batch_size``, …).
+
+Example:
+    >>> from utils.test_functions import run_all_tier1_tests
+    >>> report = run_all_tier1_tests(model, {"vocab_size": 1000, "max_seq_len": 128})
+"""
+
+from __future__ import annotations
+
+from utils.checks import CheckOptions
+from utils.report import CheckResult, Report
+from utils.tier1_critical_validation import as_adapter, run_tier1
+
+__test__ = False  # pytest: these are not tests
+__all__ = ["run_all_tier1_tests", "test_determinism", "test_initial_loss",
+           "test_output_stability", "test_shape_robustness"]
+
+
+def _one(name: str, model, config: dict | None, options: dict) -> CheckResult:
+    report = run_tier1(as_adapter(model, config), checks=[name], options=CheckOptions(**options),
+                       progress=False)
+    return report.results[0]
+
+
+def test_shape_robustness(model, config: dict | None = None, **options) -> CheckResult:
+    """Batch × length sweep up to max_seq_len, with the output shape each task needs."""
+    return _one("shape_robustness", model, config, options)
+
+
+def test_output_stability(model, config: dict | None = None, **options) -> CheckResult:
+    """NaN/Inf in outputs and loss across lengths and extreme token ids; logit scale."""
+    return _one("output_stability", model, config, options)
+
+
+def test_initial_loss(model, config: dict | None = None, **options) -> CheckResult:
+    """The loss at init against chance (ln(vocab) for LMs, ln(classes) for classifiers)."""
+    return _one("initial_loss", model, config, options)
+
+
+def test_determinism(model, config: dict | None = None, **options) -> CheckResult:
+    """Same input, eval mode → identical output, whatever the random seed."""
+    return _one("determinism", model, config, options)
+
+
+def run_all_tier1_tests(model, config: dict | None = None, **options) -> Report:
+    """Every Tier 1 check; the report renders as a table in notebooks."""
+    return run_tier1(as_adapter(model, config), options=CheckOptions(**options))

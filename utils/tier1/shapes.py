@@ -1,0 +1,46 @@
+"""``shape_robustness``: the model runs, with the right output shape, across batch × length."""
+
+from __future__ import annotations
+
+from utils.checks import register
+from utils.report import CheckResult
+from utils.tier1._common import eval_logits, expected_shape, lengths, where
+
+
+@register("shape_robustness", tier=1)
+def check_shape_robustness(adapter, options) -> CheckResult:
+    top = options.max_len(adapter)
+    batches = sorted({1, min(options.batch_size, 4)})
+    grid = [(b, t) for t in lengths(adapter, options) for b in batches]
+    grid += [(1, top)] if (1, top) not in grid else []
+    rows, failures = [], []
+    for b, t in grid:
+        batch = adapter.make_inputs(b, t, seed=options.seed)
+        want = expected_shape(adapter, b, t)
+        try:
+            got = tuple(eval_logits(adapter, batch).shape)
+        except Exception as exc:
+            rows.append({"batch": b, "seq_len": t, "ok": False, "output_shape": None,
+                         "problem": f"{type(exc).__name__}: {exc}{where(exc, adapter)}"})
+            failures.append(rows[-1])
+            continue
+        ok = got == want
+        rows.append({"batch": b, "seq_len": t, "ok": ok, "output_shape": list(got),
+                     "problem": None if ok else f"expected {list(want)}"})
+        if not ok:
+            failures.append(rows[-1])
+    span = f"batch {batches[0]}–{batches[-1]} × length {grid[0][1]}–{top}"
+    metrics = {"shapes_tested": len(rows), "shapes_failed": len(failures), "max_len_tested": top}
+    threshold = {"shapes_failed": 0}
+    if not failures:
+        return CheckResult("shape_robustness", 1, "pass", f"All {len(rows)} input shapes ran "
+                           f"with the right output shape ({span}).", metrics, threshold, rows)
+    first = failures[0]
+    problem = first["problem"] if first["output_shape"] is None else (
+        f"output {first['output_shape']}, {first['problem']}")
+    return CheckResult(
+        "shape_robustness", 1, "fail",
+        f"{len(failures)}/{len(rows)} shapes failed; first at batch {first['batch']} × length "
+        f"{first['seq_len']}: {problem}. Every length up to max_seq_len ({top} tested) must "
+        "work — check position tables and masks against max_seq_len.",
+        metrics, threshold, rows)

@@ -1,0 +1,46 @@
+"""Tier 1: fast correctness checks — does the model run, at every shape, with sane numbers?
+
+``run_tier1(model_or_adapter)`` runs every Tier 1 check and returns a
+:class:`~utils.report.Report`. Each check is a function in ``utils/tier1/`` returning a
+:class:`~utils.report.CheckResult`; it never prints and never raises on a broken model.
+
+Example:
+    >>> from utils.tier1_critical_validation import run_tier1
+    >>> report = run_tier1(model, config)      # a bare nn.Module, a LoadedModel or an adapter
+    >>> report.passed, report.to_frame()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from utils.adapters import ModelAdapter, adapt
+from utils.checks import CheckOptions, available, run_checks, select
+from utils.report import Report
+from utils.tier1 import numerics, shapes  # noqa: F401  (registers the checks)
+
+__all__ = ["TIER1_CHECKS", "as_adapter", "run_tier1"]
+
+# The order a person reads them in: does it run, are the numbers sane, is it reproducible.
+TIER1_CHECKS: tuple[str, ...] = ("shape_robustness", "output_stability", "initial_loss",
+                                 "determinism")
+assert set(TIER1_CHECKS) == set(available(tier=1)), "a Tier 1 check is registered but not listed"
+
+
+def as_adapter(model_or_adapter, config: dict | None = None) -> ModelAdapter:
+    """An adapter for whatever the caller has: an adapter, a LoadedModel or an nn.Module."""
+    if isinstance(model_or_adapter, ModelAdapter):
+        return model_or_adapter
+    return adapt(model_or_adapter, config)
+
+
+def run_tier1(model_or_adapter, config: dict | None = None, *,
+              checks: Iterable[str] | None = None, skip: Iterable[str] | None = None,
+              options: CheckOptions | None = None, progress: bool = True) -> Report:
+    """Run the Tier 1 checks (all, or ``checks`` minus ``skip``) and return the report.
+
+    Raises:
+        UserError: the model cannot be adapted, or a check name is unknown.
+    """
+    names = select(list(TIER1_CHECKS), checks, skip)
+    return run_checks(as_adapter(model_or_adapter, config), names, options, progress=progress)
