@@ -189,3 +189,80 @@ def test_hugging_face_models_pass_tier1(build):
     }[build]()
     report = run(adapt(model))
     assert not [r for r in report.results if r.status in ("fail", "error")], report.to_text()
+
+
+class KeyBias(LM):
+    """Separate q/k/v projections with biases: the key bias's gradient is zero by construction."""
+
+    def __init__(self):
+        super().__init__()
+        self.q_proj, self.k_proj = nn.Linear(16, 16), nn.Linear(16, 16)
+        for p in (*self.q_proj.parameters(), *self.k_proj.parameters()):
+            nn.init.normal_(p, std=0.3)
+
+    def forward(self, input_ids):
+        h = F.layer_norm(self.hidden(input_ids), (16,))  # unit scale, as real blocks have
+        scores = self.q_proj(h) @ self.k_proj(h).transpose(1, 2)
+        causal = torch.ones(h.shape[1], h.shape[1], dtype=torch.bool).triu(1)
+        return self.head(scores.masked_fill(causal, float("-inf")).softmax(-1) @ h)
+
+
+def test_gradient_flow_knows_key_biases_get_no_gradient():
+    result = run(KeyBias(), "gradient_flow").results[0]
+    assert result.status == "pass", result.summary
+    states = {r["parameter"]: r["state"] for r in result.rows}
+    assert states["k_proj.bias"] in ("zero (expected)", "ok")
+
+
+class Unused(LM):
+    def __init__(self):
+        super().__init__()
+        self.spare = nn.Linear(16, 16)
+
+
+def test_gradient_flow_fails_on_unused_parameters():
+    result = run(Unused(), "gradient_flow").results[0]
+    assert result.status == "fail" and "spare.weight, spare.bias" in result.summary
+
+
+class Vanishing(LM):
+    def forward(self, input_ids):
+        return self.head(self.hidden(input_ids * 1) * 1e-7 + self.tok(input_ids))
+
+
+def test_gradient_flow_warns_when_a_layer_vanishes():
+    result = run(Vanishing(), "gradient_flow").results[0]
+    assert result.status == "warn" and result.metrics["layer_spread"] > 1e4
+
+
+@pytest.mark.parametrize(("std", "status"), [(0.02, "pass"), (1.0, "fail"), (0.25, "warn")])
+def test_parameter_initialization_by_gain(std, status):
+    model = LM(d=256)
+    nn.init.normal_(model.mix.weight, std=std)  # gain = std × 16
+    result = run(model, "parameter_initialization").results[0]
+    assert result.status == status, result.summary
+    row = next(r for r in result.rows if r["parameter"] == "mix.weight")
+    assert abs(row["gain"] - std * 16) < 0.1 * std * 16
+
+
+def test_parameter_initialization_accepts_pytorch_defaults_and_norms():
+    class Defaults(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(50, 32)  # N(0, 1): fine for a lookup table
+            self.norm = nn.LayerNorm(32)
+            self.lin = nn.Linear(32, 50)
+
+        def forward(self, x):
+            return self.lin(self.norm(self.emb(x)).cumsum(1))
+
+    assert run(Defaults(), "parameter_initialization").results[0].status == "pass"
+
+
+def test_plots_draw_from_results():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    figures = run(LM()).plots()
+    assert set(figures) == {"gradient_flow", "parameter_initialization", "output_stability"}
+    assert all(len(f.axes) == 1 for f in figures.values())

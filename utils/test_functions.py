@@ -17,8 +17,8 @@ from utils.report import CheckResult, Report
 from utils.tier1_critical_validation import as_adapter, run_tier1
 
 __test__ = False  # pytest: these are not tests
-__all__ = ["run_all_tier1_tests", "test_determinism", "test_initial_loss",
-           "test_output_stability", "test_shape_robustness"]
+__all__ = ["run_all_tier1_tests", "test_determinism", "test_gradient_flow", "test_initial_loss",
+           "test_output_stability", "test_parameter_initialization", "test_shape_robustness"]
 
 
 def _one(name: str, model, config: dict | None, options: dict) -> CheckResult:
@@ -30,6 +30,16 @@ def _one(name: str, model, config: dict | None, options: dict) -> CheckResult:
 def test_shape_robustness(model, config: dict | None = None, **options) -> CheckResult:
     """Batch × length sweep up to max_seq_len, with the output shape each task needs."""
     return _one("shape_robustness", model, config, options)
+
+
+def test_gradient_flow(model, config: dict | None = None, **options) -> CheckResult:
+    """One backward pass: every parameter gets a finite gradient; no layer vanishes."""
+    return _one("gradient_flow", model, config, options)
+
+
+def test_parameter_initialization(model, config: dict | None = None, **options) -> CheckResult:
+    """Weights at the scale common init schemes produce (gain = std × sqrt(fan_in) near 1)."""
+    return _one("parameter_initialization", model, config, options)
 
 
 def test_output_stability(model, config: dict | None = None, **options) -> CheckResult:

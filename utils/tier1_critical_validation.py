@@ -17,13 +17,13 @@ from collections.abc import Iterable
 from utils.adapters import ModelAdapter, adapt
 from utils.checks import CheckOptions, available, run_checks, select
 from utils.report import Report
-from utils.tier1 import numerics, shapes  # noqa: F401  (registers the checks)
+from utils.tier1 import gradients, initialization, numerics, plots, shapes  # noqa: F401 (registers)
 
 __all__ = ["TIER1_CHECKS", "as_adapter", "run_tier1"]
 
 # The order a person reads them in: does it run, are the numbers sane, is it reproducible.
-TIER1_CHECKS: tuple[str, ...] = ("shape_robustness", "output_stability", "initial_loss",
-                                 "determinism")
+TIER1_CHECKS: tuple[str, ...] = ("shape_robustness", "gradient_flow", "output_stability",
+                                 "parameter_initialization", "initial_loss", "determinism")
 assert set(TIER1_CHECKS) == set(available(tier=1)), "a Tier 1 check is registered but not listed"
 
 

@@ -1,0 +1,98 @@
+"""``gradient_flow``: one backward pass of the task loss reaches every parameter, at sane scale.
+
+Flags parameters that receive no gradient (unused modules, branches cut by ``.detach()`` or
+``torch.no_grad``), non-finite gradients, and layers whose gradients vanish relative to the
+others. Some parameters get a zero gradient by construction — a separate attention key bias
+shifts every score of a query equally and softmax ignores that — and are not flagged.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+
+from utils.checks import register
+from utils.report import CheckResult
+
+# key biases: softmax(q·(k + b)) = softmax(q·k + q·b), and q·b is constant across keys
+_ZERO_BY_CONSTRUCTION = re.compile(r"(^|\.)(k_proj|key|k|to_k|wk|k_lin)\.bias$")
+
+
+def layer_of(name: str) -> str:
+    """Group a parameter by layer: up to the first block index (``h.3``), else its module."""
+    parts = name.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if part.isdigit():
+            return ".".join(parts[: i + 1])
+    return ".".join(parts[:-1]) or parts[0]
+
+
+@register("gradient_flow", tier=1)
+def check_gradient_flow(adapter, options) -> CheckResult:
+    model = adapter.model
+    model.train()
+    model.zero_grad(set_to_none=True)
+    t = min(options.max_len(adapter), 64)
+    loss = adapter.loss(adapter.make_inputs(min(options.batch_size, 4), t, seed=options.seed))
+    loss.backward()
+
+    rows, layers = [], {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        g = p.grad
+        if g is None:
+            state = "no gradient"
+            norm = None
+        elif not bool(torch.isfinite(g).all()):
+            state, norm = "non-finite", math.inf
+        else:
+            norm = float(g.detach().float().norm())
+            state = ("zero (expected)" if _ZERO_BY_CONSTRUCTION.search(name) else "zero") \
+                if norm == 0.0 else "ok"
+        rows.append({"parameter": name, "layer": layer_of(name), "grad_norm": norm,
+                     "param_norm": float(p.detach().float().norm()), "state": state})
+        if norm is not None and math.isfinite(norm) and state != "zero (expected)":
+            layers[layer_of(name)] = math.hypot(layers.get(layer_of(name), 0.0), norm)
+    model.zero_grad(set_to_none=True)
+
+    missing = [r["parameter"] for r in rows if r["state"] == "no gradient"]
+    zero = [r["parameter"] for r in rows if r["state"] == "zero"]
+    bad = [r["parameter"] for r in rows if r["state"] == "non-finite"]
+    positive = [v for v in layers.values() if v > 0]
+    spread = max(positive) / min(positive) if positive else math.inf
+    total = math.sqrt(sum((r["grad_norm"] or 0.0) ** 2 for r in rows
+                          if r["grad_norm"] is not None and math.isfinite(r["grad_norm"])))
+    max_spread = options.threshold("gradient_flow.layer_spread", 1e4)
+    metrics = {"loss": loss.item(), "total_grad_norm": total, "parameters": len(rows),
+               "no_gradient": len(missing), "zero_gradient": len(zero), "non_finite": len(bad),
+               "layer_spread": spread, "layer_grad_norms": layers}
+    threshold = {"no_gradient": 0, "non_finite": 0, "warn_layer_spread_above": max_spread}
+
+    def listed(names):
+        return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+    if bad:
+        return CheckResult("gradient_flow", 1, "fail",
+                           f"NaN/Inf gradients in {len(bad)} parameter(s): {listed(bad)}. "
+                           "Look for log/sqrt/division of values that can be 0.",
+                           metrics, threshold, rows)
+    if missing or zero:
+        names = missing + zero
+        return CheckResult(
+            "gradient_flow", 1, "fail",
+            f"{len(names)}/{len(rows)} parameters get no gradient from the loss: {listed(names)}. "
+            "They are unused in forward, or their branch is cut (.detach(), torch.no_grad, "
+            ".data, integer casts); such weights never train.", metrics, threshold, rows)
+    if spread > max_spread:
+        low = min(layers, key=layers.get)
+        return CheckResult(
+            "gradient_flow", 1, "warn",
+            f"Layer gradient norms differ by ×{spread:.2g} (warn above ×{max_spread:g}); the "
+            f"smallest is '{low}': gradients vanish there. Check residual connections and norms.",
+            metrics, threshold, rows)
+    return CheckResult("gradient_flow", 1, "pass",
+                       f"All {len(rows)} parameters receive finite gradients; layer norms within "
+                       f"×{spread:.2g} of each other (total {total:.3g}).", metrics, threshold, rows)

@@ -1,0 +1,67 @@
+"""Figures for Tier 1 results, drawn from their rows only when ``Report.plots()`` asks."""
+
+from __future__ import annotations
+
+from utils.report import CheckResult, register_plot
+
+
+def _axes(title: str, width: float = 8.0, height: float = 3.5):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(width, height))
+    ax.set_title(title)
+    return fig, ax
+
+
+def _by_layer(rows: list[dict], key: str) -> dict[str, float]:
+    """Layer -> root-sum-square of ``key`` over its rows, in model order."""
+    out: dict[str, float] = {}
+    for r in rows:
+        value = r.get(key)
+        if value is not None and value == value and value != float("inf"):
+            out[r["layer"]] = (out.get(r["layer"], 0.0) ** 2 + value**2) ** 0.5
+    return out
+
+
+@register_plot("gradient_flow")
+def plot_gradient_flow(result: CheckResult):
+    layers = _by_layer(result.rows, "grad_norm")
+    fig, ax = _axes("Gradient norm per layer (log scale)")
+    ax.bar(range(len(layers)), [max(v, 1e-30) for v in layers.values()], color="#4c72b0")
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(layers)), list(layers), rotation=60, ha="right", fontsize=7)
+    missing = [r["parameter"] for r in result.rows if r["state"] in ("no gradient", "zero")]
+    if missing:
+        ax.text(0.01, 0.95, f"{len(missing)} parameters get no gradient", color="#cf222e",
+                transform=ax.transAxes, va="top")
+    fig.tight_layout()
+    return fig
+
+
+@register_plot("parameter_initialization")
+def plot_parameter_initialization(result: CheckResult):
+    rows = [r for r in result.rows if r["gain"] is not None]
+    fig, ax = _axes("Weight gain = std × sqrt(fan_in) per matrix (≈ 1 is healthy)")
+    colours = ["#cf222e" if r["verdict"].startswith("fail") else "#9a6700"
+               if r["verdict"].startswith("warn") else "#4c72b0" for r in rows]
+    ax.bar(range(len(rows)), [max(r["gain"], 1e-6) for r in rows], color=colours)
+    ax.axhline(1.0, color="black", lw=0.8, ls="--")
+    ax.axhline(result.threshold.get("fail_gain_above", 8.0), color="#cf222e", lw=0.8, ls=":")
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(rows)), [r["parameter"] for r in rows], rotation=70, ha="right",
+                  fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+@register_plot("output_stability")
+def plot_output_stability(result: CheckResult):
+    fig, ax = _axes("Largest |logit| by sequence length")
+    for label in dict.fromkeys(r["input"] for r in result.rows):
+        pts = [(r["seq_len"], r["max_abs_logit"]) for r in result.rows if r["input"] == label]
+        ax.plot(*zip(*pts, strict=True), marker="o", label=label)
+    ax.set_xlabel("sequence length")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
