@@ -264,5 +264,59 @@ def test_plots_draw_from_results():
 
     matplotlib.use("Agg")
     figures = run(LM()).plots()
-    assert set(figures) == {"gradient_flow", "parameter_initialization", "output_stability"}
+    assert set(figures) == {"gradient_flow", "parameter_initialization", "output_stability",
+                            "memory_footprint", "inference_speed"}
     assert all(len(f.axes) == 1 for f in figures.values())
+
+
+class Plain(nn.Module):
+    """Embedding -> Linear -> head; no attention, so activations grow linearly in T."""
+
+    def __init__(self, vocab=100, d=32, attention=False):
+        super().__init__()
+        self.emb, self.lin, self.head = nn.Embedding(vocab, d), nn.Linear(d, d), nn.Linear(d, vocab)
+        self.attention = attention
+
+    def forward(self, input_ids):
+        h = self.lin(self.emb(input_ids))
+        if self.attention:  # an explicit (B, T, T) map, saved for backward: grows with T²
+            t = h.shape[1]
+            scores = (h @ h.transpose(1, 2)).masked_fill(torch.ones(t, t).triu(1).bool(), -1e9)
+            h = scores.softmax(-1) @ h
+        return self.head(torch.tanh(h.cumsum(1)))
+
+
+def test_memory_activations_scale_as_measured():
+    linear = run(adapt(Plain(), max_seq_len=64), "memory_footprint").results[0]
+    quadratic = run(adapt(Plain(attention=True), max_seq_len=64), "memory_footprint").results[0]
+    per_token = linear.metrics["activation_bytes_per_token"]
+    # at least the fp32 hidden states (32 floats) and logits (100 floats) of each token
+    assert 4 * (32 + 100) <= per_token <= 4 * 10 * (32 + 100)
+    assert linear.metrics["activation_bytes_per_token_sq"] < 1.0
+    assert quadratic.metrics["activation_bytes_per_token_sq"] >= 4  # one fp32 score per pair
+    row = linear.rows[0]
+    params_mb = sum(p.numel() * 4 for p in Plain().parameters()) / 2**20
+    assert abs(row["params_mb"] - params_mb) < 1e-9 and abs(row["optimizer_mb"] - 2 * params_mb) < 1e-9
+    assert linear.status == "pass" and linear.metrics["max_batch_colab_t4_fp32"] > 1000
+
+
+def test_memory_warns_when_batch_one_does_not_fit_a_t4():
+    result = run(adapt(Plain(attention=True), max_seq_len=1_000_000), "memory_footprint")
+    assert result.results[0].status == "warn" and "16 GB Colab T4" in result.results[0].summary
+
+
+def test_inference_speed_reports_percentiles():
+    result = run(LM(), "inference_speed", time_budget=1.0).results[0]
+    m = result.metrics
+    assert result.status == "pass" and m["runs"] >= 5 and len(result.rows) == m["runs"]
+    assert 0 < m["p50_ms"] <= m["p90_ms"] <= m["p99_ms"] and m["tokens_per_s"] > 0
+
+
+def test_a_length_limit_is_found_exactly_and_caps_the_later_checks():
+    report = run(CrashesLate())  # raises at batch 1 beyond length 20
+    shapes = report["shape_robustness"]
+    assert shapes.status == "fail" and shapes.metrics["runnable_max_len"] == 20
+    assert "runs up to length 20 of max_seq_len 32" in shapes.summary
+    later = [r for r in report.results if r.name != "shape_robustness"]
+    assert all(r.status in ("pass", "warn") for r in later), report.to_text()
+    assert all("Lengths capped at 20" in r.summary for r in later)

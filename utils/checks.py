@@ -8,6 +8,7 @@ collects the results into a :class:`~utils.report.Report`.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
@@ -141,8 +142,19 @@ def run_checks(adapter, names: list[str], options: CheckOptions | None = None, *
     report = Report(model=model_info or adapter.describe(), source=dict(adapter.source),
                     environment={**versions(), "device": str(adapter.device)})
     bar = _progress(names, progress)
+    capped_by = None
     for name in bar:
         if hasattr(bar, "set_postfix_str"):
             bar.set_postfix_str(name)
-        report.results.append(_run_one(name, adapter, options))
+        result = _run_one(name, adapter, options)
+        if capped_by is not None:
+            result.summary += (f" [Lengths capped at {options.max_len_cap}: the model fails "
+                               f"beyond — see {capped_by}.]")
+        # A check that finds the model breaks past some length caps the later ones, so one
+        # bug is reported once instead of crashing every check after it.
+        runnable = result.metrics.get("runnable_max_len")
+        if isinstance(runnable, int) and 0 < runnable < options.max_len(adapter):
+            options = dataclasses.replace(options, max_len_cap=runnable)
+            capped_by = name
+        report.results.append(result)
     return report

@@ -17,13 +17,21 @@ from collections.abc import Iterable
 from utils.adapters import ModelAdapter, adapt
 from utils.checks import CheckOptions, available, run_checks, select
 from utils.report import Report
-from utils.tier1 import gradients, initialization, numerics, plots, shapes  # noqa: F401 (registers)
+from utils.tier1 import (  # noqa: F401  (importing registers the checks and plots)
+    gradients,
+    initialization,
+    numerics,
+    plots,
+    resources,
+    shapes,
+)
 
 __all__ = ["TIER1_CHECKS", "as_adapter", "run_tier1"]
 
 # The order a person reads them in: does it run, are the numbers sane, is it reproducible.
 TIER1_CHECKS: tuple[str, ...] = ("shape_robustness", "gradient_flow", "output_stability",
-                                 "parameter_initialization", "initial_loss", "determinism")
+                                 "parameter_initialization", "initial_loss", "determinism",
+                                 "memory_footprint", "inference_speed")
 assert set(TIER1_CHECKS) == set(available(tier=1)), "a Tier 1 check is registered but not listed"
 
 

@@ -32,3 +32,17 @@ def lengths(adapter, options, *, include_one: bool = True) -> list[int]:
     top = options.max_len(adapter)
     picks = [1, 2, 7, top // 2 + 1 if top > 4 else top, top]
     return sorted({p for p in picks if 1 <= p <= top and (include_one or p > 1)})
+
+
+def first_failing_length(ok, good: int, bad: int) -> int:
+    """The shortest length in ``(good, bad]`` where ``ok(length)`` is False, by bisection.
+
+    ``ok(good)`` is known True (or ``good`` is 0) and ``ok(bad)`` known False.
+    """
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        if ok(mid):
+            good = mid
+        else:
+            bad = mid
+    return bad

@@ -8,7 +8,7 @@ import torch
 
 from utils.checks import register
 from utils.report import CheckResult
-from utils.tier1._common import eval_logits, lengths
+from utils.tier1._common import eval_logits, first_failing_length, lengths
 
 # Above this |logit| softmax saturates and fp16 (max 65504) is one bad layer from overflow.
 _LOGIT_WARN = 1e3
@@ -68,15 +68,13 @@ def check_output_stability(adapter, options) -> CheckResult:
 
 
 def _onset(adapter, options, good: int, bad: int) -> int:
-    """The shortest non-finite length in (good, bad], by bisection on random inputs."""
-    while bad - good > 1:
-        mid = (good + bad) // 2
-        batch = adapter.make_inputs(min(options.batch_size, 2), mid, seed=options.seed)
-        if bool(torch.isfinite(eval_logits(adapter, batch)).all()):
-            good = mid
-        else:
-            bad = mid
-    return bad
+    """The shortest non-finite length in (good, bad], on random inputs."""
+
+    def finite(t: int) -> bool:
+        batch = adapter.make_inputs(min(options.batch_size, 2), t, seed=options.seed)
+        return bool(torch.isfinite(eval_logits(adapter, batch)).all())
+
+    return first_failing_length(finite, good, bad)
 
 
 def _chance_loss(adapter) -> tuple[float, str] | None:

@@ -65,3 +65,36 @@ def plot_output_stability(result: CheckResult):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+@register_plot("memory_footprint")
+def plot_memory_footprint(result: CheckResult):
+    rows = result.rows
+    fig, ax = _axes(f"Training memory at length {rows[0]['seq_len']} (estimate)")
+    batches = [r["batch"] for r in rows]
+    bottom = [0.0] * len(rows)
+    for key, label in (("params_mb", "weights"), ("grads_mb", "gradients"),
+                       ("optimizer_mb", "AdamW state"), ("activations_mb", "activations")):
+        values = [r[key] for r in rows]
+        ax.bar([str(b) for b in batches], values, bottom=bottom, label=label)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    ax.axhline(result.threshold["colab_t4_usable_gb"] * 1024, color="#cf222e", ls=":",
+               label="Colab T4 (usable)")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("MB")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+@register_plot("inference_speed")
+def plot_inference_speed(result: CheckResult):
+    fig, ax = _axes("Forward latency over runs", height=3.0)
+    ax.hist([r["ms"] for r in result.rows], bins=min(20, len(result.rows)), color="#4c72b0")
+    ax.axvline(result.metrics["p50_ms"], color="black", ls="--", label="p50")
+    ax.axvline(result.metrics["p90_ms"], color="#9a6700", ls=":", label="p90")
+    ax.set_xlabel("ms")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -4,7 +4,21 @@ from __future__ import annotations
 
 from utils.checks import register
 from utils.report import CheckResult
-from utils.tier1._common import eval_logits, expected_shape, lengths, where
+from utils.tier1._common import (
+    eval_logits,
+    expected_shape,
+    first_failing_length,
+    lengths,
+    where,
+)
+
+
+def _runs(adapter, options, t: int) -> bool:
+    batch = adapter.make_inputs(1, t, seed=options.seed)
+    try:
+        return tuple(eval_logits(adapter, batch).shape) == expected_shape(adapter, 1, t)
+    except Exception:
+        return False
 
 
 @register("shape_robustness", tier=1)
@@ -31,6 +45,12 @@ def check_shape_robustness(adapter, options) -> CheckResult:
             failures.append(rows[-1])
     span = f"batch {batches[0]}–{batches[-1]} × length {grid[0][1]}–{top}"
     metrics = {"shapes_tested": len(rows), "shapes_failed": len(failures), "max_len_tested": top}
+    if failures:
+        # the exact longest length that runs: reported, and later checks stay within it
+        shortest_bad = min(r["seq_len"] for r in failures)
+        good = max((r["seq_len"] for r in rows if r["seq_len"] < shortest_bad), default=0)
+        metrics["runnable_max_len"] = first_failing_length(
+            lambda t: _runs(adapter, options, t), good, shortest_bad) - 1
     threshold = {"shapes_failed": 0}
     if not failures:
         return CheckResult("shape_robustness", 1, "pass", f"All {len(rows)} input shapes ran "
@@ -40,7 +60,8 @@ def check_shape_robustness(adapter, options) -> CheckResult:
         f"output {first['output_shape']}, {first['problem']}")
     return CheckResult(
         "shape_robustness", 1, "fail",
-        f"{len(failures)}/{len(rows)} shapes failed; first at batch {first['batch']} × length "
-        f"{first['seq_len']}: {problem}. Every length up to max_seq_len ({top} tested) must "
-        "work — check position tables and masks against max_seq_len.",
+        f"{len(failures)}/{len(rows)} shapes failed; the model runs up to length "
+        f"{metrics['runnable_max_len']} of max_seq_len {top}. First failure at batch "
+        f"{first['batch']} × length {first['seq_len']}: {problem}. Every length up to "
+        "max_seq_len must work — check position tables and masks against max_seq_len.",
         metrics, threshold, rows)
