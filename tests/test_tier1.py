@@ -320,3 +320,18 @@ def test_a_length_limit_is_found_exactly_and_caps_the_later_checks():
     later = [r for r in report.results if r.name != "shape_robustness"]
     assert all(r.status in ("pass", "warn") for r in later), report.to_text()
     assert all("Lengths capped at 20" in r.summary for r in later)
+
+
+def test_batch_sizes_shrink_for_big_models():
+    class Big:
+        def __init__(self, n):
+            self.num_parameters = n
+
+    options = CheckOptions(batch_size=8)
+    assert [options.batch(Big(n)) for n in (1e6, 100e6, 1e9)] == [8, 2, 1]
+    assert options.batch(Big(1e6), at_most=2) == 2
+
+
+def test_facade_has_every_tier1_check():
+    for name in TIER1_CHECKS:
+        assert callable(getattr(facade, f"test_{name}")), name

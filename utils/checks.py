@@ -65,6 +65,13 @@ class CheckOptions:
         """An overridable threshold: ``thresholds[key]`` or the check's default."""
         return float(self.thresholds.get(key, default))
 
+    def batch(self, adapter, at_most: int | None = None) -> int:
+        """Batch size for generated inputs, smaller for big models (1 above 300M parameters,
+        2 above 50M), so a check on a large model stays within memory and time."""
+        params = adapter.num_parameters
+        cap = 1 if params > 300e6 else 2 if params > 50e6 else self.batch_size
+        return max(1, min(self.batch_size, cap, at_most or self.batch_size))
+
     def max_len(self, adapter) -> int:
         """The longest length to test: the model's max_seq_len, capped."""
         return min(adapter.max_seq_len or self.max_len_cap, self.max_len_cap)

@@ -17,8 +17,9 @@ from utils.report import CheckResult, Report
 from utils.tier1_critical_validation import as_adapter, run_tier1
 
 __test__ = False  # pytest: these are not tests
-__all__ = ["run_all_tier1_tests", "test_determinism", "test_gradient_flow", "test_initial_loss",
-           "test_output_stability", "test_parameter_initialization", "test_shape_robustness"]
+__all__ = ["run_all_tier1_tests", "test_determinism", "test_gradient_flow", "test_inference_speed",
+           "test_initial_loss", "test_memory_footprint", "test_output_stability",
+           "test_parameter_initialization", "test_shape_robustness"]
 
 
 def _one(name: str, model, config: dict | None, options: dict) -> CheckResult:
@@ -55,6 +56,16 @@ def test_initial_loss(model, config: dict | None = None, **options) -> CheckResu
 def test_determinism(model, config: dict | None = None, **options) -> CheckResult:
     """Same input, eval mode → identical output, whatever the random seed."""
     return _one("determinism", model, config, options)
+
+
+def test_memory_footprint(model, config: dict | None = None, **options) -> CheckResult:
+    """Training memory per batch at full length, and whether it fits a 16 GB Colab T4."""
+    return _one("memory_footprint", model, config, options)
+
+
+def test_inference_speed(model, config: dict | None = None, **options) -> CheckResult:
+    """Forward latency percentiles and tokens/s after warm-up (share of peak on a GPU)."""
+    return _one("inference_speed", model, config, options)
 
 
 def run_all_tier1_tests(model, config: dict | None = None, **options) -> Report:

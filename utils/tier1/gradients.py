@@ -35,7 +35,7 @@ def check_gradient_flow(adapter, options) -> CheckResult:
     model.train()
     model.zero_grad(set_to_none=True)
     t = min(options.max_len(adapter), 64)
-    loss = adapter.loss(adapter.make_inputs(min(options.batch_size, 4), t, seed=options.seed))
+    loss = adapter.loss(adapter.make_inputs(options.batch(adapter, 4), t, seed=options.seed))
     loss.backward()
 
     rows, layers = [], {}

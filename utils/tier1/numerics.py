@@ -16,7 +16,7 @@ _LOGIT_WARN = 1e3
 
 def _extreme_batches(adapter, t: int, options):
     """Random ids, then the lowest and highest valid id everywhere (extreme token ids)."""
-    batch = adapter.make_inputs(min(options.batch_size, 2), t, seed=options.seed)
+    batch = adapter.make_inputs(options.batch(adapter, 2), t, seed=options.seed)
     yield "random", batch
     for value in (0, adapter.id_limit - 1):
         yield f"all id {value}", {**batch, "input_ids": torch.full_like(batch["input_ids"], value)}
@@ -71,7 +71,7 @@ def _onset(adapter, options, good: int, bad: int) -> int:
     """The shortest non-finite length in (good, bad], on random inputs."""
 
     def finite(t: int) -> bool:
-        batch = adapter.make_inputs(min(options.batch_size, 2), t, seed=options.seed)
+        batch = adapter.make_inputs(options.batch(adapter, 2), t, seed=options.seed)
         return bool(torch.isfinite(eval_logits(adapter, batch)).all())
 
     return first_failing_length(finite, good, bad)
@@ -98,7 +98,7 @@ def check_initial_loss(adapter, options) -> CheckResult:
     t = min(options.max_len(adapter), 64)
     adapter.model.eval()
     with torch.no_grad():
-        losses = [float(adapter.loss(adapter.make_inputs(options.batch_size, t,
+        losses = [float(adapter.loss(adapter.make_inputs(options.batch(adapter), t,
                                                           seed=options.seed + i)))
                   for i in range(3)]
     loss = sum(losses) / len(losses)
@@ -128,7 +128,7 @@ def check_initial_loss(adapter, options) -> CheckResult:
 
 @register("determinism", tier=1)
 def check_determinism(adapter, options) -> CheckResult:
-    batch = adapter.make_inputs(min(options.batch_size, 2), min(options.max_len(adapter), 32),
+    batch = adapter.make_inputs(options.batch(adapter, 2), min(options.max_len(adapter), 32),
                                 seed=options.seed)
     runs = []
     for seed in (options.seed, options.seed, options.seed + 1):

@@ -67,7 +67,7 @@ def check_memory_footprint(adapter, options) -> CheckResult:
     fixed = params + trainable + 2 * trainable  # weights, grads, AdamW moments
     budget = (COLAB_FREE.memory_gb - RESERVED_GB) * _GB
     rows = []
-    for b in sorted({1, 8, 32, options.batch_size}):
+    for b in sorted({1, 8, 32, options.batch_size}):  # memory answers any batch
         act = per_sample * b
         total = fixed + act
         rows.append({"batch": b, "seq_len": seq, "params_mb": params / _MB,
@@ -106,8 +106,8 @@ def check_memory_footprint(adapter, options) -> CheckResult:
 
 @register("inference_speed", tier=1)
 def check_inference_speed(adapter, options) -> CheckResult:
-    seq = min(options.max_len(adapter), 128)
-    batch = adapter.make_inputs(options.batch_size, seq, seed=options.seed)
+    seq, size = min(options.max_len(adapter), 128), options.batch(adapter)
+    batch = adapter.make_inputs(size, seq, seed=options.seed)
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     cuda = adapter.device.type == "cuda"
     adapter.model.eval()
@@ -126,9 +126,9 @@ def check_inference_speed(adapter, options) -> CheckResult:
     times = sorted(once() for _ in range(runs))
     p50 = statistics.median(times)
     pct = {q: times[min(len(times) - 1, math.ceil(q / 100 * len(times)) - 1)] for q in (90, 99)}
-    tokens = options.batch_size * seq
+    tokens = size * seq
     params = sum(p.numel() for p in adapter.model.parameters())
-    metrics = {"batch": options.batch_size, "seq_len": seq, "runs": runs,
+    metrics = {"batch": size, "seq_len": seq, "runs": runs,
                "p50_ms": p50 * 1e3, "p90_ms": pct[90] * 1e3, "p99_ms": pct[99] * 1e3,
                "tokens_per_s": tokens / p50, "approx_gflop_per_forward": 2 * params * tokens / 1e9}
     where = "CPU"
@@ -143,6 +143,6 @@ def check_inference_speed(adapter, options) -> CheckResult:
              if "utilisation_of_fp32_peak" in metrics else "")
     return CheckResult(
         "inference_speed", 1, "pass",
-        f"Forward at batch {options.batch_size} × {seq} on {where}: p50 {p50 * 1e3:.1f} ms, p90 "
+        f"Forward at batch {size} × {seq} on {where}: p50 {p50 * 1e3:.1f} ms, p90 "
         f"{pct[90] * 1e3:.1f} ms ({runs} runs after warm-up), {tokens / p50:,.0f} tokens/s{share}.",
         metrics, {"informational": True}, rows)

@@ -24,7 +24,7 @@ def _runs(adapter, options, t: int) -> bool:
 @register("shape_robustness", tier=1)
 def check_shape_robustness(adapter, options) -> CheckResult:
     top = options.max_len(adapter)
-    batches = sorted({1, min(options.batch_size, 4)})
+    batches = sorted({1, options.batch(adapter, 4)})
     grid = [(b, t) for t in lengths(adapter, options) for b in batches]
     grid += [(1, top)] if (1, top) not in grid else []
     rows, failures = [], []
