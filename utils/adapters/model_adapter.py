@@ -138,7 +138,12 @@ class ModelAdapter:
         """The task loss: shifted next-token CE (causal), CE on masked positions (masked LM),
         teacher-forced CE (seq2seq), CE over classes; encoders have no task loss, so a
         surrogate (mean squared output) lets gradients flow."""
-        logits = self.logits(**{k: v for k, v in batch.items() if k != "labels"})
+        return self.loss_from_logits(
+            self.logits(**{k: v for k, v in batch.items() if k != "labels"}), batch)
+
+    def loss_from_logits(self, logits: torch.Tensor, batch: dict[str, torch.Tensor],
+                         ) -> torch.Tensor:
+        """The task loss of :meth:`loss` for logits already computed from ``batch``."""
         labels = batch.get("labels")
         if self.task == "encoder" or labels is None:
             return logits.float().pow(2).mean()

@@ -29,10 +29,9 @@ def check_output_stability(adapter, options) -> CheckResult:
         for label, batch in _extreme_batches(adapter, t, options):
             out = eval_logits(adapter, batch).float()
             finite = bool(torch.isfinite(out).all())
-            with torch.no_grad():
-                # a causal LM at length 1 has no next-token target: no loss to compute
-                has_targets = "labels" in batch and not (adapter.task == "causal_lm" and t < 2)
-                loss = adapter.loss(batch) if has_targets else None
+            # a causal LM at length 1 has no next-token target: no loss to compute
+            has_targets = "labels" in batch and not (adapter.task == "causal_lm" and t < 2)
+            loss = adapter.loss_from_logits(out, batch) if has_targets else None
             loss_ok = loss is None or bool(torch.isfinite(loss))
             biggest = float(out[torch.isfinite(out)].abs().max()) if out.numel() and bool(
                 torch.isfinite(out).any()) else math.inf
