@@ -42,6 +42,7 @@ class ModelAdapter:
     mask_token_id: int | None = None
     bos_token_id: int | None = None
     target_vocab_size: int | None = None  # seq2seq decoder vocab, when it differs
+    token_embedding: str | None = None  # module name of the nn.Embedding that reads input_ids
     config: dict[str, Any] = field(default_factory=dict)
     evidence: dict[str, Evidence] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -280,7 +281,8 @@ def adapt(model, config: dict | None = None, *, task: str | None = None,
         max_seq_len=length_ev.value, spec=spec, output_size=int(out_size), num_classes=classes,
         pad_token_id=evidence["pad_token_id"].value if "pad_token_id" in evidence else None,
         mask_token_id=mask_token_id if mask_token_id is not None else mask_id,
-        bos_token_id=bos, target_vocab_size=tgt_vocab, config=dict(config or {}),
+        bos_token_id=bos, target_vocab_size=tgt_vocab, token_embedding=probe.token_embedding,
+        config=dict(config or {}),
         evidence=evidence, warnings=notes, source=source)
 
 
