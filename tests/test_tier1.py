@@ -31,7 +31,8 @@ class LM(nn.Module):
         return torch.tanh(self.mix(h.cumsum(1) / torch.arange(1, ids.shape[1] + 1)[:, None]))
 
     def forward(self, input_ids):
-        return self.head(self.hidden(input_ids))
+        h = self.hidden(input_ids) + self.tok(input_ids)  # a residual path, normalised as in
+        return self.head(F.layer_norm(h, h.shape[-1:]))  # real blocks: it can learn quickly
 
 
 def run(model, *names, **options):

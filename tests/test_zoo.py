@@ -24,7 +24,7 @@ def quiet(_msg):
 
 
 def test_the_zoo_has_healthy_and_broken_models():
-    assert len(HEALTHY) >= 5 and len(BROKEN) >= 4 and len(DEFECTIVE) >= 2
+    assert len(HEALTHY) >= 7 and len(BROKEN) >= 4 and len(DEFECTIVE) >= 9
 
 
 def check_adapter(adapter, expected):
@@ -36,7 +36,8 @@ def check_adapter(adapter, expected):
     batch = adapter.make_inputs(2, min(8, adapter.max_seq_len or 8))
     loss = adapter.loss(batch)
     assert loss.isfinite()
-    loss.backward()
+    if loss.requires_grad:  # the detached_output defect has none, by design
+        loss.backward()
 
 
 @pytest.mark.parametrize("name", HEALTHY + DEFECTIVE)

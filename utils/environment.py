@@ -18,6 +18,7 @@ from utils.errors import MissingExtraError, UserError
 
 __all__ = [
     "EXTRA_OF",
+    "free_memory_bytes",
     "in_colab",
     "is_available",
     "require",
@@ -110,6 +111,25 @@ def resolve_device(device: str | None = None):
             fix="Use --device cpu, or in Colab pick Runtime > Change runtime type > GPU.",
         )
     return dev
+
+
+def free_memory_bytes(device) -> int | None:
+    """Bytes that can still be allocated on ``device``: the GPU's free memory, or the host's
+    ``MemAvailable`` for the CPU; None when it cannot be told (non-Linux hosts)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def versions() -> dict[str, str]:

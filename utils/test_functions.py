@@ -17,9 +17,11 @@ from utils.report import CheckResult, Report
 from utils.tier1_critical_validation import as_adapter, run_tier1
 
 __test__ = False  # pytest: these are not tests
-__all__ = ["run_all_tier1_tests", "test_determinism", "test_gradient_flow", "test_inference_speed",
-           "test_initial_loss", "test_memory_footprint", "test_output_stability",
-           "test_parameter_initialization", "test_shape_robustness"]
+__all__ = ["run_all_tier1_tests", "test_batch_independence", "test_causal_masking",
+           "test_determinism", "test_gradient_flow", "test_inference_speed", "test_initial_loss",
+           "test_memory_footprint", "test_mixed_precision", "test_output_stability",
+           "test_overfit_one_batch", "test_padding_invariance", "test_parameter_initialization",
+           "test_shape_robustness"]
 
 
 def _one(name: str, model, config: dict | None, options: dict) -> CheckResult:
@@ -68,6 +70,32 @@ def test_inference_speed(model, config: dict | None = None, **options) -> CheckR
     return _one("inference_speed", model, config, options)
 
 
+def test_causal_masking(model, config: dict | None = None, **options) -> CheckResult:
+    """Changing token t must not move any output before t (causal LMs, seq2seq decoders)."""
+    return _one("causal_masking", model, config, options)
+
+
+def test_batch_independence(model, config: dict | None = None, **options) -> CheckResult:
+    """A sample's outputs are the same alone, in a batch, and in a reordered batch."""
+    return _one("batch_independence", model, config, options)
+
+
+def test_padding_invariance(model, config: dict | None = None, **options) -> CheckResult:
+    """Masked padding must not move the outputs at real positions."""
+    return _one("padding_invariance", model, config, options)
+
+
+def test_overfit_one_batch(model, config: dict | None = None, **options) -> CheckResult:
+    """Thirty optimizer steps on one tiny batch must cut the loss clearly; weights restored."""
+    return _one("overfit_one_batch", model, config, options)
+
+
+def test_mixed_precision(model, config: dict | None = None, **options) -> CheckResult:
+    """The forward under fp16/bf16 autocast: finite, and close to fp32."""
+    return _one("mixed_precision", model, config, options)
+
+
 def run_all_tier1_tests(model, config: dict | None = None, **options) -> Report:
     """Every Tier 1 check; the report renders as a table in notebooks."""
     return run_tier1(as_adapter(model, config), options=CheckOptions(**options))
+

@@ -20,18 +20,25 @@ from utils.report import Report
 from utils.tier1 import (  # noqa: F401  (importing registers the checks and plots)
     gradients,
     initialization,
+    invariances,
+    learning,
     numerics,
     plots,
+    precision,
     resources,
     shapes,
 )
 
 __all__ = ["TIER1_CHECKS", "as_adapter", "run_tier1"]
 
-# The order a person reads them in: does it run, are the numbers sane, is it reproducible.
-TIER1_CHECKS: tuple[str, ...] = ("shape_robustness", "gradient_flow", "output_stability",
-                                 "parameter_initialization", "initial_loss", "determinism",
-                                 "memory_footprint", "inference_speed")
+# The order a person reads them in: does it run; does it keep the invariances a transformer
+# must (no peeking ahead, no mixing samples, padding ignored); are the numbers sane; can it
+# learn; is it reproducible; what does it cost.
+TIER1_CHECKS: tuple[str, ...] = ("shape_robustness", "causal_masking", "batch_independence",
+                                 "padding_invariance", "gradient_flow", "output_stability",
+                                 "parameter_initialization", "initial_loss", "overfit_one_batch",
+                                 "mixed_precision", "determinism", "memory_footprint",
+                                 "inference_speed")
 assert set(TIER1_CHECKS) == set(available(tier=1)), "a Tier 1 check is registered but not listed"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from utils.errors import locate_in_files
 
@@ -46,3 +47,47 @@ def first_failing_length(ok, good: int, bad: int) -> int:
         else:
             bad = mid
     return bad
+
+
+def rel_diff(a: torch.Tensor, b: torch.Tensor, scale: float | None = None) -> float:
+    """``max |a − b|`` relative to ``scale`` (default: ``max |a|``); inf when not comparable."""
+    if a.shape != b.shape:
+        return float("inf")
+    a, b = a.detach().float(), b.detach().float()
+    denom = scale if scale is not None else float(a.abs().max()) if a.numel() else 0.0
+    return float((a - b).abs().max()) / max(denom, 1e-12) if a.numel() else 0.0
+
+
+def token_key(adapter) -> str:
+    """The batch key whose tokens the outputs are aligned with (the decoder's for seq2seq)."""
+    return "decoder_input_ids" if adapter.task == "seq2seq" else "input_ids"
+
+
+def token_limit(adapter, key: str) -> int:
+    """Ids fed under ``key`` stay below this."""
+    if key == "decoder_input_ids":
+        return min(adapter.target_vocab_size or adapter.vocab_size, adapter.output_size)
+    return adapter.id_limit
+
+
+def different_ids(adapter, ids: torch.Tensor, key: str, seed: int) -> torch.Tensor:
+    """``ids`` with every token replaced by another valid one (never itself, never padding)."""
+    limit = token_limit(adapter, key)
+    gen = torch.Generator().manual_seed(seed)
+    shift = torch.randint(1, max(limit, 2), ids.shape, generator=gen).to(ids.device)
+    out = (ids + shift) % max(limit, 1)
+    pad = adapter.pad_token_id
+    if pad is not None and limit > 2:
+        clash = out == pad
+        out[clash] = (pad + 1 + (ids[clash] == (pad + 1) % limit).long()) % limit
+    return out
+
+
+def train_without_dropout(model: nn.Module) -> list[nn.Module]:
+    """Train mode with every dropout module in eval, so train-mode forwards are repeatable."""
+    model.train()
+    dropped = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)
+               or ("dropout" in type(m).__name__.lower() and not any(m.children()))]
+    for m in dropped:
+        m.eval()
+    return dropped

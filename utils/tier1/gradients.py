@@ -36,7 +36,8 @@ def check_gradient_flow(adapter, options) -> CheckResult:
     model.zero_grad(set_to_none=True)
     t = min(options.max_len(adapter), 64)
     loss = adapter.loss(adapter.make_inputs(options.batch(adapter, 4), t, seed=options.seed))
-    loss.backward()
+    if loss.requires_grad:  # else the output itself is cut from the graph: nothing gets one
+        loss.backward()
 
     rows, layers = [], {}
     for name, p in model.named_parameters():
@@ -81,11 +82,13 @@ def check_gradient_flow(adapter, options) -> CheckResult:
                            metrics, threshold, rows)
     if missing or zero:
         names = missing + zero
+        cause = ("The model's output itself is detached (the loss has no grad_fn)" if not
+                 loss.requires_grad else "They are unused in forward, or their branch is cut")
         return CheckResult(
             "gradient_flow", 1, "fail",
             f"{len(names)}/{len(rows)} parameters get no gradient from the loss: {listed(names)}. "
-            "They are unused in forward, or their branch is cut (.detach(), torch.no_grad, "
-            ".data, integer casts); such weights never train.", metrics, threshold, rows)
+            f"{cause}: .detach(), torch.no_grad, .data and integer casts cut the graph; such "
+            "weights never train.", metrics, threshold, rows)
     if spread > max_spread:
         low = min(layers, key=layers.get)
         return CheckResult(

@@ -1,0 +1,295 @@
+"""Tier 1's checks for silent bugs, each on small models whose verdict is known by construction:
+causal_masking, batch_independence, padding_invariance, overfit_one_batch, mixed_precision."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from utils import adapt
+from utils.checks import CheckOptions
+from utils.tier1_critical_validation import run_tier1
+
+
+def run(model, name, **options):
+    return run_tier1(model, checks=[name], options=CheckOptions(**options),
+                     progress=False).results[0]
+
+
+class MixLM(nn.Module):
+    """Embedding → one token-mixing step → norm → head. ``mix`` decides what a position sees."""
+
+    def __init__(self, mix="causal", vocab=64, d=32, max_len=32):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(max_len, d)
+        self.lin, self.head = nn.Linear(d, d), nn.Linear(d, vocab)
+        self.mix = mix
+
+    def mixed(self, h):
+        t = h.shape[1]
+        steps = torch.arange(1, t + 1, device=h.device)[:, None]
+        if self.mix == "causal":  # mean over positions <= t
+            return h.cumsum(1) / steps
+        if self.mix == "all":  # mean over every position: sees the future
+            return h.mean(1, keepdim=True).expand_as(h)
+        if self.mix == "next":  # off by one: positions <= t + 1
+            ahead = torch.cat([h[:, 1:], torch.zeros_like(h[:, :1])], 1)
+            return (h.cumsum(1) + ahead) / steps
+        if self.mix == "batch":  # statistics over dim 0
+            return h - h.mean(0, keepdim=True)
+        if self.mix == "seq_first":  # treats dim 0 as time: row b sees rows <= b
+            return h.cumsum(0) / torch.arange(1, h.shape[0] + 1, device=h.device)[:, None, None]
+        raise ValueError(self.mix)
+
+    def forward(self, input_ids):
+        h = self.tok(input_ids) + self.pos(torch.arange(input_ids.shape[1]))
+        h = h + torch.tanh(self.lin(self.mixed(h)))
+        return self.head(F.layer_norm(h, h.shape[-1:]))
+
+
+# ---- causal_masking -----------------------------------------------------------------------
+def test_causal_model_passes():
+    result = run(MixLM("causal"), "causal_masking")
+    assert result.status == "pass" and result.metrics["max_rel_leak"] == 0.0
+
+
+def test_a_missing_causal_mask_fails_at_the_first_position():
+    result = run(adapt(MixLM("all"), task="causal_lm"), "causal_masking")
+    assert result.status == "fail" and "position 0 already sees later tokens" in result.summary
+    assert result.metrics["leaking_cuts"] == result.metrics["cuts_tested"]
+
+
+def test_an_off_by_one_mask_is_named():
+    result = run(adapt(MixLM("next"), task="causal_lm"), "causal_masking")
+    assert result.status == "fail" and "off by one" in result.summary
+    assert all(r["only_previous_moved"] for r in result.rows)
+
+
+def test_a_model_declared_causal_in_its_config_is_held_to_it():
+    adapter = adapt(MixLM("all"), {"task": "causal_lm"})
+    assert adapter.evidence["causal_probe"].value == "leaks"
+    assert run(adapter, "causal_masking").status == "fail"
+
+
+def test_bidirectional_encoders_are_never_checked():
+    result = run(adapt(MixLM("all"), task="masked_lm"), "causal_masking")
+    assert result.status == "skip" and "bidirectional" in result.summary
+
+
+class Seq2Seq(nn.Module):
+    def __init__(self, causal=True, vocab=50, d=32):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.core = nn.Transformer(d, 4, 1, 1, 64, dropout=0.0, batch_first=True)
+        self.out = nn.Linear(d, vocab)
+        self.causal = causal
+
+    def forward(self, src, tgt):
+        mask = nn.Transformer.generate_square_subsequent_mask(tgt.shape[1]) if self.causal \
+            else None
+        return self.out(self.core(self.emb(src), self.emb(tgt), tgt_mask=mask))
+
+
+@pytest.mark.parametrize(("causal", "status"), [(True, "pass"), (False, "fail")])
+def test_seq2seq_decoders_are_checked_on_the_decoder_side(causal, status):
+    result = run(adapt(Seq2Seq(causal), max_seq_len=24), "causal_masking")
+    assert result.status == status and "decoder tokens" in result.summary
+
+
+# ---- batch_independence -------------------------------------------------------------------
+@pytest.mark.parametrize("mix", ["batch", "seq_first"])
+def test_samples_mixing_in_eval_mode_fail(mix):
+    result = run(adapt(MixLM(mix), task="causal_lm"), "batch_independence")
+    assert result.status == "fail" and result.metrics["max_rel_diff_eval"] > 1e-2
+    assert "statistics over dim 0" in result.summary
+
+
+class WithBatchNorm(MixLM):
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(32)
+
+    def mixed(self, h):
+        return self.bn(super().mixed(h).transpose(1, 2)).transpose(1, 2)
+
+
+def test_batchnorm_is_independent_in_eval_but_warned_about_in_training():
+    result = run(WithBatchNorm(), "batch_independence")
+    assert result.status == "warn" and "BatchNorm" in result.summary
+    assert result.metrics["max_rel_diff_eval"] <= 1e-4 < result.metrics["max_rel_diff_train"]
+
+
+class FunctionalDropout(MixLM):
+    def mixed(self, h):
+        return F.dropout(super().mixed(h), 0.5, training=self.training)
+
+
+def test_train_mode_is_not_compared_when_randomness_cannot_be_switched_off():
+    result = run(FunctionalDropout(), "batch_independence")
+    assert result.status == "pass" and result.metrics["max_rel_diff_train"] is None
+    assert "outside nn.Dropout" in result.summary
+
+
+# ---- padding_invariance -------------------------------------------------------------------
+class MaskedEncoder(nn.Module):
+    """Bidirectional: mean over the real tokens (or over everything, when it ignores the mask)."""
+
+    def __init__(self, honour_mask=True, takes_mask=True, classes=None, vocab=40, d=16):
+        super().__init__()
+        self.emb, self.lin = nn.Embedding(vocab, d), nn.Linear(2 * d, d)
+        self.head = nn.Linear(d, classes or vocab)
+        self.honour, self.classes = honour_mask, classes
+        if not takes_mask:
+            self.forward = lambda input_ids: MaskedEncoder.forward(self, input_ids, None)
+
+    def forward(self, input_ids, attention_mask=None):
+        h = self.emb(input_ids)
+        keep = torch.ones_like(input_ids) if attention_mask is None or not self.honour \
+            else attention_mask
+        w = keep[..., None].float()
+        context = (h * w).sum(1, keepdim=True) / w.sum(1, keepdim=True)
+        h = torch.tanh(self.lin(torch.cat([h, context.expand_as(h)], -1)))
+        if self.classes:
+            return self.head((h * w).sum(1) / w.sum(1))
+        return self.head(h)
+
+
+@pytest.mark.parametrize("classes", [None, 3])
+def test_a_mask_that_is_honoured_passes(classes):
+    adapter = adapt(MaskedEncoder(classes=classes), task="classification" if classes else
+                    "masked_lm", max_seq_len=32)
+    result = run(adapter, "padding_invariance")
+    assert result.status == "pass" and "attention_mask" in result.summary
+
+
+@pytest.mark.parametrize("classes", [None, 3])
+def test_a_mask_that_is_taken_but_ignored_fails(classes):
+    adapter = adapt(MaskedEncoder(honour_mask=False, classes=classes),
+                    task="classification" if classes else "masked_lm", max_seq_len=32)
+    result = run(adapter, "padding_invariance")
+    assert result.status == "fail" and "ignored or applied wrongly" in result.summary
+
+
+def test_a_bidirectional_model_without_a_mask_is_warned_about():
+    class NoMask(MaskedEncoder):
+        def forward(self, input_ids):
+            return super().forward(input_ids)
+
+    result = run(adapt(NoMask(), task="masked_lm", max_seq_len=32), "padding_invariance")
+    assert result.status == "warn" and "takes no attention mask" in result.summary
+
+
+def test_a_causal_model_needs_no_mask_for_right_padding():
+    result = run(MixLM("causal"), "padding_invariance")
+    assert result.status == "pass" and "causal" in result.summary
+
+
+# ---- overfit_one_batch --------------------------------------------------------------------
+class Squashed(MixLM):
+    def forward(self, input_ids):
+        return 0.05 * torch.tanh(super().forward(input_ids))
+
+
+class Detached(MixLM):
+    def forward(self, input_ids):
+        return super().forward(input_ids).detach()
+
+
+class Diverges(MixLM):
+    """Fine until it has trained a little, then NaN (as when a learning rate is too high)."""
+
+    def __init__(self):
+        super().__init__()
+        self.train_calls = 0
+
+    def forward(self, input_ids):
+        self.train_calls += self.training
+        out = super().forward(input_ids)
+        return out * float("nan") if self.train_calls > 3 else out
+
+
+@pytest.mark.parametrize(("model", "status", "pattern"), [
+    (MixLM(), "pass", "weights restored"),
+    (Squashed(), "fail", "cannot fit even two sequences"),
+    (Detached(), "fail", "no grad_fn"),
+    (Diverges(), "fail", "NaN/Inf after 3 of"),
+])
+def test_overfit_verdicts(model, status, pattern):
+    result = run(adapt(model, task="causal_lm"), "overfit_one_batch")
+    assert result.status == status and pattern in result.summary, result.summary
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("free", [None, 10_000])
+def test_weights_and_buffers_are_restored_in_memory_or_through_a_file(monkeypatch, free):
+    from utils.tier1 import learning
+
+    if free is not None:  # too little host memory for a copy: through a temporary file
+        monkeypatch.setattr(learning, "free_memory_bytes", lambda device: free)
+    model = WithBatchNorm()  # running statistics are buffers that training updates
+    before = _state(model)
+    result = run(model, "overfit_one_batch")
+    assert result.metrics["relative_drop"] > 0.3
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert result.metrics["weights_restored_via"] == ("memory" if free is None else
+                                                      "temporary file")
+    assert result.metrics["optimizer"] == ("Adam" if free is None else
+                                           "SGD (Adam's state would not fit)")
+
+
+def test_in_house_adam_matches_torch_optim():
+    from utils.tier1.learning import _Adam
+
+    torch.manual_seed(0)
+    a, b = nn.Linear(5, 3), nn.Linear(5, 3)
+    b.load_state_dict(a.state_dict())
+    ours, theirs = _Adam(list(a.parameters()), 1e-2), torch.optim.Adam(b.parameters(), 1e-2)
+    for _ in range(20):
+        x = torch.randn(4, 5)
+        for m in (a, b):
+            m.zero_grad()
+            m(x).pow(2).sum().backward()
+        ours.step()
+        theirs.step()
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+
+
+def test_encoders_have_nothing_to_overfit():
+    result = run(adapt(MixLM(), task="encoder"), "overfit_one_batch")
+    assert result.status == "skip"
+
+
+# ---- mixed_precision ----------------------------------------------------------------------
+class BigActivations(MixLM):
+    """Fine in fp32; the hidden state passes 65504, fp16's largest value."""
+
+    def forward(self, input_ids):
+        h = self.tok(input_ids) * 1e6
+        return self.head(self.lin(h) / 1e6)
+
+
+class Cancellation(MixLM):
+    """Adds and removes a large constant: at 300, bf16 and fp16 steps (2 and 0.25) swallow the
+    hidden state."""
+
+    def forward(self, input_ids):
+        h = self.lin(self.tok(input_ids))
+        return self.head((h + 300.0) - 300.0)
+
+
+@pytest.mark.parametrize(("model", "status", "pattern"), [
+    (MixLM(), "pass", "bf16"),
+    (BigActivations(), "fail", "fp16 autocast (what Colab's T4 trains in)"),
+    (Cancellation(), "warn", "deviate from fp32"),
+])
+def test_mixed_precision_verdicts(model, status, pattern):
+    result = run(adapt(model, task="causal_lm"), "mixed_precision")
+    assert result.status == status and pattern in result.summary, result.summary
+    if status == "pass":
+        assert result.metrics["bf16_rel_error"] < 0.06 and result.metrics["fp16_rel_error"] < 0.01

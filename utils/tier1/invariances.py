@@ -1,0 +1,238 @@
+"""Invariances a healthy transformer keeps, and the silent bugs that break them.
+
+- ``causal_masking``: changing token t must not move any output before t (decoder side).
+- ``batch_independence``: a sample's outputs must not depend on the other samples in its batch.
+- ``padding_invariance``: padding, masked out, must not move the outputs at real positions.
+
+All three train without an error when broken — a missing causal mask even gives a loss that
+falls beautifully — so they are measured directly, by perturbation, in eval mode.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from utils.checks import register
+from utils.report import CheckResult
+from utils.tier1._common import (
+    different_ids,
+    eval_logits,
+    rel_diff,
+    token_key,
+    train_without_dropout,
+)
+
+_EXACT = 1e-5  # relative; what float noise between two equivalent forwards stays under
+
+
+def _finite(t: torch.Tensor) -> bool:
+    return bool(torch.isfinite(t).all())
+
+
+def _not_finite(name: str, where: str) -> CheckResult:
+    return CheckResult(name, 1, "skip", f"Outputs are not finite {where}, so nothing can be "
+                       "compared; output_stability reports where NaN/Inf starts.")
+
+
+# ---- causal_masking ---------------------------------------------------------------------
+def _cuts(t: int) -> list[int]:
+    return sorted({c for c in (1, 2, t // 4, t // 2, 3 * t // 4, t - 1) if 1 <= c < t})
+
+
+@register("causal_masking", tier=1)
+def check_causal_masking(adapter, options) -> CheckResult:
+    if not adapter.is_causal:
+        return CheckResult("causal_masking", 1, "skip",
+                           f"Task '{adapter.task}' is bidirectional: every position may see "
+                           "every token, so there is no causal mask to check.")
+    t = min(options.max_len(adapter), 32)
+    if t < 2:
+        return CheckResult("causal_masking", 1, "skip", "Sequences of length 1 have no future.")
+    key = token_key(adapter)
+    base = adapter.make_inputs(1, t, seed=options.seed)
+    ref = eval_logits(adapter, base).float()
+    if not _finite(ref):
+        return _not_finite("causal_masking", f"at batch 1 × {t}")
+    scale = float(ref.abs().max())
+    tol = options.threshold("causal_masking.rtol", _EXACT)
+    rows = []
+    for i, cut in enumerate(_cuts(t)):
+        ids = base[key].clone()
+        ids[:, cut:] = different_ids(adapter, ids[:, cut:], key, options.seed + 1 + i)
+        out = eval_logits(adapter, {**base, key: ids}).float()
+        moved = (out[0, :cut] - ref[0, :cut]).abs().amax(-1) / max(scale, 1e-12)  # (cut,)
+        leaked = (moved > tol).nonzero().flatten().tolist()
+        rows.append({"changed_from": cut, "max_rel_change_before": float(moved.max()),
+                     "positions_moved": len(leaked), "earliest_moved": leaked[0] if leaked
+                     else None, "only_previous_moved": leaked == [cut - 1]})
+    worst = max(r["max_rel_change_before"] for r in rows)
+    side = "decoder " if key == "decoder_input_ids" else ""
+    metrics = {"seq_len": t, "cuts_tested": len(rows), "max_rel_leak": worst,
+               "leaking_cuts": sum(r["positions_moved"] > 0 for r in rows)}
+    threshold = {"max_rel_leak": tol}
+    leaks = [r for r in rows if r["positions_moved"]]
+    if not leaks:
+        return CheckResult(
+            "causal_masking", 1, "pass",
+            f"Changing {side}tokens from position k on never moved an output before k "
+            f"({len(rows)} cuts at length {t}; max relative change {worst:.1e} ≤ {tol:g}).",
+            metrics, threshold, rows)
+    first = leaks[0]
+    if all(r["only_previous_moved"] for r in leaks):
+        diagnosis = ("only the position just before each change moved: every position sees the "
+                     "next token — the mask is off by one (use tril(ones) / triu(ones, 1) with "
+                     "diagonal=1 for the blocked part)")
+    else:
+        diagnosis = (f"position {first['earliest_moved']} already sees later tokens — the "
+                     "causal mask is missing, not applied, or built from the wrong length")
+    return CheckResult(
+        "causal_masking", 1, "fail",
+        f"Future {side}tokens leak into earlier outputs: changing tokens from position "
+        f"{first['changed_from']} on moved earlier outputs by up to "
+        f"{first['max_rel_change_before']:.2e} (relative; allowed {tol:g}); {diagnosis}. A model "
+        "that sees the future trains to a low loss and then cannot generate.",
+        metrics, threshold, rows)
+
+
+# ---- batch_independence -----------------------------------------------------------------
+def _rows(batch: dict[str, torch.Tensor], index) -> dict[str, torch.Tensor]:
+    return {k: v[index] for k, v in batch.items()}
+
+
+def _train_mode_spread(adapter, batch, seed: int) -> tuple[float | None, str]:
+    """Largest relative change of a sample's train-mode outputs between batch and alone."""
+    model = adapter.model
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    try:
+        train_without_dropout(model)
+        with torch.no_grad():
+            torch.manual_seed(seed)
+            together = adapter.logits(**inputs).float()
+            torch.manual_seed(seed + 1)
+            again = adapter.logits(**inputs).float()
+            if rel_diff(together, again) > _EXACT:  # e.g. F.dropout, nn.MultiheadAttention's
+                return None, "not compared in train mode: it draws random numbers outside " \
+                    "nn.Dropout modules"
+            spread = 0.0
+            for i in range(batch["input_ids"].shape[0]):
+                torch.manual_seed(seed)
+                alone = adapter.logits(**_rows(inputs, slice(i, i + 1))).float()
+                spread = max(spread, rel_diff(together[i : i + 1], alone))
+            return spread, ""
+    finally:
+        model.eval()
+
+
+@register("batch_independence", tier=1)
+def check_batch_independence(adapter, options) -> CheckResult:
+    b = max(2, options.batch(adapter, 4))
+    t = min(options.max_len(adapter), 16)
+    batch = adapter.make_inputs(b, t, seed=options.seed)
+    together = eval_logits(adapter, batch).float()
+    if not _finite(together):
+        return _not_finite("batch_independence", f"at batch {b} × {t}")
+    scale = float(together.abs().max())
+    rows = []
+    for i in range(b):
+        alone = eval_logits(adapter, _rows(batch, slice(i, i + 1))).float()
+        rows.append({"sample": i, "alone_vs_in_batch": rel_diff(together[i : i + 1], alone,
+                                                                  scale)})
+    order = torch.arange(b - 1, -1, -1)
+    reordered = eval_logits(adapter, _rows(batch, order)).float()
+    perm = rel_diff(together[order], reordered, scale)
+    worst = max([r["alone_vs_in_batch"] for r in rows] + [perm])
+    tol = options.threshold("batch_independence.rtol", 1e-4)
+    metrics = {"batch": b, "seq_len": t, "max_rel_diff_eval": worst, "reordered_rel_diff": perm}
+    threshold = {"max_rel_diff": tol}
+    if worst > tol:
+        return CheckResult(
+            "batch_independence", 1, "fail",
+            f"In eval mode a sample's outputs change with the other samples in its batch (alone "
+            f"vs in a batch of {b}, or the batch reordered: relative difference {worst:.2e} > "
+            f"{tol:g}). Look for statistics over dim 0 (a norm or mean over the batch), or a "
+            "reshape/view that mixes batch and sequence (e.g. view(T, B, …) without transpose).",
+            metrics, threshold, rows)
+    spread, note = _train_mode_spread(adapter, batch, options.seed)
+    metrics["max_rel_diff_train"] = spread
+    if spread is not None and spread > tol:
+        return CheckResult(
+            "batch_independence", 1, "warn",
+            f"Independent in eval mode (≤ {worst:.1e}), but in training mode samples influence "
+            f"each other (relative difference {spread:.2e}): statistics over the batch, as "
+            "BatchNorm computes. Transformers normally use LayerNorm; batch statistics make "
+            "small-batch training and gradient accumulation behave differently.",
+            metrics, threshold, rows)
+    mode = f"; {note}" if note else " and in training mode"
+    return CheckResult(
+        "batch_independence", 1, "pass",
+        f"Each sample's outputs are the same alone, in a batch of {b}, and reordered (max "
+        f"relative difference {worst:.1e} ≤ {tol:g}) in eval mode{mode}.", metrics, threshold,
+        rows)
+
+
+# ---- padding_invariance -----------------------------------------------------------------
+def _pad_right(adapter, batch: dict[str, torch.Tensor], extra: int) -> dict[str, torch.Tensor]:
+    """The batch with ``extra`` padding tokens appended to the (encoder) input, masked out."""
+    pad = adapter.pad_token_id if adapter.pad_token_id is not None else 0
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    b = ids.shape[0]
+    out = dict(batch)
+    out["input_ids"] = torch.cat([ids, ids.new_full((b, extra), pad)], dim=1)
+    out["attention_mask"] = torch.cat([mask, mask.new_zeros((b, extra))], dim=1)
+    if adapter.task == "causal_lm" and "labels" in batch:
+        out["labels"] = torch.cat([batch["labels"], ids.new_full((b, extra), -100)], dim=1)
+    return out
+
+
+def _real_part(adapter, out: torch.Tensor, t: int) -> torch.Tensor:
+    """Outputs at real positions: all of them for pooled or decoder-side outputs."""
+    if adapter.task in ("classification", "seq2seq"):
+        return out
+    return out[:, :t]
+
+
+@register("padding_invariance", tier=1)
+def check_padding_invariance(adapter, options) -> CheckResult:
+    top = options.max_len(adapter)
+    t = min(top - 1, 12)
+    if t < 2:
+        return CheckResult("padding_invariance", 1, "skip",
+                           f"max_seq_len {top} leaves no room for padding after real tokens.")
+    takes_mask = adapter.spec.takes_mask
+    rows = []
+    for extra in sorted({1, min(top - t, t)}):
+        batch = adapter.make_inputs(1, t, seed=options.seed + extra)
+        clean = eval_logits(adapter, batch).float()
+        if not _finite(clean):
+            return _not_finite("padding_invariance", f"at batch 1 × {t}")
+        padded = eval_logits(adapter, _pad_right(adapter, batch, extra)).float()
+        real = _real_part(adapter, padded, t)
+        rows.append({"real_len": t, "padding": extra, "rel_change": rel_diff(clean, real),
+                     "finite": _finite(real)})
+    worst = max(r["rel_change"] for r in rows)
+    tol = options.threshold("padding_invariance.rtol", 1e-4)
+    metrics = {"takes_mask": takes_mask, "max_rel_change": worst,
+               "padding_tested": [r["padding"] for r in rows]}
+    threshold = {"max_rel_change": tol}
+    how = f"padding {metrics['padding_tested']} token(s) after {t} real ones"
+    if worst <= tol:
+        why = (f"masked through '{adapter.spec.mask_param}'" if takes_mask else
+               "no mask needed: a causal model never looks right")
+        return CheckResult("padding_invariance", 1, "pass",
+                           f"Outputs at real positions unchanged by {how} ({why}; max relative "
+                           f"change {worst:.1e} ≤ {tol:g}).", metrics, threshold, rows)
+    if not takes_mask:
+        who = "its encoder" if adapter.task == "seq2seq" else "the model"
+        return CheckResult(
+            "padding_invariance", 1, "warn",
+            f"forward takes no attention mask, and {how} moved the outputs at real positions by "
+            f"{worst:.2e} (relative): {who} attends to padding, so it cannot be trained on "
+            "batches of different lengths. Accept an attention_mask (1 = real token) and apply "
+            "it to the attention scores.", metrics, threshold, rows)
+    return CheckResult(
+        "padding_invariance", 1, "fail",
+        f"The model takes a mask ('{adapter.spec.mask_param}') but {how} moved the outputs at "
+        f"real positions by {worst:.2e} (relative; allowed {tol:g}): the mask is ignored or "
+        "applied wrongly. Apply it to the attention scores of every layer (masked keys → -inf "
+        "before softmax), and mind its meaning: attention_mask 1 = real token, "
+        "key_padding_mask True = padding.", metrics, threshold, rows)

@@ -1,0 +1,161 @@
+"""``overfit_one_batch``: can the model learn at all? A few dozen steps on one tiny batch.
+
+A healthy model memorises two short random sequences quickly; a loss that does not fall means
+the outputs cannot move (detached, squashed, saturated, or a learning signal cut somewhere),
+which no shape or gradient check sees. The weights are put back afterwards — in memory when
+a copy fits easily, else through a temporary file, so a big model is never held twice — and
+Adam falls back to plain SGD when its two moment buffers would not fit.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import tempfile
+
+import torch
+
+from utils.checks import register
+from utils.environment import free_memory_bytes
+from utils.report import CheckResult
+from utils.tier1._common import train_without_dropout
+
+
+class _Snapshot:
+    """The model's state, restorable; kept in host memory only when it fits comfortably."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        state = model.state_dict()
+        nbytes = sum(t.numel() * t.element_size() for t in state.values())
+        free = free_memory_bytes("cpu")
+        self.in_memory = free is None or nbytes < 0.25 * free
+        if self.in_memory:
+            self.buffer: io.BytesIO | tempfile.SpooledTemporaryFile = io.BytesIO()
+        else:  # a big model: through the disk, never a second copy in memory
+            self.buffer = tempfile.TemporaryFile()  # noqa: SIM115 (closed by restore)
+        torch.save(state, self.buffer)
+        del state
+
+    def restore(self) -> None:
+        self.buffer.seek(0)
+        state = torch.load(self.buffer, map_location="cpu", weights_only=True)
+        self.model.load_state_dict(state)
+        self.buffer.close()
+
+
+class _Adam:
+    """Adam without weight decay, in a few tensor ops.
+
+    ``torch.optim`` imports ``torch._dynamo`` when the first optimizer is built — about a
+    second, a seventh of Tier 1's whole budget — for a check that needs thirty plain steps.
+    With ``moments=False`` it is plain SGD, which keeps no state at all.
+    """
+
+    def __init__(self, params: list[torch.nn.Parameter], lr: float, moments: bool = True,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        self.params, self.lr, self.betas, self.eps, self.t = params, lr, betas, eps, 0
+        self.state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params] if moments \
+            else None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.t += 1
+        b1, b2 = self.betas
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            if self.state is None:
+                p.add_(p.grad, alpha=-self.lr)
+                continue
+            m, v = self.state[i]
+            m.lerp_(p.grad, 1 - b1)
+            v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+            denom = (v / (1 - b2**self.t)).sqrt_().add_(self.eps)
+            p.addcdiv_(m, denom, value=-self.lr / (1 - b1**self.t))
+
+
+def _optimizer(params: list[torch.nn.Parameter], device: torch.device, lr: float):
+    """Adam when its moments (2 × trainable bytes, plus margin) fit on the device, else SGD."""
+    need = 2.5 * sum(p.numel() * p.element_size() for p in params)
+    free = free_memory_bytes(device)
+    if free is not None and need > free:
+        return _Adam(params, lr * 30, moments=False), "SGD (Adam's state would not fit)"
+    return _Adam(params, lr), "Adam"
+
+
+@register("overfit_one_batch", tier=1)
+def check_overfit_one_batch(adapter, options) -> CheckResult:
+    if adapter.task == "encoder":
+        return CheckResult("overfit_one_batch", 1, "skip",
+                           "An encoder returns hidden states and has no task loss to fit.")
+    model = adapter.model
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        return CheckResult("overfit_one_batch", 1, "fail", "No parameter requires a gradient: "
+                           "nothing can be trained. Unfreeze the weights (requires_grad=True).")
+    steps = int(options.threshold("overfit_one_batch.steps", 30))
+    lr = options.threshold("overfit_one_batch.lr", 3e-3)
+    need = options.threshold("overfit_one_batch.min_drop", 0.3)
+    batch = adapter.make_inputs(2, min(options.max_len(adapter), 16), seed=options.seed)
+    snapshot = _Snapshot(model)
+    optimizer, opt_name = _optimizer(params, adapter.device, lr)
+    losses: list[float] = []
+    detached = False
+    try:
+        train_without_dropout(model)
+        for _ in range(steps):
+            model.zero_grad(set_to_none=True)
+            loss = adapter.loss(batch)
+            losses.append(float(loss.detach()))
+            if not math.isfinite(losses[-1]):
+                break
+            if not loss.requires_grad:
+                detached = True
+                break
+            loss.backward()
+            optimizer.step()
+        if not detached and math.isfinite(losses[-1]):
+            with torch.no_grad():
+                losses.append(float(adapter.loss(batch)))
+    finally:
+        del optimizer
+        model.zero_grad(set_to_none=True)
+        snapshot.restore()
+    rows = [{"step": i, "loss": v} for i, v in enumerate(losses)]
+    first, last = losses[0], losses[-1]
+    drop = (first - min(losses)) / first if first > 0 and math.isfinite(first) else 0.0
+    metrics = {"steps": len(losses) - 1, "optimizer": opt_name, "lr": lr, "initial_loss": first,
+               "final_loss": last, "relative_drop": drop,
+               "weights_restored_via": "memory" if snapshot.in_memory else "temporary file"}
+    threshold = {"pass_relative_drop": need, "fail_relative_drop_below": 0.1}
+    what = f"{len(losses) - 1} {opt_name} steps (lr {lr:g}) on one batch of 2 × " \
+           f"{batch['input_ids'].shape[1]}"
+    if detached:
+        return CheckResult(
+            "overfit_one_batch", 1, "fail",
+            "The loss does not depend on any trainable parameter (it has no grad_fn): the "
+            "outputs are detached (.detach(), torch.no_grad, .data or a numpy round trip in "
+            "forward), so training cannot change them.", metrics, threshold, rows)
+    if not all(math.isfinite(v) for v in losses):
+        return CheckResult(
+            "overfit_one_batch", 1, "fail",
+            f"The loss became NaN/Inf after {len(losses) - 1} of {what}: training diverges "
+            "even on one batch. Check for unclamped exp/log, division by small norms, and the "
+            "initial output scale.", metrics, threshold, rows)
+    summary = f"{what}: loss {first:.3f} → {last:.3f} (−{drop:.0%}"
+    if drop < 0.1:
+        return CheckResult(
+            "overfit_one_batch", 1, "fail",
+            f"{summary}, below 10%): the model cannot fit even two sequences. Its outputs barely "
+            "move with the weights — look for squashed or tiny logits (a tanh/normalise before "
+            "the head, a temperature that divides by a huge number), frozen layers, or an "
+            "output that ignores the hidden states.", metrics, threshold, rows)
+    if drop < need:
+        return CheckResult(
+            "overfit_one_batch", 1, "warn",
+            f"{summary}, below {need:.0%}): it learns, but slowly for one tiny batch. Check the "
+            "output scale, normalisation and residual paths.", metrics, threshold, rows)
+    return CheckResult("overfit_one_batch", 1, "pass",
+                       f"{summary}, ≥ {need:.0%}); weights restored afterwards.", metrics,
+                       threshold, rows)

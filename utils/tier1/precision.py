@@ -1,0 +1,102 @@
+"""``mixed_precision``: the forward under autocast against fp32.
+
+Colab's free T4 trains in fp16 (no bf16), whose largest value is 65504: a model that is fine
+in fp32 can overflow to inf there. On a GPU the check runs fp16 (and bf16 where the card has
+it); on a CPU it runs bf16 and also fp16, which CPU autocast supports, so the T4's overflow is
+seen before any GPU time is spent. Non-finite outputs fail; large deviations warn.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from utils.checks import register
+from utils.report import CheckResult
+from utils.tier1._common import eval_logits
+
+_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
+# Relative Frobenius deviation from fp32 to warn above: ~8× each format's epsilon
+# (fp16 2^-10, bf16 2^-7), which a stack of healthy layers stays well within.
+_WARN = {torch.float16: 0.01, torch.bfloat16: 0.06}
+
+
+def _dtypes(device: torch.device) -> list[torch.dtype]:
+    if device.type == "cuda":
+        return [torch.float16] + ([torch.bfloat16] if torch.cuda.is_bf16_supported() else [])
+    return [torch.bfloat16, torch.float16]
+
+
+def _compare(adapter, batch, ref: torch.Tensor, ref_loss: float | None, dtype) -> dict:
+    device = adapter.device
+    with torch.autocast(device.type, dtype=dtype):
+        out = eval_logits(adapter, batch)
+    row = {"dtype": _NAMES[dtype], "output_dtype": str(out.dtype).replace("torch.", "")}
+    out = out.float()
+    row["finite"] = bool(torch.isfinite(out).all())
+    if not row["finite"]:
+        row["non_finite_share"] = float((~torch.isfinite(out)).float().mean())
+        return row
+    row["rel_error"] = float((out - ref).norm() / ref.norm().clamp_min(1e-12))
+    if ref.ndim >= 2 and ref.shape[-1] > 1:
+        row["top1_agreement"] = float((out.argmax(-1) == ref.argmax(-1)).float().mean())
+    if ref_loss is not None:
+        loss = float(adapter.loss_from_logits(out, batch))
+        row["loss"] = loss
+        row["loss_rel_diff"] = abs(loss - ref_loss) / max(abs(ref_loss), 1e-12)
+    return row
+
+
+@register("mixed_precision", tier=1)
+def check_mixed_precision(adapter, options) -> CheckResult:
+    t = min(options.max_len(adapter), 64)
+    batch = adapter.make_inputs(options.batch(adapter, 2), t, seed=options.seed)
+    ref = eval_logits(adapter, batch).float()
+    if not bool(torch.isfinite(ref).all()):
+        return CheckResult("mixed_precision", 1, "skip", "The fp32 outputs are already not "
+                           "finite; output_stability reports where NaN/Inf starts.")
+    has_loss = "labels" in batch and adapter.task != "encoder" and not (
+        adapter.task == "causal_lm" and t < 2)
+    ref_loss = float(adapter.loss_from_logits(ref, batch)) if has_loss else None
+    rows, unsupported = [], []
+    for dtype in _dtypes(adapter.device):
+        try:
+            rows.append(_compare(adapter, batch, ref, ref_loss, dtype))
+        except RuntimeError as exc:  # an op with no low-precision kernel on this device
+            unsupported.append(f"{_NAMES[dtype]}: {str(exc).splitlines()[0][:120]}")
+    warn = {_NAMES[d]: options.threshold(f"mixed_precision.{_NAMES[d]}_rel_error", w)
+            for d, w in _WARN.items()}
+    metrics = {f"{r['dtype']}_rel_error": r.get("rel_error") for r in rows}
+    metrics.update({f"{r['dtype']}_finite": r["finite"] for r in rows})
+    metrics["device"] = adapter.device.type
+    threshold = {"non_finite": 0, **{f"warn_{k}_rel_error": v for k, v in warn.items()}}
+    where = "on this CPU (emulating Colab's T4)" if adapter.device.type == "cpu" else ""
+    broken = [r for r in rows if not r["finite"]]
+    if broken:
+        names = ", ".join(r["dtype"] for r in broken)
+        t4 = " (what Colab's T4 trains in)" if any(r["dtype"] == "fp16" for r in broken) else ""
+        return CheckResult(
+            "mixed_precision", 1, "fail",
+            f"Under {names} autocast{t4} the outputs hold NaN/Inf "
+            f"({broken[0]['non_finite_share']:.1%} of values) while fp32 is finite: values "
+            "exceed the format's range (fp16 max 65504). Scale attention scores by "
+            "1/sqrt(head_dim), keep residual streams normalised, and avoid huge constants "
+            "(use -inf or torch.finfo(x.dtype).min for masks, not -1e9).",
+            metrics, threshold, rows)
+    if not rows:
+        return CheckResult("mixed_precision", 1, "skip", "Autocast is not supported here: "
+                           + "; ".join(unsupported), metrics, threshold, rows)
+    loud = [r for r in rows if r["rel_error"] > warn[r["dtype"]]]
+    measured = ", ".join(f"{r['dtype']} {r['rel_error']:.1e}" for r in rows)
+    if loud:
+        r = loud[0]
+        return CheckResult(
+            "mixed_precision", 1, "warn",
+            f"Under {r['dtype']} autocast {where} the outputs deviate from fp32 by "
+            f"{r['rel_error']:.1e} (relative; warn above {warn[r['dtype']]:g}): low precision "
+            "changes what this model computes. Look for large activations, softmax over "
+            "unscaled scores, or sums over long sequences.", metrics, threshold, rows)
+    note = f"; not run: {'; '.join(unsupported)}" if unsupported else ""
+    return CheckResult(
+        "mixed_precision", 1, "pass",
+        f"Autocast outputs finite and close to fp32 {where} (relative error {measured}){note}.",
+        metrics, threshold, rows)
