@@ -1,0 +1,282 @@
+"""Text datasets for training: load, find the columns, clean, split by document, summarise.
+
+``load_text_dataset`` turns any source (:mod:`utils.training.text_sources`) into a
+:class:`TextDataset`: a train and a validation ``datasets.Dataset`` whose rows are documents,
+with the roles of the columns decided (text; label for classification; source and target for
+seq2seq) and blank documents dropped. The split is by document and happens before any
+tokenization or packing, so no document straddles it.
+
+Example:
+    >>> from utils.training.dataset_utilities import load_text_dataset
+    >>> data = load_text_dataset("wikitext", config="wikitext-2-raw-v1")   # needs the Hub
+    >>> data = load_text_dataset("my_corpus/", validation_fraction=0.1)      # local files
+    >>> print(data.summary())
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from utils.environment import require
+from utils.errors import UserError
+from utils.training.text_sources import example_corpus, read_source
+
+__all__ = ["DatasetStats", "TextDataset", "example_corpus", "load_text_dataset"]
+
+TASKS = ("causal_lm", "masked_lm", "encoder", "classification", "seq2seq")
+TEXT_NAMES = ("text", "content", "document", "sentence", "body", "article", "review", "passage")
+LABEL_NAMES = ("label", "labels", "class", "category", "sentiment", "target", "y")
+PAIR_NAMES = (("source", "target"), ("src", "tgt"), ("input", "output"), ("question", "answer"),
+              ("document", "summary"), ("article", "highlights"), ("prompt", "completion"))
+CHARS_PER_TOKEN = 4  # rough English average for BPE tokenizers; real counts come after tokenizing
+
+
+@dataclass(frozen=True)
+class DatasetStats:
+    """Size of one split, counted on the text (or source) column."""
+
+    documents: int
+    characters: int
+    bytes: int
+
+    @property
+    def estimated_tokens(self) -> int:
+        """About ``characters / 4``: a BPE tokenizer's typical rate on English."""
+        return self.characters // CHARS_PER_TOKEN
+
+
+@dataclass
+class TextDataset:
+    """Documents ready for tokenizing, split into train and validation."""
+
+    train: Any
+    """``datasets.Dataset`` of training documents."""
+    validation: Any
+    """``datasets.Dataset`` of validation documents (may be empty if the fraction is 0)."""
+    task: str
+    text_column: str
+    """The text; for seq2seq, the source side."""
+    label_column: str | None = None
+    target_column: str | None = None
+    label_names: list[str] | None = None
+    """Class names when labels were strings (label id = index here)."""
+    num_classes: int | None = None
+    source: str = ""
+    split_by: str = "documents, seeded"
+    stats: dict[str, DatasetStats] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """A few lines for a notebook or a log."""
+        lines = [f"Text dataset from {self.source} (task {self.task}, text column "
+                 f"'{self.text_column}'"
+                 + (f", label '{self.label_column}' with {self.num_classes} classes"
+                    if self.label_column else "")
+                 + (f", target '{self.target_column}'" if self.target_column else "") + ")"]
+        for name, s in self.stats.items():
+            lines.append(f"  {name:<10} {s.documents:>9,} documents  {s.characters:>13,} chars  "
+                         f"~{s.estimated_tokens:,} tokens")
+        if any(self.dropped.values()):
+            lines.append("  dropped    " + ", ".join(f"{n:,} {why}" for why, n
+                                                      in self.dropped.items() if n))
+        lines.append(f"  split by   {self.split_by}")
+        return "\n".join(lines)
+
+
+def load_text_dataset(source: Any = None, *, config: str | None = None, split: str | None = None,
+                      task: str = "causal_lm", text_column: str | None = None,
+                      label_column: str | None = None, target_column: str | None = None,
+                      document: str = "paragraph", validation_fraction: float = 0.05,
+                      dedup: bool = False, seed: int = 0, max_documents: int | None = None,
+                      cache_dir: str | Path | None = None) -> TextDataset:
+    """Load text from ``source`` and split it into train and validation documents.
+
+    Args:
+        source: A local file or folder (.txt/.csv/.jsonl/.parquet), ``"upload"`` in Colab, a list
+            of strings, a ``datasets.Dataset``, or a Hugging Face dataset name. ``None`` is the
+            shipped Shakespeare corpus.
+        config: The Hub dataset's configuration, e.g. ``"wikitext-2-raw-v1"``.
+        split: Only this split of a Hub dataset (then it is split here).
+        task: The model's task; decides which columns are needed.
+        text_column, label_column, target_column: Column roles, when detection is not enough.
+        document: How .txt files are cut into documents: ``paragraph``, ``line`` or ``file``.
+        validation_fraction: Share of documents held out, in [0, 0.5]; ignored when the source
+            has its own validation split.
+        dedup: Drop documents whose text repeats an earlier one exactly.
+        seed: Seed of the split.
+        max_documents: Keep only the first N documents (quick runs).
+        cache_dir: Where ``datasets`` keeps its Arrow files.
+
+    Raises:
+        UserError: an unreadable source, a missing column, or no text left after cleaning.
+    """
+    problems = []
+    if task not in TASKS:
+        problems.append(f"task={task!r} (allowed: {', '.join(TASKS)})")
+    if not 0 <= validation_fraction <= 0.5:
+        problems.append(f"validation_fraction={validation_fraction} (allowed: 0 to 0.5)")
+    if max_documents is not None and max_documents < 1:
+        problems.append(f"max_documents={max_documents} (allowed: 1 or more, or None)")
+    if problems:
+        raise UserError("load_text_dataset got " + "; ".join(problems) + ".",
+                        fix="Correct the arguments listed.")
+    raw, described = read_source(example_corpus() if source is None else source, config=config,
+                                 split=split, document=document, cache_dir=cache_dir)
+    given = dict(raw) if hasattr(raw, "keys") else {"train": raw}
+    first = next(iter(given.values()))
+    roles = _roles(first, task, text_column, label_column, target_column)
+    data = TextDataset(train=None, validation=None, task=task, source=described, **roles)
+    cleaned = {}
+    for name, ds in given.items():
+        if max_documents is not None:
+            ds = ds.select(range(min(max_documents, len(ds))))
+        cleaned[name] = _clean(ds, data, dedup)
+    if data.label_column:
+        cleaned = _encode_labels(cleaned, data)
+    val_name = next((n for n in ("validation", "valid", "dev", "test") if n in cleaned), None)
+    if "train" in cleaned and val_name and len(cleaned[val_name]):
+        data.train, data.validation = cleaned["train"], cleaned[val_name]
+        data.split_by = f"the source's own '{val_name}' split"
+    else:
+        data.train, data.validation = _split(cleaned.get("train", first), validation_fraction,
+                                             seed)
+        data.split_by = f"documents, seeded permutation (seed {seed}, {validation_fraction:.0%})"
+    data.stats = {"train": _stats(data.train, data.text_column),
+                  "validation": _stats(data.validation, data.text_column)}
+    return data
+
+
+def _roles(ds, task: str, text: str | None, label: str | None, target: str | None) -> dict:
+    columns = dict(ds.features)
+    strings = [c for c, f in columns.items() if getattr(f, "dtype", None) in ("string",
+                                                                               "large_string")]
+    listing = ", ".join(f"{c} ({getattr(f, 'dtype', type(f).__name__)})"
+                        for c, f in columns.items())
+    for role, name in (("text_column", text), ("label_column", label),
+                       ("target_column", target)):
+        if name is not None and name not in columns:
+            raise UserError(f"The column '{name}' ({role}) is not in the dataset.",
+                            why=f"Its columns are: {listing}.",
+                            fix=f"Pass {role}= one of those names.")
+    if task == "seq2seq" and (text is None or target is None):
+        pair = next(((s, t) for s, t in PAIR_NAMES if s in strings and t in strings), None)
+        if pair is None:
+            raise UserError("Could not find the source and target columns for seq2seq.",
+                            why=f"Columns: {listing}. Known pairs: "
+                            + ", ".join("/".join(p) for p in PAIR_NAMES) + ".",
+                            fix="Pass text_column='<source>' and target_column='<target>'.")
+        text, target = text or pair[0], target or pair[1]
+    if text is None:
+        named = [c for c in TEXT_NAMES if c in strings]
+        if len(strings) == 1 or named:
+            text = named[0] if named else strings[0]
+        else:
+            why = (f"Its columns are {listing}, and " +
+                   ("none holds strings." if not strings else
+                    "several hold strings and none has a usual text name."))
+            raise UserError("Could not tell which column holds the text.", why=why,
+                            fix="Pass text_column='<name>' (one of the string columns).")
+    if task == "classification" and label is None:
+        label = next((c for c in LABEL_NAMES if c in columns and c != text), None)
+        if label is None:
+            raise UserError("Could not find the label column for classification.",
+                            why=f"Its columns are: {listing}.",
+                            fix="Pass label_column='<name>' (integers or class names).")
+    return {"text_column": text, "label_column": label if task == "classification" else None,
+            "target_column": target if task == "seq2seq" else None}
+
+
+def _clean(ds, data: TextDataset, dedup: bool):
+    """Drop blank documents (WikiText has many blank lines) and, optionally, exact repeats."""
+    cols = [c for c in (data.text_column, data.target_column) if c]
+    before = len(ds)
+
+    def keep(batch):
+        return [all(isinstance(t, str) and t.strip() for t in row)
+                for row in zip(*(batch[c] for c in cols), strict=True)]
+
+    ds = ds.filter(keep, batched=True, batch_size=10_000,
+                   desc="Dropping blank documents")
+    data.dropped["blank documents"] = data.dropped.get("blank documents", 0) + before - len(ds)
+    if dedup and len(ds):
+        seen, kept = set(), []
+        for start, batch in _iter_batches(ds, cols):
+            for i, row in enumerate(zip(*batch, strict=True)):
+                digest = hashlib.blake2b("\x00".join(row).encode(), digest_size=16).digest()
+                if digest not in seen:
+                    seen.add(digest)
+                    kept.append(start + i)
+        data.dropped["duplicates"] = data.dropped.get("duplicates", 0) + len(ds) - len(kept)
+        ds = ds.select(kept) if len(kept) < len(ds) else ds
+    return ds
+
+
+def _iter_batches(ds, cols: list[str], size: int = 10_000):
+    for start in range(0, len(ds), size):
+        chunk = ds.select_columns(cols)[start:start + size]
+        yield start, [chunk[c] for c in cols]
+
+
+def _encode_labels(splits: dict, data: TextDataset) -> dict:
+    col = data.label_column
+    dtype = getattr(splits[next(iter(splits))].features[col], "dtype", None)
+    names = getattr(splits[next(iter(splits))].features[col], "names", None)
+    if dtype in ("string", "large_string"):
+        names = sorted({v for ds in splits.values() for v in ds.unique(col)})
+        index = {n: i for i, n in enumerate(names)}
+        datasets = require("datasets", "Loading a text dataset")
+        splits = {k: ds.map(lambda b: {col: [index[v] for v in b[col]]}, batched=True,
+                            features=_with(ds.features, col, datasets.ClassLabel(names=names)),
+                            desc="Encoding labels") for k, ds in splits.items()}
+    elif dtype is not None and not dtype.startswith(("int", "uint", "bool")) and not names:
+        raise UserError(f"The label column '{col}' holds {dtype} values.",
+                        why="Class labels are integers 0..C-1 or class names (strings).",
+                        fix="Pass label_column= the column with the classes.")
+    values = [v for ds in splits.values() for v in ds.unique(col)]
+    if any(v is None or int(v) < 0 for v in values):
+        raise UserError(f"The label column '{col}' has missing or negative labels.",
+                        why="Every document needs a class 0..C-1.",
+                        fix="Drop the unlabelled rows, or map them to a class.")
+    data.label_names = list(names) if names else None
+    data.num_classes = len(names) if names else int(max(values)) + 1
+    return splits
+
+
+def _with(features, col: str, feature):
+    features = features.copy()
+    features[col] = feature
+    return features
+
+
+def _split(ds, fraction: float, seed: int):
+    import numpy as np
+
+    n = len(ds)
+    if n == 0:
+        raise UserError("The dataset has no text: every document was empty or blank.",
+                        why="Blank documents are dropped, and nothing was left to train on.",
+                        fix="Check the file or the text_column; for a Hub dataset, the config.")
+    n_val = 0 if fraction == 0 else max(1, round(n * fraction))
+    if n_val >= n:
+        raise UserError(f"The dataset has {n} document(s): too few for a train/validation "
+                        "split by document.", why="Each split needs at least one document.",
+                        fix='Add text, use document="line" to cut it finer, or pass '
+                        "validation_fraction=0.")
+    order = np.random.default_rng(seed).permutation(n)
+    # (n_val,) indices; both splits keep the source order, shuffling is the sampler's job
+    return ds.select(np.sort(order[n_val:])), ds.select(np.sort(order[:n_val]))
+
+
+def _stats(ds, column: str) -> DatasetStats:
+    import pyarrow.compute as pc
+
+    if len(ds) == 0:
+        return DatasetStats(0, 0, 0)
+    table = ds.with_format("arrow")[:]  # honours select()'s indices, zero-copy otherwise
+    col = table.column(column)
+    chars = pc.sum(pc.utf8_length(col)).as_py() or 0
+    nbytes = pc.sum(pc.binary_length(col)).as_py() or 0
+    return DatasetStats(len(ds), int(chars), int(nbytes))
