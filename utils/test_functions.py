@@ -86,7 +86,7 @@ def test_padding_invariance(model, config: dict | None = None, **options) -> Che
 
 
 def test_overfit_one_batch(model, config: dict | None = None, **options) -> CheckResult:
-    """Thirty optimizer steps on one tiny batch must cut the loss clearly; weights restored."""
+    """Two dozen optimizer steps on one tiny batch must cut the loss clearly; weights restored."""
     return _one("overfit_one_batch", model, config, options)
 
 

@@ -48,7 +48,7 @@ class _Adam:
     """Adam without weight decay, in a few tensor ops.
 
     ``torch.optim`` imports ``torch._dynamo`` when the first optimizer is built — about a
-    second, a seventh of Tier 1's whole budget — for a check that needs thirty plain steps.
+    second, a seventh of Tier 1's whole budget — for a check that needs two dozen plain steps.
     With ``moments=False`` it is plain SGD, which keeps no state at all.
     """
 
@@ -94,7 +94,7 @@ def check_overfit_one_batch(adapter, options) -> CheckResult:
     if not params:
         return CheckResult("overfit_one_batch", 1, "fail", "No parameter requires a gradient: "
                            "nothing can be trained. Unfreeze the weights (requires_grad=True).")
-    steps = int(options.threshold("overfit_one_batch.steps", 30))
+    steps = int(options.threshold("overfit_one_batch.steps", 24))
     lr = options.threshold("overfit_one_batch.lr", 3e-3)
     need = options.threshold("overfit_one_batch.min_drop", 0.3)
     batch = adapter.make_inputs(2, min(options.max_len(adapter), 16), seed=options.seed)
