@@ -266,7 +266,8 @@ def test_plots_draw_from_results():
     matplotlib.use("Agg")
     figures = run(LM()).plots()
     assert set(figures) == {"gradient_flow", "parameter_initialization", "output_stability",
-                            "memory_footprint", "inference_speed"}
+                            "memory_footprint", "inference_speed", "overfit_one_batch",
+                            "causal_masking"}
     assert all(len(f.axes) == 1 for f in figures.values())
 
 

@@ -100,3 +100,34 @@ def plot_inference_speed(result: CheckResult):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+@register_plot("overfit_one_batch")
+def plot_overfit_one_batch(result: CheckResult):
+    fig, ax = _axes("Loss while overfitting one batch", height=3.0)
+    ax.plot([r["step"] for r in result.rows], [r["loss"] for r in result.rows], marker=".")
+    first = result.metrics.get("initial_loss")
+    need = result.threshold.get("pass_relative_drop")
+    if first is not None and need is not None and first == first:
+        ax.axhline(first * (1 - need), color="#1a7f37", ls=":", label=f"pass: −{need:.0%}")
+        ax.legend(fontsize=8)
+    ax.set_xlabel(f"{result.metrics.get('optimizer', '')} step")
+    ax.set_ylabel("loss")
+    fig.tight_layout()
+    return fig
+
+
+@register_plot("causal_masking")
+def plot_causal_masking(result: CheckResult):
+    fig, ax = _axes("Change of earlier outputs when tokens from position k on change",
+                    height=3.0)
+    cuts = [str(r["changed_from"]) for r in result.rows]
+    ax.bar(cuts, [max(r["max_rel_change_before"], 1e-12) for r in result.rows],
+           color=["#cf222e" if r["positions_moved"] else "#1a7f37" for r in result.rows])
+    ax.axhline(result.threshold["max_rel_leak"], color="black", ls=":", label="allowed")
+    ax.set_yscale("log")
+    ax.set_xlabel("k (first changed position)")
+    ax.set_ylabel("relative change before k")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
