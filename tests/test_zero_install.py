@@ -78,3 +78,21 @@ def test_missing_extra_is_a_clear_error():
     """)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "export"
+
+
+def test_tier1_and_tier2_run_without_extras():
+    proc = run_blocked("""
+        import utils
+        from utils.tier1_critical_validation import run_tier1
+        from utils.tier2_advanced_analysis import run_tier2
+        adapter = utils.adapt(utils.load_model(say=lambda m: None))
+        reports = [run_tier1(adapter, progress=False), run_tier2(adapter, progress=False)]
+        errors = [r.name for rep in reports for r in rep.results if r.status == "error"]
+        assert not errors, [rep.to_text() for rep in reports]
+        assert [r.name for r in reports[1].results][0] == "attention_patterns"
+        leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+        assert not leaked, leaked
+        print("OK", len(reports[0].results), len(reports[1].results))
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert "OK" in proc.stdout

@@ -80,11 +80,13 @@ def _check_names(args: argparse.Namespace) -> list[str]:
     """The checks the flags ask for; a bad tier or check name is a usage error."""
     from utils.checks import select
     from utils.tier1_critical_validation import TIER1_CHECKS
+    from utils.tier2_advanced_analysis import TIER2_CHECKS
 
-    tiers = {"1": list(TIER1_CHECKS)}
+    tiers = {"1": list(TIER1_CHECKS), "2": list(TIER2_CHECKS)}
     if args.tier not in tiers and args.tier != "all":
         raise UserError(f"Tier {args.tier} is not part of Transformer Testbench {__version__}.",
-                        why=f"Available tiers: {', '.join(tiers)}.", fix="Use --tier 1.")
+                        why=f"Available tiers: {', '.join(tiers)}.",
+                        fix="Use --tier 1, --tier 2 or --tier all.")
     wanted = [n for tier in sorted(tiers) for n in tiers[tier]] if args.tier == "all" else \
         tiers[args.tier]
     return select(wanted, args.checks, args.skip)

@@ -15,12 +15,15 @@ from __future__ import annotations
 from utils.checks import CheckOptions
 from utils.report import CheckResult, Report
 from utils.tier1_critical_validation import as_adapter, run_tier1
+from utils.tier2_advanced_analysis import run_tier2
 
 __test__ = False  # pytest: these are not tests
-__all__ = ["run_all_tier1_tests", "test_batch_independence", "test_causal_masking",
-           "test_determinism", "test_gradient_flow", "test_inference_speed", "test_initial_loss",
-           "test_memory_footprint", "test_mixed_precision", "test_output_stability",
-           "test_overfit_one_batch", "test_padding_invariance", "test_parameter_initialization",
+__all__ = ["run_all_tier1_tests", "run_all_tier2_tests", "test_attention_patterns",
+           "test_attribution_analysis", "test_batch_independence", "test_causal_masking",
+           "test_determinism", "test_generation_consistency", "test_gradient_flow",
+           "test_inference_speed", "test_initial_loss", "test_memory_footprint",
+           "test_mixed_precision", "test_output_stability", "test_overfit_one_batch",
+           "test_padding_invariance", "test_parameter_initialization", "test_robustness",
            "test_shape_robustness"]
 
 
@@ -99,3 +102,34 @@ def run_all_tier1_tests(model, config: dict | None = None, **options) -> Report:
     """Every Tier 1 check; the report renders as a table in notebooks."""
     return run_tier1(as_adapter(model, config), options=CheckOptions(**options))
 
+
+# ---- Tier 2: understanding the model -----------------------------------------------------
+def _one2(name: str, model, config: dict | None, options: dict) -> CheckResult:
+    report = run_tier2(as_adapter(model, config), checks=[name], options=CheckOptions(**options),
+                       progress=False)
+    return report.results[0]
+
+
+def test_attention_patterns(model, config: dict | None = None, **options) -> CheckResult:
+    """Per-head attention statistics and classes (previous-token, sink, local, uniform, mixed)."""
+    return _one2("attention_patterns", model, config, options)
+
+
+def test_attribution_analysis(model, config: dict | None = None, **options) -> CheckResult:
+    """Integrated Gradients and gradient × input per input token, with the completeness delta."""
+    return _one2("attribution_analysis", model, config, options)
+
+
+def test_robustness(model, config: dict | None = None, **options) -> CheckResult:
+    """Top-1 agreement, KL and loss increase under token substitution and embedding noise."""
+    return _one2("robustness", model, config, options)
+
+
+def test_generation_consistency(model, config: dict | None = None, **options) -> CheckResult:
+    """Greedy decoding step by step (and with a KV cache) equals one full forward pass."""
+    return _one2("generation_consistency", model, config, options)
+
+
+def run_all_tier2_tests(model, config: dict | None = None, **options) -> Report:
+    """Every Tier 2 analysis; ``report.plots()`` draws heatmaps, attribution bars and curves."""
+    return run_tier2(as_adapter(model, config), options=CheckOptions(**options))

@@ -1,0 +1,1 @@
+"""Tier 2 analyses: attention patterns, attribution, robustness, generation consistency."""
