@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from reference_gpt import ROOT, summary, time_command, write_reference  # noqa: E402
+from reference_gpt import ROOT, summary, time_command, write_reference
 
 
 def bare_unit(folder: Path, runs: int) -> list[float]:

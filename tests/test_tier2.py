@@ -457,3 +457,14 @@ def test_hugging_face_models_run_tier2(build, attn):
                                               else "softmax")
     if build != "bert":
         assert "cached_max_rel_logit_diff" in report["generation_consistency"].metrics
+
+
+def test_tier2_alone_stays_within_the_length_the_model_runs_at(capsys):
+    """Tier 1's shape_robustness finds a length bug; Tier 2 alone probes for it and caps."""
+    report = run_tier2(load_model(ZOO / "short_position_table", say=lambda m: None),
+                       progress=False)
+    assert not [r for r in report.results if r.status == "error"], report.to_text()
+    assert all("Lengths capped at 32" in r.summary for r in report.results
+               if r.status != "skip")
+    assert main(["validate", str(ZOO / "short_position_table"), "--tier", "2"]) == 0
+    assert "note: The model fails beyond length 32" in capsys.readouterr().out

@@ -96,6 +96,7 @@ def validate(args: argparse.Namespace) -> int:
     from utils.adapters import adapt, load_model
     from utils.checks import CheckOptions, run_checks
     from utils.environment import resolve_device, versions
+    from utils.tier1.shapes import runnable_max_len
 
     try:
         names = _check_names(args)
@@ -115,7 +116,7 @@ def validate(args: argparse.Namespace) -> int:
                         device=device)
         source = report.source
         report = run_checks(adapter, names, CheckOptions(seed=args.seed, device=str(device)),
-                            progress=sys.stderr.isatty())
+                            progress=sys.stderr.isatty(), length_probe=runnable_max_len)
         report.source = source
     except UserError as err:
         report.error = err.to_dict()

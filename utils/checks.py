@@ -139,8 +139,14 @@ def _progress(names: list[str], enabled: bool):
 
 
 def run_checks(adapter, names: list[str], options: CheckOptions | None = None, *,
-               progress: bool = True, model_info: dict[str, Any] | None = None) -> Report:
-    """Run the named checks on ``adapter``; a crash is an ``error`` result, never a stop."""
+               progress: bool = True, model_info: dict[str, Any] | None = None,
+               length_probe: Callable[[Any, CheckOptions], int | None] | None = None,
+               ) -> Report:
+    """Run the named checks on ``adapter``; a crash is an ``error`` result, never a stop.
+
+    ``length_probe(adapter, options)`` — the longest length that runs, or None when all do —
+    is asked first when the run does not start with a check that finds it itself.
+    """
     from utils.environment import versions
 
     options = options or CheckOptions()
@@ -150,6 +156,18 @@ def run_checks(adapter, names: list[str], options: CheckOptions | None = None, *
                     environment={**versions(), "device": str(adapter.device)})
     bar = _progress(names, progress)
     capped_by = None
+    if length_probe is not None and names and names[0] != "shape_robustness":
+        was_training = adapter.model.training
+        try:
+            runnable = length_probe(adapter, options)
+        finally:
+            adapter.model.train(was_training)
+        if runnable is not None:
+            options = dataclasses.replace(options, max_len_cap=runnable)
+            capped_by = "Tier 1's shape_robustness"
+            report.notes.append(f"The model fails beyond length {runnable} (a length probe "
+                                "found it); every check stays within it. Run Tier 1 for the "
+                                "cause.")
     for name in bar:
         if hasattr(bar, "set_postfix_str"):
             bar.set_postfix_str(name)
@@ -163,5 +181,7 @@ def run_checks(adapter, names: list[str], options: CheckOptions | None = None, *
         if isinstance(runnable, int) and 0 < runnable < options.max_len(adapter):
             options = dataclasses.replace(options, max_len_cap=runnable)
             capped_by = name
+            report.notes.append(f"{name} found that the model fails beyond length {runnable}; "
+                                "the checks after it stay within that length.")
         report.results.append(result)
     return report

@@ -90,6 +90,7 @@ class Report:
     source: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
     error: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)  # run-wide remarks, e.g. a length cap
 
     @property
     def passed(self) -> bool:
@@ -136,6 +137,7 @@ class Report:
             "model": self.model,
             "checks": [r.to_dict(rows=rows) for r in self.results],
             "passed": self.passed,
+            "notes": self.notes,
             "environment": self.environment,
         }
         if self.error is not None:
@@ -169,6 +171,7 @@ class Report:
                 summary = r.summary if len(r.summary) <= width else r.summary[: width - 1] + "…"
                 lines.append(f"{_ICON[r.status]} {r.status:<5} {r.name:<{name_w}} "
                              f"{r.seconds:6.2f}s  {summary}")
+        lines += [f"note: {n}" for n in self.notes]
         lines.append(self.verdict())
         return "\n".join(lines)
 
@@ -188,6 +191,7 @@ class Report:
         return (
             f"<div class='testbench-report'><h4>Testbench report — {title}</h4>"
             f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+            + "".join(f"<p><i>Note: {html.escape(n)}</i></p>" for n in self.notes) +
             f"<p style='color:{colour};font-weight:bold'>{html.escape(self.verdict())}</p></div>"
         )
 

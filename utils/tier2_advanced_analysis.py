@@ -20,6 +20,7 @@ from collections.abc import Iterable
 
 from utils.checks import CheckOptions, available, run_checks, select
 from utils.report import Report
+from utils.tier1.shapes import runnable_max_len
 from utils.tier1_critical_validation import as_adapter
 from utils.tier2 import (  # noqa: F401  (importing registers the checks and plots)
     attention,
@@ -45,4 +46,5 @@ def run_tier2(model_or_adapter, config: dict | None = None, *,
         UserError: the model cannot be adapted, or a check name is unknown.
     """
     names = select(list(TIER2_CHECKS), checks, skip)
-    return run_checks(as_adapter(model_or_adapter, config), names, options, progress=progress)
+    return run_checks(as_adapter(model_or_adapter, config), names, options, progress=progress,
+                      length_probe=runnable_max_len)

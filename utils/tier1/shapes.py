@@ -21,6 +21,20 @@ def _runs(adapter, options, t: int) -> bool:
         return False
 
 
+def runnable_max_len(adapter, options) -> int | None:
+    """The longest length that runs when it is below the (capped) maximum, else None.
+
+    One forward at the maximum when the model is healthy; a bisection when it is not. Used by
+    runs that do not start with ``shape_robustness`` (Tier 2 alone), so one length bug is not
+    reported as a crash by every analysis.
+    """
+    top = options.max_len(adapter)
+    if _runs(adapter, options, top):
+        return None
+    longest = first_failing_length(lambda t: _runs(adapter, options, t), 0, top) - 1
+    return longest if longest >= 1 else None
+
+
 @register("shape_robustness", tier=1)
 def check_shape_robustness(adapter, options) -> CheckResult:
     top = options.max_len(adapter)
