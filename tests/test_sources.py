@@ -76,3 +76,10 @@ def test_refusals_say_what_is_accepted(text, pattern):
     with pytest.raises(UserError, match=pattern) as info:
         parse_source(text)
     assert info.value.fix
+
+
+def test_text_too_long_to_be_a_path_is_a_user_error_not_an_os_error():
+    with pytest.raises(UserError, match="is not a model source I can read"):
+        parse_source("x" * 5000)
+    with pytest.raises(UserError, match="is not a model source I can read"):
+        parse_source("bad\x00name")

@@ -93,6 +93,14 @@ def gist_id_from_url(url: str) -> tuple[str, str | None] | None:
     return None
 
 
+def _exists(path: Path) -> bool:
+    """``path.exists()``, False for text that cannot be a path (too long, NUL bytes)."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
 def parse_source(text: str | Path) -> SourceSpec:
     """Decide what ``text`` names.
 
@@ -105,11 +113,12 @@ def parse_source(text: str | Path) -> SourceSpec:
         raise UserError("No model source was given.", why=f"Expected {ACCEPTED_FORMS}.",
                         fix="Paste your gist id or URL, or pass a local folder.")
     path = Path(raw).expanduser()
-    if "://" not in raw and path.exists():
+    exists = "://" not in raw and _exists(path)
+    if exists:
         if path.is_dir():
             return SourceSpec("folder", raw, path=path.resolve())
         return SourceSpec("file", raw, path=path.resolve())
-    if _is_gist_id(raw) and not path.exists():
+    if _is_gist_id(raw):
         return SourceSpec("gist", raw, gist_id=raw.lower())
     found = gist_id_from_url(raw)
     if found:

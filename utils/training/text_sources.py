@@ -157,13 +157,10 @@ def check_utf8(path: Path, chunk: int = 1 << 20) -> None:
 
 
 def _colab_upload(cache: Path) -> list[Path]:
-    try:
-        from google.colab import files  # type: ignore[import-not-found]
-    except ImportError:
-        raise UserError("source='upload' works only in Google Colab.",
-                        why="It opens Colab's file picker, and this is not a Colab runtime.",
-                        fix="Pass the path of a local file or folder instead.") from None
-    uploaded = files.upload()  # {file name: bytes}
+    from utils.colab import upload_files
+
+    uploaded = upload_files("source='upload'", fix="Pass the path of a local file or folder "
+                            "instead.")  # {file name: bytes}
     if not uploaded:
         raise UserError("No file was uploaded.", why="The file picker was closed empty.",
                         fix="Run the cell again and choose a .txt/.csv/.jsonl/.parquet file.")
