@@ -76,8 +76,13 @@ class AdaptiveTokenizer:
                      add_eos: bool = False) -> list[list[int]]:
         """Token ids of each text, encoded in parallel by the Rust tokenizer."""
         encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
-        head, tail = [self.bos_id] * add_bos, [self.eos_id] * add_eos
-        return [head + e.ids + tail for e in encode(texts, add_special_tokens=False)]
+        rows = [e.ids for e in encode(texts, add_special_tokens=False)]
+        if add_bos:
+            rows = [[self.bos_id, *row] for row in rows]
+        if add_eos:  # in place: no second copy of every row
+            for row in rows:
+                row.append(self.eos_id)
+        return rows
 
     def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = True) -> str:
         """Text of ``ids``; special tokens are left out unless asked for."""

@@ -150,7 +150,7 @@ class TextDataModule(L.LightningDataModule):
         file.parent.mkdir(parents=True, exist_ok=True)
         make = row_maker(self.tokenizer, self.task, self.seq_len, self.data.text_column,
                          self.data.label_column, self.data.target_column)
-        return ds.map(make, batched=True, batch_size=2000, remove_columns=ds.column_names,
+        return ds.map(make, batched=True, batch_size=10_000, remove_columns=ds.column_names,
                       cache_file_name=str(file), desc=f"Tokenizing {split}")
 
     # ---- loaders -----------------------------------------------------------------------
