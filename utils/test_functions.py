@@ -12,7 +12,7 @@ Example:
 
 from __future__ import annotations
 
-from utils.checks import CheckOptions
+from utils.checks import REGISTRY, CheckOptions
 from utils.report import CheckResult, Report
 from utils.tier1_critical_validation import as_adapter, run_tier1
 from utils.tier2_advanced_analysis import run_tier2
@@ -28,8 +28,10 @@ __all__ = ["run_all_tier1_tests", "run_all_tier2_tests", "test_attention_pattern
 
 
 def _one(name: str, model, config: dict | None, options: dict) -> CheckResult:
-    report = run_tier1(as_adapter(model, config), checks=[name], options=CheckOptions(**options),
-                       progress=False)
+    """One check or analysis of either tier, by its registered name."""
+    run = run_tier1 if REGISTRY[name][0] == 1 else run_tier2
+    report = run(as_adapter(model, config), checks=[name], options=CheckOptions(**options),
+                 progress=False)
     return report.results[0]
 
 
@@ -104,30 +106,24 @@ def run_all_tier1_tests(model, config: dict | None = None, **options) -> Report:
 
 
 # ---- Tier 2: understanding the model -----------------------------------------------------
-def _one2(name: str, model, config: dict | None, options: dict) -> CheckResult:
-    report = run_tier2(as_adapter(model, config), checks=[name], options=CheckOptions(**options),
-                       progress=False)
-    return report.results[0]
-
-
 def test_attention_patterns(model, config: dict | None = None, **options) -> CheckResult:
     """Per-head attention statistics and classes (previous-token, sink, local, uniform, mixed)."""
-    return _one2("attention_patterns", model, config, options)
+    return _one("attention_patterns", model, config, options)
 
 
 def test_attribution_analysis(model, config: dict | None = None, **options) -> CheckResult:
     """Integrated Gradients and gradient × input per input token, with the completeness delta."""
-    return _one2("attribution_analysis", model, config, options)
+    return _one("attribution_analysis", model, config, options)
 
 
 def test_robustness(model, config: dict | None = None, **options) -> CheckResult:
     """Top-1 agreement, KL and loss increase under token substitution and embedding noise."""
-    return _one2("robustness", model, config, options)
+    return _one("robustness", model, config, options)
 
 
 def test_generation_consistency(model, config: dict | None = None, **options) -> CheckResult:
     """Greedy decoding step by step (and with a KV cache) equals one full forward pass."""
-    return _one2("generation_consistency", model, config, options)
+    return _one("generation_consistency", model, config, options)
 
 
 def run_all_tier2_tests(model, config: dict | None = None, **options) -> Report:

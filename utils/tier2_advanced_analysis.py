@@ -18,10 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from utils.checks import CheckOptions, available, run_checks, select
+from utils.checks import CheckOptions, available
 from utils.report import Report
-from utils.tier1.shapes import runnable_max_len
-from utils.tier1_critical_validation import as_adapter
+from utils.tier1_critical_validation import run_tier
 from utils.tier2 import (  # noqa: F401  (importing registers the checks and plots)
     attention,
     attribution,
@@ -45,6 +44,5 @@ def run_tier2(model_or_adapter, config: dict | None = None, *,
     Raises:
         UserError: the model cannot be adapted, or a check name is unknown.
     """
-    names = select(list(TIER2_CHECKS), checks, skip)
-    return run_checks(as_adapter(model_or_adapter, config), names, options, progress=progress,
-                      length_probe=runnable_max_len)
+    return run_tier(TIER2_CHECKS, model_or_adapter, config, checks=checks, skip=skip,
+                    options=options, progress=progress)
