@@ -40,8 +40,30 @@ def t5():
     return transformers.T5ForConditionalGeneration(cfg)
 
 
+def gpt2_cls():  # model_type 'gpt2' says causal LM; the class name says classifier
+    cfg = transformers.GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                                  num_labels=4, pad_token_id=0)
+    return transformers.GPT2ForSequenceClassification(cfg)
+
+
+def roberta():  # positions are numbered from pad_token_id + 1: 70 rows hold 68 positions
+    cfg = transformers.RobertaConfig(vocab_size=300, max_position_embeddings=70, **SMALL)
+    return transformers.RobertaForMaskedLM(cfg)
+
+
+def bart():  # embed_positions(input_ids) reads the decoder ids' shape only
+    cfg = transformers.BartConfig(vocab_size=300, d_model=32, encoder_layers=1, decoder_layers=1,
+                                  encoder_attention_heads=4, decoder_attention_heads=4,
+                                  encoder_ffn_dim=64, decoder_ffn_dim=64,
+                                  max_position_embeddings=64)
+    return transformers.BartForConditionalGeneration(cfg)
+
+
 @pytest.mark.parametrize(("build", "task", "vocab", "max_len"), [
     (gpt2, "causal_lm", 300, 64),
+    (gpt2_cls, "classification", 300, 64),
+    (roberta, "masked_lm", 300, 68),
+    (bart, "seq2seq", 300, 64),
     (bert_mlm, "masked_lm", 320, 48),
     (bert_cls, "classification", 320, 48),
     (llama, "causal_lm", 256, 80),
@@ -67,3 +89,9 @@ def test_hf_model(build, task, vocab, max_len):
 def test_hf_attention_mask_is_passed_as_is():
     a = adapt(bert_mlm())
     assert a.spec.mask_param == "attention_mask" and a.spec.mask_style == "keep"
+
+
+def test_a_position_table_fed_the_ids_is_not_taken_for_the_decoder_vocab():
+    a = adapt(bart())
+    assert a.target_vocab_size in (None, 300)
+    assert "encoder.embed_positions" not in str(a.evidence["vocab_size"].detail)

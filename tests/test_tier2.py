@@ -38,8 +38,10 @@ def pattern_bias(kind: str, t: int) -> torch.Tensor:
     """Scores (T, T) that force a pattern under a causal mask: large where it should look."""
     i, j = torch.arange(t)[:, None], torch.arange(t)[None, :]
     target = {"previous": j == i - 1, "sink": j == 0, "uniform": torch.zeros(t, t, dtype=bool),
-              "diagonal": j == i}[kind]
+              "window": torch.zeros(t, t, dtype=bool), "diagonal": j == i}[kind]
     bias = torch.where(target, 30.0, 0.0)
+    if kind == "window":  # uniform over the last 4 keys: a sliding-window head
+        bias = bias.masked_fill(j <= i - 4, float("-inf"))
     return bias.masked_fill(j > i, float("-inf"))
 
 
@@ -93,6 +95,14 @@ def test_forced_patterns_are_classified_whatever_the_mechanism(mechanism, label)
     assert prev["previous"] > 0.99 and abs(prev["distance"] - 1) < 0.01
     assert result.rows[2]["norm_entropy"] > 0.99
     assert result.status == "warn" and "saturated" in result.summary  # the sink head is hard
+
+
+def test_uniform_heads_under_any_mask_are_uniform_not_duplicates():
+    """Entropy is normalised by the keys each query sees, read off the map: a head uniform over
+    a sliding window is uniform, and two such heads are not 'near-identical' capacity."""
+    result = one(forced(("window", "window", "uniform", "uniform")), "attention_patterns")
+    assert [r["class"] for r in result.rows] == ["uniform"] * 4
+    assert result.metrics["duplicate_pairs"] == 0 and result.status == "pass", result.summary
 
 
 def test_duplicate_heads_are_flagged():

@@ -219,8 +219,16 @@ def run_probe(model: nn.Module, spec: ForwardSpec, *, seq_len: int, id_limit: in
         model.train(was_training)
     probe = Probe(tuple(out.shape), how, seq_len, seconds=time.perf_counter() - start)
     dec = batch.get("decoder_input_ids")
+    rows = {n: m.num_embeddings for n, m in model.named_modules() if isinstance(m, nn.Embedding)}
     for name, inp in seen.items():
         if inp is None:
+            continue
+        if inp.dtype in (torch.long, torch.int) and inp.numel() and (
+                int(inp.max()) >= rows[name] or _is_position_name(name)):
+            # A position table handed the token ids reads only their shape (BART's
+            # embed_positions(input_ids)); ids past its rows cannot have been looked up.
+            if _arange_like(inp):
+                probe.position_embedding = probe.position_embedding or name
             continue
         if inp.shape == ids.shape and torch.equal(inp, ids) and probe.token_embedding is None:
             probe.token_embedding = name

@@ -38,6 +38,13 @@ _MODEL_TYPES = {
     "masked_lm": ("roberta", "distilbert", "electra", "deberta", "deberta-v2", "modernbert"),
     "seq2seq": ("t5", "mt5", "bart", "mbart", "marian", "pegasus", "encoder-decoder"),
 }
+# Task heads named in a class (Hugging Face's *For<Task>), which beat model_type.
+_HEAD_PATTERNS = (
+    ("seq2seq", r"forconditionalgeneration|forseq2seq"),
+    ("masked_lm", r"formaskedlm"),
+    ("classification", r"forsequenceclassification"),
+    ("causal_lm", r"forcausallm"),
+)
 # Class-name patterns, checked in order (EncoderDecoder before Decoder).
 _CLASS_PATTERNS = (
     ("seq2seq", r"seq2seq|encoderdecoder|conditionalgeneration|translat"),
@@ -59,6 +66,15 @@ def normalise_task(value: Any, source: str) -> str:
 
 
 def _declared_task(flat: dict, class_name: str) -> Evidence | None:
+    # The class name is the most specific declaration: GPT2ForSequenceClassification has
+    # model_type 'gpt2' but classifies; ElectraForSequenceClassification likewise.
+    names = [class_name] + [str(a) for a in (flat.get("architectures") or [])
+                            if isinstance(flat.get("architectures"), list)]
+    for name in names:
+        squashed = name.lower().replace("_", "")
+        for task, pattern in _HEAD_PATTERNS:
+            if re.search(pattern, squashed):
+                return Evidence(task, "declared", f"class name {name!r}")
     model_type = str(flat.get("model_type", "")).lower()
     for task, types in _MODEL_TYPES.items():
         if model_type in types:
@@ -66,8 +82,6 @@ def _declared_task(flat: dict, class_name: str) -> Evidence | None:
     for key in ("is_decoder", "is_causal"):
         if flat.get(key) is True:
             return Evidence("causal_lm", "declared", f"config {key}=true")
-    names = [class_name] + [str(a) for a in (flat.get("architectures") or [])
-                            if isinstance(flat.get("architectures"), list)]
     for name in names:
         squashed = name.lower().replace("_", "")
         for task, pattern in _CLASS_PATTERNS:
@@ -142,11 +156,25 @@ def decide_vocab(*, override: int | None, flat: dict, scan: Scan, probe: Probe,
     return found, notes
 
 
+# Hugging Face families whose position ids start after padding_idx (RoBERTa's 514 rows hold
+# 512 positions).
+_POSITIONS_AFTER_PADDING = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert",
+                            "data2vec-text", "roberta-prelayernorm", "longformer", "ibert",
+                            "xmod", "luke")
+
+
 def decide_lengths(*, override: int | None, flat: dict, scan: Scan, probe: Probe) -> Evidence:
     if override:
         return Evidence(int(override), "override", f"max_seq_len={override} given explicitly")
     config = lookup(flat, "max_seq_len")
     if config is not None:
+        model_type = str(flat.get("model_type", "")).lower()
+        pad = flat.get("pad_token_id")
+        if model_type in _POSITIONS_AFTER_PADDING and isinstance(pad, int) and \
+                config[0] == "max_position_embeddings":
+            return Evidence(int(config[1]) - pad - 1, "config",
+                            f"config {config[0]}={config[1]} minus pad_token_id + 1: "
+                            f"{model_type} numbers positions from pad_token_id + 1")
         return Evidence(int(config[1]), "config", f"config {config[0]}={config[1]}")
     if probe.position_embedding is not None:
         rows = scan.embeddings[probe.position_embedding]

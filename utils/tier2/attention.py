@@ -27,7 +27,11 @@ def head_stats(w: torch.Tensor) -> dict[str, torch.Tensor]:
     T = w.shape[-1]
     i = torch.arange(T)
     causal = bool((w.triu(1).abs() <= 1e-6).all())
-    visible = (i + 1).float() if causal else torch.full((T,), float(T))  # keys per query row
+    # Keys each query can see, read off the map itself: masked keys get exactly 0 after
+    # softmax (-inf, finfo.min or -1e4 all underflow), so causal, sliding-window and padding
+    # masks are all accounted for. Rows that see one key have no entropy to normalise.
+    visible = (w > 0).sum(-1).float()  # (B, H, T)
+    seen = visible > 1
     dist = (i[:, None] - i[None, :]).abs().float()  # (T, T)
     ent = -(w * w.clamp_min(1e-12).log()).sum(-1)  # (B, H, T)
     rows = slice(1, None)
@@ -35,9 +39,11 @@ def head_stats(w: torch.Tensor) -> dict[str, torch.Tensor]:
     def mean(x: torch.Tensor) -> torch.Tensor:  # (B, H, T-1) -> (H,)
         return x.mean(dim=(0, 2))
 
+    norm = torch.where(seen, ent / visible.clamp_min(2).log(), torch.zeros_like(ent))
+    norm_entropy = norm[..., rows].sum(dim=(0, 2)) / seen[..., rows].sum(dim=(0, 2)).clamp_min(1)
     return {
         "entropy": mean(ent[..., rows]),
-        "norm_entropy": mean(ent[..., rows] / visible[rows].log()),
+        "norm_entropy": norm_entropy,
         "distance": mean((w * dist).sum(-1)[..., rows]),
         "first": mean(w[..., rows, 0]),
         "previous": mean(w.diagonal(offset=-1, dim1=-2, dim2=-1)),
