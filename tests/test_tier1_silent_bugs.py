@@ -293,3 +293,20 @@ def test_mixed_precision_verdicts(model, status, pattern):
     assert result.status == status and pattern in result.summary, result.summary
     if status == "pass":
         assert result.metrics["bf16_rel_error"] < 0.06 and result.metrics["fp16_rel_error"] < 0.01
+
+
+# ---- randomness left on in eval mode is reported once, by determinism -----------------------
+class DropoutAlwaysOn(MixLM):
+    def mixed(self, h):
+        return F.dropout(super().mixed(h), 0.3)  # training=True even in eval: the planted bug
+
+
+def test_randomness_in_eval_does_not_pose_as_other_bugs():
+    model = DropoutAlwaysOn()
+    adapter = adapt(model)
+    assert adapter.task == "causal_lm"  # the probe's two forwards share their random numbers
+    report = run_tier1(adapter, options=CheckOptions(), progress=False)
+    status = {r.name: r.status for r in report.results}
+    assert status["determinism"] == "fail" and status["causal_masking"] == "pass"
+    for name in ("batch_independence", "padding_invariance", "mixed_precision"):
+        assert status[name] == "skip" and "determinism reports" in report[name].summary

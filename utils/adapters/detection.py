@@ -167,6 +167,14 @@ def _arange_like(t: torch.Tensor) -> bool:
     return row.numel() > 1 and bool(torch.all(row[1:] - row[:-1] == 1))
 
 
+def _seeded_call(model: nn.Module, args: list, kwargs: dict, device: torch.device) -> Any:
+    """Both probe forwards draw the same random numbers (a model may keep dropout on in eval),
+    so only the changed token can move the outputs; the global RNG is left untouched."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(1234)
+        return model(*args, **kwargs)
+
+
 def run_probe(model: nn.Module, spec: ForwardSpec, *, seq_len: int, id_limit: int,
               device: torch.device) -> Probe:
     """Two forward passes at batch 2 × ``seq_len`` with ids in ``[0, id_limit)``."""
@@ -193,7 +201,7 @@ def run_probe(model: nn.Module, spec: ForwardSpec, *, seq_len: int, id_limit: in
     try:
         with torch.no_grad():
             args, kwargs = spec.build_call(batch)
-            out, how = extract_output(model(*args, **kwargs))
+            out, how = extract_output(_seeded_call(model, args, kwargs, device))
             for h in hooks:
                 h.remove()
             hooks = []
@@ -201,7 +209,7 @@ def run_probe(model: nn.Module, spec: ForwardSpec, *, seq_len: int, id_limit: in
             changed = {k: v.clone() for k, v in batch.items()}
             changed[key][:, -1] = (changed[key][:, -1] + 1) % max(id_limit, 2)
             args, kwargs = spec.build_call(changed)
-            out2, _ = extract_output(model(*args, **kwargs))
+            out2, _ = extract_output(_seeded_call(model, args, kwargs, device))
     except UserError:
         raise
     except Exception as exc:

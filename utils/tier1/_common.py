@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from utils.errors import locate_in_files
+from utils.report import CheckResult
 
 
 def expected_shape(adapter, batch: int, seq_len: int) -> tuple[int, ...]:
@@ -16,10 +17,33 @@ def expected_shape(adapter, batch: int, seq_len: int) -> tuple[int, ...]:
 
 
 @torch.no_grad()
-def eval_logits(adapter, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def eval_logits(adapter, batch: dict[str, torch.Tensor], seed: int | None = None,
+                ) -> torch.Tensor:
+    """Eval-mode outputs. With ``seed``, the forward draws from a fresh generator seeded so,
+    and the global RNG is left as it was: two forwards of the same shapes then see the same
+    random numbers, so randomness a model keeps on in eval cannot pose as a difference."""
     adapter.model.eval()
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    return adapter.logits(**inputs)
+    if seed is None:
+        return adapter.logits(**inputs)
+    cuda = [adapter.device] if adapter.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        return adapter.logits(**inputs)
+
+
+def eval_randomness(adapter, batch: dict[str, torch.Tensor], seed: int) -> float:
+    """Relative difference between two eval forwards of ``batch`` under different seeds:
+    0 for a deterministic model."""
+    return rel_diff(eval_logits(adapter, batch, seed).float(),
+                    eval_logits(adapter, batch, seed + 1).float())
+
+
+def random_in_eval(name: str, noise: float) -> CheckResult:
+    """The verdict of a comparison that randomness in eval mode would make meaningless."""
+    return CheckResult(name, 1, "skip", f"Eval-mode outputs change from run to run (relative "
+                       f"{noise:.1e}), so comparing forwards would measure that randomness "
+                       "instead; determinism reports its cause.")
 
 
 def where(exc: BaseException, adapter) -> str:

@@ -17,6 +17,8 @@ from utils.report import CheckResult
 from utils.tier1._common import (
     different_ids,
     eval_logits,
+    eval_randomness,
+    random_in_eval,
     rel_diff,
     token_key,
     train_without_dropout,
@@ -50,7 +52,7 @@ def check_causal_masking(adapter, options) -> CheckResult:
         return CheckResult("causal_masking", 1, "skip", "Sequences of length 1 have no future.")
     key = token_key(adapter)
     base = adapter.make_inputs(1, t, seed=options.seed)
-    ref = eval_logits(adapter, base).float()
+    ref = eval_logits(adapter, base, options.seed).float()
     if not _finite(ref):
         return _not_finite("causal_masking", f"at batch 1 × {t}")
     scale = float(ref.abs().max())
@@ -59,7 +61,7 @@ def check_causal_masking(adapter, options) -> CheckResult:
     for i, cut in enumerate(_cuts(t)):
         ids = base[key].clone()
         ids[:, cut:] = different_ids(adapter, ids[:, cut:], key, options.seed + 1 + i)
-        out = eval_logits(adapter, {**base, key: ids}).float()
+        out = eval_logits(adapter, {**base, key: ids}, options.seed).float()
         moved = (out[0, :cut] - ref[0, :cut]).abs().amax(-1) / max(scale, 1e-12)  # (cut,)
         leaked = (moved > tol).nonzero().flatten().tolist()
         rows.append({"changed_from": cut, "max_rel_change_before": float(moved.max()),
@@ -131,6 +133,9 @@ def check_batch_independence(adapter, options) -> CheckResult:
     together = eval_logits(adapter, batch).float()
     if not _finite(together):
         return _not_finite("batch_independence", f"at batch {b} × {t}")
+    noise = eval_randomness(adapter, batch, options.seed)
+    if noise > _EXACT:
+        return random_in_eval("batch_independence", noise)
     scale = float(together.abs().max())
     rows = []
     for i in range(b):
@@ -205,6 +210,9 @@ def check_padding_invariance(adapter, options) -> CheckResult:
         clean = eval_logits(adapter, batch).float()
         if not _finite(clean):
             return _not_finite("padding_invariance", f"at batch 1 × {t}")
+        noise = eval_randomness(adapter, batch, options.seed)
+        if noise > _EXACT:
+            return random_in_eval("padding_invariance", noise)
         padded = eval_logits(adapter, _pad_right(adapter, batch, extra)).float()
         real = _real_part(adapter, padded, t)
         rows.append({"real_len": t, "padding": extra, "rel_change": rel_diff(clean, real),

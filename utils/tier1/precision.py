@@ -12,7 +12,7 @@ import torch
 
 from utils.checks import register
 from utils.report import CheckResult
-from utils.tier1._common import eval_logits
+from utils.tier1._common import eval_logits, eval_randomness, random_in_eval
 
 _NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
 # Relative Frobenius deviation from fp32 to warn above: ~8× each format's epsilon
@@ -54,6 +54,9 @@ def check_mixed_precision(adapter, options) -> CheckResult:
     if not bool(torch.isfinite(ref).all()):
         return CheckResult("mixed_precision", 1, "skip", "The fp32 outputs are already not "
                            "finite; output_stability reports where NaN/Inf starts.")
+    noise = eval_randomness(adapter, batch, options.seed)
+    if noise > 1e-5:
+        return random_in_eval("mixed_precision", noise)
     has_loss = "labels" in batch and adapter.task != "encoder" and not (
         adapter.task == "causal_lm" and t < 2)
     ref_loss = float(adapter.loss_from_logits(ref, batch)) if has_loss else None
