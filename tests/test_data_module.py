@@ -166,3 +166,17 @@ def test_task_mismatches(corpus):
     mlm.mask_token_id = None
     with pytest.raises(UserError, match="needs a mask token"):
         TextDataModule(corpus, tokenizer_for(mlm.id_limit, corpus), mlm)
+
+
+def test_masked_lm_random_replacements_are_never_special_tokens():
+    from utils.tokenization.batching import BatchBuilder
+    from utils.tokenization.sampler import BatchKey
+
+    # ids 0-4 are specials (3 = mask); 5 is the only word: every replacement must be a word
+    build = BatchBuilder(task="masked_lm", pad_id=0, mask_id=3, random_limit=6,
+                         special_ids=(0, 1, 2, 3, 4), mlm_probability=0.5)
+    rows = {"input_ids": [[5] * 64] * 8, "length": [64] * 8}
+    batch = build(rows, BatchKey(epoch=0, position=0, indices=list(range(8))))
+    chosen = batch["labels"] != -100
+    assert chosen.sum() > 100
+    assert set(batch["input_ids"][chosen].unique().tolist()) == {3, 5}

@@ -106,8 +106,10 @@ class BatchBuilder:
         inputs = ids.clone()
         inputs[chosen & (roll < 0.8)] = self.mask_id
         randomised = chosen & (roll >= 0.8) & (roll < 0.9)
-        inputs[randomised] = torch.randint(0, self.random_limit, ids.shape,
-                                           generator=gen)[randomised]
+        drawn = torch.randint(0, self.random_limit, ids.shape, generator=gen)
+        for sid in self.special_ids:  # a random *word*: a drawn special id keeps the original
+            drawn = torch.where(drawn == sid, ids, drawn)
+        inputs[randomised] = drawn[randomised]
         return inputs, labels
 
 
