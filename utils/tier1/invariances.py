@@ -130,10 +130,10 @@ def check_batch_independence(adapter, options) -> CheckResult:
     b = max(2, options.batch(adapter, 4))
     t = min(options.max_len(adapter), 16)
     batch = adapter.make_inputs(b, t, seed=options.seed)
-    together = eval_logits(adapter, batch).float()
+    together = eval_logits(adapter, batch, options.seed).float()
     if not _finite(together):
         return _not_finite("batch_independence", f"at batch {b} × {t}")
-    noise = eval_randomness(adapter, batch, options.seed)
+    noise = eval_randomness(adapter, batch, options.seed, together)
     if noise > _EXACT:
         return random_in_eval("batch_independence", noise)
     scale = float(together.abs().max())
@@ -207,10 +207,10 @@ def check_padding_invariance(adapter, options) -> CheckResult:
     rows = []
     for extra in sorted({1, min(top - t, t)}):
         batch = adapter.make_inputs(1, t, seed=options.seed + extra)
-        clean = eval_logits(adapter, batch).float()
+        clean = eval_logits(adapter, batch, options.seed).float()
         if not _finite(clean):
             return _not_finite("padding_invariance", f"at batch 1 × {t}")
-        noise = eval_randomness(adapter, batch, options.seed)
+        noise = eval_randomness(adapter, batch, options.seed, clean)
         if noise > _EXACT:
             return random_in_eval("padding_invariance", noise)
         padded = eval_logits(adapter, _pad_right(adapter, batch, extra)).float()

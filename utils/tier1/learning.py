@@ -9,9 +9,9 @@ Adam falls back to plain SGD when its two moment buffers would not fit.
 
 from __future__ import annotations
 
-import io
 import math
 import tempfile
+from typing import BinaryIO
 
 import torch
 
@@ -30,18 +30,21 @@ class _Snapshot:
         nbytes = sum(t.numel() * t.element_size() for t in state.values())
         free = free_memory_bytes("cpu")
         self.in_memory = free is None or nbytes < 0.25 * free
-        if self.in_memory:
-            self.buffer: io.BytesIO | tempfile.SpooledTemporaryFile = io.BytesIO()
+        self.copy: dict[str, torch.Tensor] | None = None
+        self.file: BinaryIO | None = None
+        if self.in_memory:  # one host copy (off the GPU for a CUDA model)
+            self.copy = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
         else:  # a big model: through the disk, never a second copy in memory
-            self.buffer = tempfile.TemporaryFile()  # noqa: SIM115 (closed by restore)
-        torch.save(state, self.buffer)
-        del state
+            self.file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by restore)
+            torch.save(state, self.file)
 
     def restore(self) -> None:
-        self.buffer.seek(0)
-        state = torch.load(self.buffer, map_location="cpu", weights_only=True)
-        self.model.load_state_dict(state)
-        self.buffer.close()
+        if self.file is not None:
+            self.file.seek(0)
+            self.copy = torch.load(self.file, map_location="cpu", weights_only=True)
+            self.file.close()
+        self.model.load_state_dict(self.copy)
+        self.copy = None
 
 
 class _Adam:

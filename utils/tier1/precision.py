@@ -50,11 +50,11 @@ def _compare(adapter, batch, ref: torch.Tensor, ref_loss: float | None, dtype) -
 def check_mixed_precision(adapter, options) -> CheckResult:
     t = min(options.max_len(adapter), 64)
     batch = adapter.make_inputs(options.batch(adapter, 2), t, seed=options.seed)
-    ref = eval_logits(adapter, batch).float()
+    ref = eval_logits(adapter, batch, options.seed).float()
     if not bool(torch.isfinite(ref).all()):
         return CheckResult("mixed_precision", 1, "skip", "The fp32 outputs are already not "
                            "finite; output_stability reports where NaN/Inf starts.")
-    noise = eval_randomness(adapter, batch, options.seed)
+    noise = eval_randomness(adapter, batch, options.seed, ref)
     if noise > 1e-5:
         return random_in_eval("mixed_precision", noise)
     has_loss = "labels" in batch and adapter.task != "encoder" and not (

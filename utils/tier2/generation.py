@@ -18,6 +18,7 @@ import torch
 
 from utils.checks import register
 from utils.report import CheckResult
+from utils.tier1._common import rel_diff
 from utils.tier2._common import counting
 
 NAME = "generation_consistency"
@@ -75,10 +76,6 @@ def _cached_logits(adapter, ids: torch.Tensor, prompt: int, new: int) -> torch.T
     return torch.stack(steps, 1)
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
-
-
 @register(NAME, tier=2)
 @torch.no_grad()
 def check_generation_consistency(adapter, options) -> CheckResult:
@@ -105,17 +102,17 @@ def check_generation_consistency(adapter, options) -> CheckResult:
         except Exception as exc:  # a cache the testbench cannot drive is reported, not fatal
             cached, cached_note = None, f" Cached decoding not compared: {type(exc).__name__}: " \
                                         f"{exc}."
-    rel = _rel(steps, full)
+    rel = rel_diff(full, steps)
     agree = (full[..., :limit].argmax(-1) == tokens)
     metrics = {**counts, "prompt_len": prompt, "new_tokens": new,
                "argmax_agreement": float(agree.float().mean()), "max_rel_logit_diff": rel}
-    rows = [{"step": s, "rel_logit_diff": _rel(steps[:, s], full[:, s]),
+    rows = [{"step": s, "rel_logit_diff": rel_diff(full[:, s], steps[:, s]),
              "argmax_equal": bool(agree[:, s].all())} for s in range(new)]
     if cached is not None:
-        cached_rel = _rel(cached, steps)
+        cached_rel = rel_diff(steps, cached)
         metrics["cached_max_rel_logit_diff"] = cached_rel
         for s, row in enumerate(rows):
-            row["cached_rel_logit_diff"] = _rel(cached[:, s], steps[:, s])
+            row["cached_rel_logit_diff"] = rel_diff(steps[:, s], cached[:, s])
     if not (torch.isfinite(steps).all() and torch.isfinite(full).all()):
         return CheckResult(NAME, 2, "fail", "Non-finite logits while decoding.", metrics,
                            threshold, rows)
