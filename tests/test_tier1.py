@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -140,7 +142,8 @@ def test_runner_turns_exceptions_into_error_results(monkeypatch):
     def broken(adapter, options):
         raise ValueError("boom")
 
-    monkeypatch.setitem(checks.REGISTRY, "determinism", (1, broken))
+    monkeypatch.setitem(checks.REGISTRY, "determinism",
+                        dataclasses.replace(checks.REGISTRY["determinism"], fn=broken))
     result = run(LM(), "determinism").results[0]
     assert result.status == "error" and result.error["type"] == "ValueError"
     assert result.error["line"] > 0 and result.seconds >= 0

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from utils import __version__
 from utils.errors import UserError
 from utils.report import Report
+from utils.tasks import TASKS
 
 EXIT_OK, EXIT_FAILED, EXIT_SOURCE, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 64, 70
 
@@ -49,8 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--skip", type=_names, metavar="C,D", default=[], help="skip these checks")
     v.add_argument("--seed", type=int, default=0, help="random seed for generated inputs")
     over = v.add_argument_group("overrides (beat everything inferred)")
-    over.add_argument("--task", choices=["causal_lm", "masked_lm", "seq2seq", "classification",
-                                         "encoder"])
+    over.add_argument("--task", choices=TASKS)
     over.add_argument("--vocab-size", type=int, metavar="N")
     over.add_argument("--max-seq-len", type=int, metavar="N")
     over.add_argument("--num-classes", type=int, metavar="N")
@@ -96,7 +96,6 @@ def validate(args: argparse.Namespace) -> int:
     from utils.adapters import adapt, load_model
     from utils.checks import CheckOptions, run_checks
     from utils.environment import resolve_device, versions
-    from utils.tier1.shapes import runnable_max_len
 
     try:
         names = _check_names(args)
@@ -116,7 +115,7 @@ def validate(args: argparse.Namespace) -> int:
                         device=device)
         source = report.source
         report = run_checks(adapter, names, CheckOptions(seed=args.seed, device=str(device)),
-                            progress=sys.stderr.isatty(), length_probe=runnable_max_len)
+                            progress=sys.stderr.isatty())
         report.source = source
     except UserError as err:
         report.error = err.to_dict()

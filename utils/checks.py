@@ -1,9 +1,11 @@
 """What every tier shares: check options, the check registry, and the runner.
 
 A check is one function ``check_<name>(adapter, options) -> CheckResult`` registered under its
-bare name with :func:`register`. Checks never print and never raise on a failed model; the
-runner times each one, turns a crash into status ``error`` (with the model file's line), and
-collects the results into a :class:`~utils.report.Report`.
+bare name with :func:`register`, declaring the threshold keys it reads and, when it measures
+the longest length a model runs at, a cheap probe for that length. Checks never print and
+never raise on a failed model; the runner times each one, turns a crash into status ``error``
+(with the model file's line), and collects the results into a :class:`~utils.report.Report`.
+The runner knows no check by name: what it does differently for a check comes from the spec.
 """
 
 from __future__ import annotations
@@ -21,10 +23,37 @@ import torch
 from utils.errors import UserError, locate_in_files
 from utils.report import CheckResult, Report
 
-__all__ = ["REGISTRY", "CheckOptions", "register", "run_checks"]
+__all__ = ["REGISTRY", "CheckOptions", "CheckSpec", "as_adapter", "register", "run_checks",
+           "run_tier"]
 
 CheckFn = Callable[..., CheckResult]
-REGISTRY: dict[str, tuple[int, CheckFn]] = {}  # name -> (tier, function)
+LengthProbe = Callable[[Any, "CheckOptions"], "int | None"]
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """A registered check.
+
+    Attributes:
+        name: The bare name (``checks=[...]``, ``--checks``, JSON).
+        tier: 1, 2 or 3.
+        fn: ``fn(adapter, options) -> CheckResult``.
+        thresholds: The keys of ``CheckOptions.thresholds`` it reads, without the name prefix.
+        length_probe: For a check that finds the longest length a model runs at (and reports
+            it as ``metrics["runnable_max_len"]``): a cheap ``probe(adapter, options)`` giving
+            that length (None when every length runs). A run that does not start with such a
+            check asks the probe first, so one length bug caps every check instead of crashing
+            each one.
+    """
+
+    name: str
+    tier: int
+    fn: CheckFn
+    thresholds: tuple[str, ...] = ()
+    length_probe: LengthProbe | None = None
+
+
+REGISTRY: dict[str, CheckSpec] = {}
 
 
 @dataclass(frozen=True)
@@ -62,8 +91,31 @@ class CheckOptions:
         object.__setattr__(self, "thresholds", MappingProxyType(dict(self.thresholds)))
 
     def threshold(self, key: str, default: float) -> float:
-        """An overridable threshold: ``thresholds[key]`` or the check's default."""
+        """An overridable threshold: ``thresholds[key]`` or the check's default.
+
+        ``key`` is ``"<check>.<name>"`` and must be one the check declared in :func:`register`.
+        """
+        check, _, short = key.partition(".")
+        spec = REGISTRY.get(check)
+        if spec is not None and short not in spec.thresholds:
+            raise KeyError(f"check {check!r} reads threshold {short!r} without declaring it "
+                           f"(declared: {spec.thresholds})")
         return float(self.thresholds.get(key, default))
+
+    def validate_thresholds(self) -> None:
+        """Every key of ``thresholds`` names a threshold some registered check declares."""
+        valid = sorted(f"{s.name}.{t}" for s in REGISTRY.values() for t in s.thresholds)
+        unknown = [k for k in self.thresholds if k not in valid]
+        if not unknown:
+            return
+        import difflib
+
+        hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(
+            k, valid, n=1)) else repr(k) for k in unknown]
+        raise UserError(f"Unknown threshold key(s): {', '.join(hints)}.",
+                        why="No check reads them, so they would be silently ignored. Valid "
+                        f"keys: {', '.join(valid)}.",
+                        fix="Use '<check>.<threshold>' with one of the keys above.")
 
     def batch(self, adapter, at_most: int | None = None) -> int:
         """Batch size for generated inputs, smaller for big models (1 above 300M parameters,
@@ -77,11 +129,12 @@ class CheckOptions:
         return min(adapter.max_seq_len or self.max_len_cap, self.max_len_cap)
 
 
-def register(name: str, tier: int) -> Callable[[CheckFn], CheckFn]:
-    """Decorator: make ``fn`` the check called ``name`` in ``tier``."""
+def register(name: str, tier: int, *, thresholds: Iterable[str] = (),
+             length_probe: LengthProbe | None = None) -> Callable[[CheckFn], CheckFn]:
+    """Decorator: make ``fn`` the check called ``name`` in ``tier`` (see :class:`CheckSpec`)."""
 
     def deco(fn: CheckFn) -> CheckFn:
-        REGISTRY[name] = (tier, fn)
+        REGISTRY[name] = CheckSpec(name, tier, fn, tuple(thresholds), length_probe)
         return fn
 
     return deco
@@ -89,7 +142,7 @@ def register(name: str, tier: int) -> Callable[[CheckFn], CheckFn]:
 
 def available(tier: int | None = None) -> list[str]:
     """Names of registered checks (of one tier, or all), in registration order."""
-    return [n for n, (t, _) in REGISTRY.items() if tier is None or t == tier]
+    return [n for n, spec in REGISTRY.items() if tier is None or spec.tier == tier]
 
 
 def select(tier_names: list[str], checks: Iterable[str] | None,
@@ -105,7 +158,7 @@ def select(tier_names: list[str], checks: Iterable[str] | None,
 
 
 def _run_one(name: str, adapter, options: CheckOptions) -> CheckResult:
-    tier, fn = REGISTRY[name]
+    tier, fn = REGISTRY[name].tier, REGISTRY[name].fn
     start = time.perf_counter()
     was_training = adapter.model.training
     torch.manual_seed(options.seed)
@@ -138,36 +191,48 @@ def _progress(names: list[str], enabled: bool):
     return tqdm(names, desc="checks", unit="check", leave=False)
 
 
+def _probe_lengths(adapter, names: list[str], options: CheckOptions,
+                   ) -> tuple[int | None, str | None]:
+    """The longest runnable length and the check whose probe found it, when the run does not
+    start with a check that measures it itself."""
+    if not names or REGISTRY[names[0]].length_probe is not None:
+        return None, None
+    for spec in REGISTRY.values():
+        if spec.length_probe is None:
+            continue
+        was_training = adapter.model.training
+        try:
+            runnable = spec.length_probe(adapter, options)
+        finally:
+            adapter.model.train(was_training)
+        if runnable is not None:
+            return runnable, spec.name
+    return None, None
+
+
 def run_checks(adapter, names: list[str], options: CheckOptions | None = None, *,
-               progress: bool = True, model_info: dict[str, Any] | None = None,
-               length_probe: Callable[[Any, CheckOptions], int | None] | None = None,
-               ) -> Report:
+               progress: bool = True, model_info: dict[str, Any] | None = None) -> Report:
     """Run the named checks on ``adapter``; a crash is an ``error`` result, never a stop.
 
-    ``length_probe(adapter, options)`` — the longest length that runs, or None when all do —
-    is asked first when the run does not start with a check that finds it itself.
+    Raises:
+        UserError: a threshold key in ``options`` that no check declares.
     """
     from utils.environment import versions
 
     options = options or CheckOptions()
+    options.validate_thresholds()
     if options.device is not None:
         adapter.to(options.device)
     report = Report(model=model_info or adapter.describe(), source=dict(adapter.source),
                     environment={**versions(), "device": str(adapter.device)})
     bar = _progress(names, progress)
     capped_by = None
-    if length_probe is not None and names and names[0] != "shape_robustness":
-        was_training = adapter.model.training
-        try:
-            runnable = length_probe(adapter, options)
-        finally:
-            adapter.model.train(was_training)
-        if runnable is not None:
-            options = dataclasses.replace(options, max_len_cap=runnable)
-            capped_by = "Tier 1's shape_robustness"
-            report.notes.append(f"The model fails beyond length {runnable} (a length probe "
-                                "found it); every check stays within it. Run Tier 1 for the "
-                                "cause.")
+    runnable, prober = _probe_lengths(adapter, names, options)
+    if runnable is not None:
+        options = dataclasses.replace(options, max_len_cap=runnable)
+        capped_by = f"Tier {REGISTRY[prober].tier}'s {prober}"
+        report.notes.append(f"The model fails beyond length {runnable} (a length probe found "
+                            f"it); every check stays within it. Run {prober} for the cause.")
     for name in bar:
         if hasattr(bar, "set_postfix_str"):
             bar.set_postfix_str(name)
@@ -185,3 +250,20 @@ def run_checks(adapter, names: list[str], options: CheckOptions | None = None, *
                                 "the checks after it stay within that length.")
         report.results.append(result)
     return report
+
+
+def as_adapter(model_or_adapter, config: dict | None = None):
+    """An adapter for whatever the caller has: an adapter, a LoadedModel or an nn.Module."""
+    from utils.adapters import ModelAdapter, adapt
+
+    if isinstance(model_or_adapter, ModelAdapter):
+        return model_or_adapter
+    return adapt(model_or_adapter, config)
+
+
+def run_tier(tier_checks: Iterable[str], model_or_adapter, config: dict | None = None, *,
+             checks: Iterable[str] | None = None, skip: Iterable[str] | None = None,
+             options: CheckOptions | None = None, progress: bool = True) -> Report:
+    """Run ``tier_checks`` (or ``checks`` among them, minus ``skip``) and return the report."""
+    names = select(list(tier_checks), checks, skip)
+    return run_checks(as_adapter(model_or_adapter, config), names, options, progress=progress)

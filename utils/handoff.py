@@ -111,7 +111,7 @@ def write_handoff(gist_id: str, revision: str | None) -> Path:
     The file holds ``{gist_id, revision, written_at, tool_version}`` as JSON.
     """
     from utils import __version__
-    from utils.adapters.cache import write_atomic
+    from utils.atomic import write_atomic
 
     data = {"gist_id": gist_id, "revision": revision,
             "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

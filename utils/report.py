@@ -147,7 +147,7 @@ class Report:
     def to_json(self, path: str | None = None, *, rows: bool = False, indent: int = 2) -> str:
         text = json.dumps(self.to_dict(rows=rows), indent=indent)
         if path is not None:
-            from utils.adapters.cache import write_atomic
+            from utils.atomic import write_atomic
 
             write_atomic(path, text.encode())
         return text

@@ -12,9 +12,9 @@ Example:
 
 from __future__ import annotations
 
-from utils.checks import REGISTRY, CheckOptions
+from utils.checks import REGISTRY, CheckOptions, as_adapter
 from utils.report import CheckResult, Report
-from utils.tier1_critical_validation import as_adapter, run_tier1
+from utils.tier1_critical_validation import run_tier1
 from utils.tier2_advanced_analysis import run_tier2
 
 __test__ = False  # pytest: these are not tests
@@ -29,7 +29,7 @@ __all__ = ["run_all_tier1_tests", "run_all_tier2_tests", "test_attention_pattern
 
 def _one(name: str, model, config: dict | None, options: dict) -> CheckResult:
     """One check or analysis of either tier, by its registered name."""
-    run = run_tier1 if REGISTRY[name][0] == 1 else run_tier2
+    run = run_tier1 if REGISTRY[name].tier == 1 else run_tier2
     report = run(as_adapter(model, config), checks=[name], options=CheckOptions(**options),
                  progress=False)
     return report.results[0]

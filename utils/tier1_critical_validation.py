@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from utils.adapters import ModelAdapter, adapt
-from utils.checks import CheckOptions, available, run_checks, select
+from utils.checks import CheckOptions, available, run_tier
 from utils.report import Report
 from utils.tier1 import (  # noqa: F401  (importing registers the checks and plots)
     gradients,
@@ -28,9 +27,8 @@ from utils.tier1 import (  # noqa: F401  (importing registers the checks and plo
     resources,
     shapes,
 )
-from utils.tier1.shapes import runnable_max_len
 
-__all__ = ["TIER1_CHECKS", "as_adapter", "run_tier", "run_tier1"]
+__all__ = ["TIER1_CHECKS", "run_tier1"]
 
 # The order a person reads them in: does it run; does it keep the invariances a transformer
 # must (no peeking ahead, no mixing samples, padding ignored); are the numbers sane; can it
@@ -41,26 +39,6 @@ TIER1_CHECKS: tuple[str, ...] = ("shape_robustness", "causal_masking", "batch_in
                                  "mixed_precision", "determinism", "memory_footprint",
                                  "inference_speed")
 assert set(TIER1_CHECKS) == set(available(tier=1)), "a Tier 1 check is registered but not listed"
-
-
-def as_adapter(model_or_adapter, config: dict | None = None) -> ModelAdapter:
-    """An adapter for whatever the caller has: an adapter, a LoadedModel or an nn.Module."""
-    if isinstance(model_or_adapter, ModelAdapter):
-        return model_or_adapter
-    return adapt(model_or_adapter, config)
-
-
-def run_tier(tier_checks: Iterable[str], model_or_adapter, config: dict | None = None, *,
-             checks: Iterable[str] | None = None, skip: Iterable[str] | None = None,
-             options: CheckOptions | None = None, progress: bool = True) -> Report:
-    """Run ``tier_checks`` (or ``checks`` among them, minus ``skip``) and return the report.
-
-    A run that does not start with ``shape_robustness`` first probes the longest length the
-    model runs at, so a length bug caps every check instead of crashing each one.
-    """
-    names = select(list(tier_checks), checks, skip)
-    return run_checks(as_adapter(model_or_adapter, config), names, options, progress=progress,
-                      length_probe=runnable_max_len)
 
 
 def run_tier1(model_or_adapter, config: dict | None = None, *,

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from utils.checks import CheckOptions, available
+from utils.checks import CheckOptions, available, run_tier
 from utils.report import Report
-from utils.tier1_critical_validation import run_tier
 from utils.tier2 import (  # noqa: F401  (importing registers the checks and plots)
     attention,
     attribution,

@@ -22,7 +22,7 @@ from urllib.error import HTTPError, URLError
 from urllib.parse import urlsplit
 from urllib.request import Request, urlopen
 
-from utils.adapters.cache import publish_dir, sha256
+from utils.atomic import publish_dir, sha256
 from utils.environment import testbench_home
 from utils.errors import UserError
 

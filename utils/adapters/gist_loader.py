@@ -19,12 +19,12 @@ from typing import Any
 
 from torch import nn
 
-from utils.adapters.cache import sha256
 from utils.adapters.config_mapping import BuildRecord, build_model
 from utils.adapters.gist_client import fetch_gist
 from utils.adapters.model_source import choose_model_class, import_model_code, parse_code
 from utils.adapters.sources import SourceSpec, parse_source
 from utils.adapters.weights import WEIGHT_SUFFIXES, load_weights
+from utils.atomic import sha256
 from utils.errors import CodeLocation, UserError
 
 __all__ = ["LoadedModel", "load_model"]

@@ -16,10 +16,10 @@ from utils.adapters.config_mapping import lookup
 from utils.adapters.detection import Evidence, Probe, Scan
 from utils.adapters.signature import ForwardSpec
 from utils.errors import UserError
+from utils.tasks import TASKS
 
-__all__ = ["TASKS", "decide_lengths", "decide_task", "decide_vocab", "normalise_task"]
+__all__ = ["decide_lengths", "decide_task", "decide_vocab", "normalise_task"]
 
-TASKS = ("causal_lm", "masked_lm", "seq2seq", "classification", "encoder")
 _TASK_WORDS = {
     "causal_lm": ("causal_lm", "causal", "clm", "lm", "language_modeling", "language-modeling",
                   "text-generation", "text_generation", "generation", "decoder", "autoregressive",

@@ -21,10 +21,9 @@ from utils.adapters.config_mapping import flatten_config, lookup
 from utils.adapters.detection import Evidence
 from utils.adapters.signature import ForwardSpec, analyse_forward, extract_output
 from utils.errors import UserError
+from utils.tasks import IGNORE_INDEX, Task
 
 __all__ = ["ModelAdapter", "adapt"]
-
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -32,7 +31,7 @@ class ModelAdapter:
     """A model with everything the testbench needs to feed it and score it."""
 
     model: nn.Module
-    task: str
+    task: Task
     vocab_size: int
     max_seq_len: int | None
     spec: ForwardSpec

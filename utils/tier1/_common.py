@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from utils.compare import rel_diff
 from utils.errors import locate_in_files
 from utils.report import CheckResult
 
@@ -72,15 +73,6 @@ def first_failing_length(ok, good: int, bad: int) -> int:
         else:
             bad = mid
     return bad
-
-
-def rel_diff(a: torch.Tensor, b: torch.Tensor, scale: float | None = None) -> float:
-    """``max |a − b|`` relative to ``scale`` (default: ``max |a|``); inf when not comparable."""
-    if a.shape != b.shape:
-        return float("inf")
-    a, b = a.detach().float(), b.detach().float()
-    denom = scale if scale is not None else float(a.abs().max()) if a.numel() else 0.0
-    return float((a - b).abs().max()) / max(denom, 1e-12) if a.numel() else 0.0
 
 
 def token_key(adapter) -> str:

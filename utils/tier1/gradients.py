@@ -29,7 +29,7 @@ def layer_of(name: str) -> str:
     return ".".join(parts[:-1]) or parts[0]
 
 
-@register("gradient_flow", tier=1)
+@register("gradient_flow", tier=1, thresholds=("layer_spread",))
 def check_gradient_flow(adapter, options) -> CheckResult:
     model = adapter.model
     model.train()

@@ -44,7 +44,7 @@ def _kind(name: str, p: torch.Tensor, owner: nn.Module) -> tuple[str, int | None
     return "matrix", int(p[0].numel()) if p.ndim > 2 else int(p.shape[1])
 
 
-@register("parameter_initialization", tier=1)
+@register("parameter_initialization", tier=1, thresholds=("gain",))
 def check_parameter_initialization(adapter, options) -> CheckResult:
     modules = dict(adapter.model.named_modules())
     rows = []

@@ -13,13 +13,14 @@ from __future__ import annotations
 import torch
 
 from utils.checks import register
+from utils.compare import rel_diff
 from utils.report import CheckResult
+from utils.tasks import IGNORE_INDEX
 from utils.tier1._common import (
     different_ids,
     eval_logits,
     eval_randomness,
     random_in_eval,
-    rel_diff,
     token_key,
     train_without_dropout,
 )
@@ -41,7 +42,7 @@ def _cuts(t: int) -> list[int]:
     return sorted({c for c in (1, 2, t // 4, t // 2, 3 * t // 4, t - 1) if 1 <= c < t})
 
 
-@register("causal_masking", tier=1)
+@register("causal_masking", tier=1, thresholds=("rtol",))
 def check_causal_masking(adapter, options) -> CheckResult:
     if not adapter.is_causal:
         return CheckResult("causal_masking", 1, "skip",
@@ -125,7 +126,7 @@ def _train_mode_spread(adapter, batch, seed: int) -> tuple[float | None, str]:
         model.eval()
 
 
-@register("batch_independence", tier=1)
+@register("batch_independence", tier=1, thresholds=("rtol",))
 def check_batch_independence(adapter, options) -> CheckResult:
     b = max(2, options.batch(adapter, 4))
     t = min(options.max_len(adapter), 16)
@@ -185,7 +186,7 @@ def _pad_right(adapter, batch: dict[str, torch.Tensor], extra: int) -> dict[str,
     out["input_ids"] = torch.cat([ids, ids.new_full((b, extra), pad)], dim=1)
     out["attention_mask"] = torch.cat([mask, mask.new_zeros((b, extra))], dim=1)
     if adapter.task == "causal_lm" and "labels" in batch:
-        out["labels"] = torch.cat([batch["labels"], ids.new_full((b, extra), -100)], dim=1)
+        out["labels"] = torch.cat([batch["labels"], ids.new_full((b, extra), IGNORE_INDEX)], dim=1)
     return out
 
 
@@ -196,7 +197,7 @@ def _real_part(adapter, out: torch.Tensor, t: int) -> torch.Tensor:
     return out[:, :t]
 
 
-@register("padding_invariance", tier=1)
+@register("padding_invariance", tier=1, thresholds=("rtol",))
 def check_padding_invariance(adapter, options) -> CheckResult:
     top = options.max_len(adapter)
     t = min(top - 1, 12)

@@ -87,7 +87,7 @@ def _optimizer(params: list[torch.nn.Parameter], device: torch.device, lr: float
     return _Adam(params, lr), "Adam"
 
 
-@register("overfit_one_batch", tier=1)
+@register("overfit_one_batch", tier=1, thresholds=("steps", "lr", "min_drop"))
 def check_overfit_one_batch(adapter, options) -> CheckResult:
     if adapter.task == "encoder":
         return CheckResult("overfit_one_batch", 1, "skip",

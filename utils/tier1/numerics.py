@@ -22,7 +22,7 @@ def _extreme_batches(adapter, t: int, options):
         yield f"all id {value}", {**batch, "input_ids": torch.full_like(batch["input_ids"], value)}
 
 
-@register("output_stability", tier=1)
+@register("output_stability", tier=1, thresholds=("max_abs_logit",))
 def check_output_stability(adapter, options) -> CheckResult:
     rows, first_bad, scale = [], None, 0.0
     for t in lengths(adapter, options):
@@ -87,7 +87,7 @@ def _chance_loss(adapter) -> tuple[float, str] | None:
     return None
 
 
-@register("initial_loss", tier=1)
+@register("initial_loss", tier=1, thresholds=("ratio", "warn_ratio"))
 def check_initial_loss(adapter, options) -> CheckResult:
     chance = _chance_loss(adapter)
     if chance is None:
@@ -125,7 +125,7 @@ def check_initial_loss(adapter, options) -> CheckResult:
                        threshold)
 
 
-@register("determinism", tier=1)
+@register("determinism", tier=1, thresholds=("rtol",))
 def check_determinism(adapter, options) -> CheckResult:
     batch = adapter.make_inputs(options.batch(adapter, 2), min(options.max_len(adapter), 32),
                                 seed=options.seed)

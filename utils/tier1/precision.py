@@ -46,7 +46,7 @@ def _compare(adapter, batch, ref: torch.Tensor, ref_loss: float | None, dtype) -
     return row
 
 
-@register("mixed_precision", tier=1)
+@register("mixed_precision", tier=1, thresholds=("fp16_rel_error", "bf16_rel_error"))
 def check_mixed_precision(adapter, options) -> CheckResult:
     t = min(options.max_len(adapter), 64)
     batch = adapter.make_inputs(options.batch(adapter, 2), t, seed=options.seed)

@@ -35,7 +35,7 @@ def runnable_max_len(adapter, options) -> int | None:
     return longest if longest >= 1 else None
 
 
-@register("shape_robustness", tier=1)
+@register("shape_robustness", tier=1, length_probe=runnable_max_len)
 def check_shape_robustness(adapter, options) -> CheckResult:
     top = options.max_len(adapter)
     batches = sorted({1, options.batch(adapter, 4)})

@@ -125,7 +125,7 @@ def _malformed(maps: list[AttentionMap], tol: float) -> str | None:
     return None
 
 
-@register(NAME, tier=2)
+@register(NAME, tier=2, thresholds=("row_sum_tol", "saturated", "duplicate_tv"))
 def check_attention_patterns(adapter, options) -> CheckResult:
     t = min(options.max_len(adapter), 64)
     batch = adapter.make_inputs(options.batch(adapter, 2), t, seed=options.seed)

@@ -23,6 +23,7 @@ import torch
 
 from utils.checks import register
 from utils.report import CheckResult
+from utils.tasks import IGNORE_INDEX
 from utils.tier2._common import (
     EmbeddingSwap,
     call_inputs,
@@ -41,7 +42,7 @@ def target_positions(adapter, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     ids = batch.get("decoder_input_ids", batch["input_ids"])
     last = torch.full((ids.shape[0],), ids.shape[1] - 1, dtype=torch.long)
     if adapter.task == "masked_lm" and "labels" in batch:
-        masked = (batch["labels"] != -100).cpu()
+        masked = (batch["labels"] != IGNORE_INDEX).cpu()
         first = masked.float().argmax(dim=1)
         return torch.where(masked.any(dim=1), first, last)
     return last
@@ -138,7 +139,7 @@ def _rank_corr(a: torch.Tensor, b: torch.Tensor) -> float | None:
     return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
 
 
-@register(NAME, tier=2)
+@register(NAME, tier=2, thresholds=("steps", "rel_delta"))
 def check_attribution_analysis(adapter, options) -> CheckResult:
     reason = no_embedding_reason(adapter)
     if reason is not None:

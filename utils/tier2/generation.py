@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from utils.checks import register
+from utils.compare import rel_diff
 from utils.report import CheckResult
-from utils.tier1._common import rel_diff
 from utils.tier2._common import counting
 
 NAME = "generation_consistency"
@@ -76,7 +76,7 @@ def _cached_logits(adapter, ids: torch.Tensor, prompt: int, new: int) -> torch.T
     return torch.stack(steps, 1)
 
 
-@register(NAME, tier=2)
+@register(NAME, tier=2, thresholds=("rtol",))
 @torch.no_grad()
 def check_generation_consistency(adapter, options) -> CheckResult:
     if adapter.task not in ("causal_lm", "seq2seq"):

@@ -108,7 +108,7 @@ def sweeps(adapter, batch: dict[str, torch.Tensor], seed: int, chunk: int = 32) 
     return rows
 
 
-@register(NAME, tier=2)
+@register(NAME, tier=2, thresholds=("tiny_noise_agreement", "tiny_noise_amplification"))
 def check_robustness(adapter, options) -> CheckResult:
     t = min(options.max_len(adapter), 64)
     batch = adapter.make_inputs(options.batch(adapter, 4), t, seed=options.seed)

@@ -28,7 +28,13 @@ from typing import Any
 
 from utils.environment import require
 from utils.errors import UserError
-from utils.tokenization.byte_level import ROLES, build_byte_level, special_layout
+from utils.tokenization.byte_level import (
+    CONFIG_FILE,
+    ROLES,
+    build_byte_level,
+    special_layout,
+    specials_of,
+)
 from utils.tokenization.char_tokenizer import build_char_level, char_alphabet
 from utils.tokenization.known_tokenizers import fitting
 
@@ -36,11 +42,6 @@ __all__ = ["STRATEGIES", "AdaptiveTokenizer", "tokenizer_for", "tokenizer_for_mo
 
 STRATEGIES = ("auto", "pretrained", "bpe", "byte", "char")
 MIN_MERGES = 64  # below this many merges, BPE is not worth training: plain bytes instead
-CONFIG_FILE = "tokenizer_config.json"
-_GUESS = {"pad": ("<pad>", "[PAD]", "<|padding|>", "<|pad|>"),
-          "bos": ("<bos>", "<s>", "[CLS]", "<|begin_of_text|>", "<|endoftext|>"),
-          "eos": ("<eos>", "</s>", "[SEP]", "<|end_of_text|>", "<|endoftext|>"),
-          "unk": ("<unk>", "[UNK]", "<|endoftext|>"), "mask": ("<mask>", "[MASK]")}
 
 
 class AdaptiveTokenizer:
@@ -107,12 +108,13 @@ class AdaptiveTokenizer:
 
     def save(self, folder: str | Path) -> Path:
         """Write ``tokenizer.json`` and ``tokenizer_config.json`` into ``folder``."""
+        from utils.atomic import write_atomic
+
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save(str(folder / "tokenizer.json"))
+        write_atomic(folder / "tokenizer.json", self.tokenizer.to_str(pretty=True))
         config = {f"{r}_token": t for r, t in self.specials.items()}
         config["testbench"] = {"strategy": self.strategy, "reason": self.reason}
-        (folder / CONFIG_FILE).write_text(json.dumps(config, indent=1))
+        write_atomic(folder / CONFIG_FILE, json.dumps(config, indent=1))
         return folder / "tokenizer.json"
 
     @classmethod
@@ -128,23 +130,9 @@ class AdaptiveTokenizer:
         config_file = file.with_name(CONFIG_FILE)
         config = json.loads(config_file.read_text()) if config_file.is_file() else {}
         meta = config.get("testbench", {})
-        specials = _specials_of(tokenizer, config)
+        specials = specials_of(tokenizer, config)
         return cls(tokenizer, specials, strategy=meta.get("strategy", "pretrained"),
                    reason=meta.get("reason", f"loaded from {file}"))
-
-
-def _specials_of(tokenizer: Any, config: dict | None = None) -> dict[str, str]:
-    """Role -> token: from a tokenizer_config.json when there is one, else by usual names."""
-    vocab = tokenizer.get_vocab(with_added_tokens=True)
-    found = {}
-    for role in ROLES:
-        named = (config or {}).get(f"{role}_token")
-        named = named.get("content") if isinstance(named, dict) else named
-        options = ([named] if named else []) + list(_GUESS[role])
-        hit = next((t for t in options if t in vocab), None)
-        if hit is not None:
-            found[role] = hit
-    return found
 
 
 def tokenizer_for(vocab_size: int, corpus: Any = None, *, strategy: str = "auto",
@@ -181,7 +169,12 @@ def tokenizer_for(vocab_size: int, corpus: Any = None, *, strategy: str = "auto"
 
         found = choose_pretrained(vocab_size, pretrained, with_mask, allow_download, tried)
         if found is not None:
-            return found
+            tok, specials_found, origin = found
+            result = AdaptiveTokenizer(tok, specials_found, strategy="pretrained", reason="")
+            result.reason = "; ".join([f"pretrained {origin[0]}: {result.vocab_size:,} ids in "
+                                       f"{vocab_size:,} rows ({vocab_size - result.vocab_size} "
+                                       f"unused), from {origin[1]}", *tried])
+            return result
         if strategy == "pretrained":
             raise UserError(f"No pretrained tokenizer fits vocab_size={vocab_size}.",
                             why="; ".join(tried) or "None of the known ones is close in size.",

@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from utils.tasks import IGNORE_INDEX
 from utils.tokenization.sampler import BatchKey
 
-__all__ = ["IGNORE_INDEX", "BatchBuilder", "row_maker"]
+__all__ = ["BatchBuilder", "row_maker"]
 
-IGNORE_INDEX = -100
 PACKED_TASKS = ("causal_lm", "masked_lm", "encoder")
 
 

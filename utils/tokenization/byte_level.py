@@ -7,14 +7,22 @@ this is the "byte" strategy (256 + specials rows); :mod:`bpe_trainer` adds learn
 
 from __future__ import annotations
 
+from typing import Any
+
 from utils.environment import require
 
-__all__ = ["ROLES", "SPECIAL_TOKENS", "build_byte_level", "byte_level_parts", "special_layout"]
+__all__ = ["CONFIG_FILE", "ROLES", "SPECIAL_TOKENS", "build_byte_level", "byte_level_parts",
+           "special_layout", "specials_of"]
 
 ROLES = ("pad", "bos", "eos", "unk", "mask")
 SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<bos>", "eos": "<eos>", "unk": "<unk>",
                   "mask": "<mask>"}
 _FEATURE = "Building a tokenizer"
+CONFIG_FILE = "tokenizer_config.json"  # Hugging Face's name for the file naming the specials
+_GUESS = {"pad": ("<pad>", "[PAD]", "<|padding|>", "<|pad|>"),
+          "bos": ("<bos>", "<s>", "[CLS]", "<|begin_of_text|>", "<|endoftext|>"),
+          "eos": ("<eos>", "</s>", "[SEP]", "<|end_of_text|>", "<|endoftext|>"),
+          "unk": ("<unk>", "[UNK]", "<|endoftext|>"), "mask": ("<mask>", "[MASK]")}
 
 
 def special_layout(with_mask: bool, fixed: dict[str, int | None] | None = None,
@@ -61,3 +69,17 @@ def build_byte_level(specials: list[str]):
     tokenizer.pre_tokenizer, tokenizer.decoder = byte_level_parts()
     tokenizer.add_special_tokens(specials)
     return tokenizer
+
+
+def specials_of(tokenizer: Any, config: dict | None = None) -> dict[str, str]:
+    """Role -> token: from a tokenizer_config.json when there is one, else by usual names."""
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    found = {}
+    for role in ROLES:
+        named = (config or {}).get(f"{role}_token")
+        named = named.get("content") if isinstance(named, dict) else named
+        options = ([named] if named else []) + list(_GUESS[role])
+        hit = next((t for t in options if t in vocab), None)
+        if hit is not None:
+            found[role] = hit
+    return found

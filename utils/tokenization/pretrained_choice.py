@@ -8,8 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from utils.tokenization.adaptive_tokenizer import CONFIG_FILE, AdaptiveTokenizer, _specials_of
-from utils.tokenization.byte_level import ROLES
+from utils.tokenization.byte_level import CONFIG_FILE, ROLES, specials_of
 from utils.tokenization.known_tokenizers import fitting
 from utils.tokenization.pretrained import PretrainedUnavailable, load_tokenizer_json
 
@@ -20,8 +19,9 @@ _ALIAS = {"pad": "eos", "bos": "eos", "unk": "eos", "eos": "bos"}
 
 def choose_pretrained(vocab_size: int, pretrained: str | Path | None, with_mask: bool,
                       allow_download: bool | None, tried: list[str],
-                      ) -> AdaptiveTokenizer | None:
-    """The first candidate that loads and fits, or ``None``; ``tried`` collects the reasons."""
+                      ) -> tuple[Any, dict[str, str], tuple[str, str]] | None:
+    """The first candidate that loads and fits, as ``(tokenizer, specials, (name, origin))``,
+    or ``None``; ``tried`` collects the reasons the others were passed over."""
     candidates: list[tuple[str, dict | None]] = []
     if pretrained is not None:
         candidates.append((str(pretrained), None))
@@ -37,16 +37,12 @@ def choose_pretrained(vocab_size: int, pretrained: str | Path | None, with_mask:
             tried.append(f"{name} unavailable: {exc}")
             continue
         if specials is None:
-            specials = _specials_of(tok, _config_beside(name))
+            specials = specials_of(tok, _config_beside(name))
         specials, problem = _complete(tok, dict(specials), vocab_size, with_mask)
         if problem:
             tried.append(f"{name} does not fit: {problem}")
             continue
-        result = AdaptiveTokenizer(tok, specials, strategy="pretrained", reason="")
-        gap = vocab_size - result.vocab_size
-        result.reason = "; ".join([f"pretrained {name}: {result.vocab_size:,} ids in "
-                                   f"{vocab_size:,} rows ({gap} unused), from {origin}", *tried])
-        return result
+        return tok, specials, (name, origin)
     return None
 
 

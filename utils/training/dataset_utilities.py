@@ -22,11 +22,11 @@ from typing import Any
 
 from utils.environment import require
 from utils.errors import UserError
+from utils.tasks import TASKS
 from utils.training.text_sources import example_corpus, read_source
 
 __all__ = ["DatasetStats", "TextDataset", "example_corpus", "load_text_dataset"]
 
-TASKS = ("causal_lm", "masked_lm", "encoder", "classification", "seq2seq")
 TEXT_NAMES = ("text", "content", "document", "sentence", "body", "article", "review", "passage")
 LABEL_NAMES = ("label", "labels", "class", "category", "sentiment", "target", "y")
 PAIR_NAMES = (("source", "target"), ("src", "tgt"), ("input", "output"), ("question", "answer"),

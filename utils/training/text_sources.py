@@ -157,6 +157,7 @@ def check_utf8(path: Path, chunk: int = 1 << 20) -> None:
 
 
 def _colab_upload(cache: Path) -> list[Path]:
+    from utils.atomic import write_atomic
     from utils.colab import upload_files
 
     uploaded = upload_files("source='upload'", fix="Pass the path of a local file or folder "
@@ -169,7 +170,7 @@ def _colab_upload(cache: Path) -> list[Path]:
     paths = []
     for name, content in uploaded.items():
         target = folder / Path(name).name
-        target.write_bytes(content)
+        write_atomic(target, content)
         paths.append(target)
     return [p for p in paths if p.suffix.lower() in SUFFIX_BUILDER] or _local_files(paths[0])
 

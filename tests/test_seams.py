@@ -1,0 +1,156 @@
+"""The shared kernels (task names, atomic files, tensor comparison) and the import graph."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import utils
+import utils.tier1_critical_validation  # importing the tiers registers their checks
+import utils.tier2_advanced_analysis
+from utils import atomic
+from utils.checks import REGISTRY, CheckOptions
+from utils.compare import compare, rel_diff
+from utils.errors import UserError
+from utils.tasks import IGNORE_INDEX, TASKS
+
+PACKAGE = Path(utils.__file__).parent
+
+
+def _imports(path: Path) -> set[str]:
+    """Modules ``path`` imports from ``utils`` (top-level and inside functions)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("utils"):
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("utils"))
+    return found
+
+
+def _module_graph() -> dict[str, set[str]]:
+    files = {".".join(("utils", *p.relative_to(PACKAGE).with_suffix("").parts))
+             .removesuffix(".__init__"): p for p in PACKAGE.rglob("*.py")}
+    return {m: {i for i in _imports(p) if i in files and i != m} for m, p in files.items()}
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = _module_graph()
+    # a package importing its own submodule (re-export) is not a cycle of concepts
+    graph = {m: {d for d in deps if not d.startswith(m + ".")} for m, deps in graph.items()}
+    state: dict[str, int] = {}
+    cycle: list[str] = []
+
+    def visit(node: str, path: list[str]) -> bool:
+        state[node] = 1
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                cycle.extend([*path, node, dep])
+                return True
+            if dep not in state and visit(dep, [*path, node]):
+                return True
+        state[node] = 2
+        return False
+
+    for module in sorted(graph):
+        if module not in state and visit(module, []):
+            break
+    assert not cycle, " -> ".join(cycle)
+
+
+def test_no_module_imports_another_packages_private_module():
+    offenders = []
+    for module, deps in _module_graph().items():
+        for dep in deps:
+            parts = dep.split(".")
+            private = [i for i, part in enumerate(parts) if part.startswith("_")
+                       and part != "__main__"]
+            if private and not module.startswith(".".join(parts[: private[0]]) + "."):
+                offenders.append(f"{module} imports {dep}")
+    assert not offenders
+
+
+def test_task_names_and_ignore_index_have_one_owner():
+    assert TASKS == ("causal_lm", "masked_lm", "seq2seq", "classification", "encoder")
+    assert IGNORE_INDEX == -100
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "tasks.py":
+            continue
+        text = path.read_text()
+        assert "= -100" not in text, f"{path} defines its own ignore index"
+        assert not re.search(r"^TASKS\b", text, re.M), f"{path} defines its own task list"
+
+
+def test_write_atomic_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypatch):
+    target = tmp_path / "state.json"
+    atomic.write_atomic(target, "old")
+
+    def no_space(*_args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(OSError, match="No space"):
+        atomic.write_atomic(target, "new")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temp file left
+
+
+def test_copy_atomic_streams_hashes_and_never_tears_the_target(tmp_path, monkeypatch):
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(3 * atomic.CHUNK + 17))
+    dst = tmp_path / "mirror" / "big.bin"
+    digest = atomic.copy_atomic(src, dst)
+    assert digest == atomic.sha256_file(src) == atomic.sha256_file(dst)
+    previous = dst.read_bytes()
+    src.write_bytes(os.urandom(atomic.CHUNK + 1))
+
+    real_replace = os.replace
+
+    def dropped(a, b):  # Drive's FUSE mount going away mid-rename
+        raise OSError(107, "Transport endpoint is not connected")
+
+    monkeypatch.setattr(os, "replace", dropped)
+    with pytest.raises(OSError, match="Transport endpoint"):
+        atomic.copy_atomic(src, dst)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert dst.read_bytes() == previous
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["big.bin"]
+
+
+def test_compare_reports_like_assert_close():
+    expected = torch.zeros(4, 5)
+    actual = expected.clone()
+    actual[2, 3] = 0.5
+    result = compare(actual, expected)
+    assert not result.ok and result.mismatched == 1 and result.total == 20
+    assert result.max_abs == pytest.approx(0.5) and result.max_abs_index == (2, 3)
+    assert "Mismatched elements: 1 / 20 (5.0%)" in str(result)
+    assert "(up to 1e-05 allowed)" in str(result)
+    assert compare(expected, expected).ok
+    assert compare(expected.half(), expected).rtol == pytest.approx(1e-3)  # fp16 decides
+    nan = torch.tensor([float("nan"), 1.0])
+    assert compare(nan, nan.clone()).ok
+    assert not compare(torch.tensor([float("nan"), 1.0]), torch.tensor([0.0, 1.0])).ok
+    assert "shapes differ" in str(compare(torch.zeros(2), torch.zeros(3)))
+    assert rel_diff(torch.ones(3), torch.ones(3) * 1.5) == pytest.approx(0.5)
+
+
+def test_every_threshold_a_check_reads_is_declared():
+    declared = {f"{s.name}.{t}" for s in REGISTRY.values() for t in s.thresholds}
+    assert "overfit_one_batch.steps" in declared and "attention_patterns.saturated" in declared
+    with pytest.raises(KeyError, match="without declaring"):
+        CheckOptions().threshold("overfit_one_batch.undeclared", 1.0)
+
+
+def test_an_unknown_threshold_key_is_an_error_naming_the_valid_ones():
+    options = CheckOptions(thresholds={"overfit_one_batch.stepz": 50})
+    with pytest.raises(UserError, match=r"did you mean 'overfit_one_batch.steps'") as info:
+        options.validate_thresholds()
+    assert "initial_loss.ratio" in str(info.value)
+    CheckOptions(thresholds={"overfit_one_batch.steps": 50}).validate_thresholds()

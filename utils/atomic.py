@@ -1,0 +1,124 @@
+"""Atomic files on disk: a reader never sees a half-written file or folder.
+
+The one owner of "write it so an interruption leaves the old file or the new one, never a torn
+one": caches, reports, the notebook hand-off file and checkpoints all go through here. Each
+write goes to a temporary name beside the target, is flushed and fsynced, then renamed into
+place with ``os.replace`` (atomic on one filesystem — Google Drive's FUSE mount included, where
+it is the only safe way to publish a file, since Drive has no symlinks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+__all__ = ["copy_atomic", "publish_dir", "sha256", "sha256_file", "write_atomic"]
+
+CHUNK = 8 << 20  # 8 MiB: a streamed copy or hash never holds a checkpoint whole in memory
+
+
+def sha256(data: bytes) -> str:
+    """Hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _temp_beside(path: Path) -> tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (best effort: some filesystems refuse to open a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write ``data`` (text is UTF-8 encoded) to ``path`` through a temporary file, fsync and
+    an atomic rename; on any failure the previous ``path`` is left as it was."""
+    path = Path(path)
+    if isinstance(data, str):
+        data = data.encode()
+    fd, tmp = _temp_beside(path)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def copy_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> str:
+    """Copy ``src`` to ``dst`` atomically, streaming in chunks; returns the copy's sha256.
+
+    The bytes are hashed as they are written, so a caller can compare the digest with a
+    manifest without reading the file again. A failure (Drive's ``Errno 107``, ``EIO``) leaves
+    no file under ``dst``'s name other than the previous one.
+    """
+    dst = Path(dst)
+    digest = hashlib.sha256()
+    fd, tmp = _temp_beside(dst)
+    try:
+        with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
+            while chunk := fin.read(CHUNK):
+                fout.write(chunk)
+                digest.update(chunk)
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(dst.parent)
+    return digest.hexdigest()
+
+
+def publish_dir(files: dict[str, bytes], target: str | os.PathLike) -> Path:
+    """Write a folder of files so that ``target`` appears complete or not at all.
+
+    The files go into a temporary sibling folder that is renamed to ``target``. When
+    ``target`` already exists (content-addressed caches: the same revision fetched twice), the
+    existing folder is kept and the new copy dropped.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        for name, data in files.items():
+            dest = tmp / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(data)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not target.is_dir():  # a real failure, not "someone published it first"
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
