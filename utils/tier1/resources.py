@@ -3,8 +3,9 @@
 Memory for one training step = parameters + gradients + AdamW state (two fp32 moments) +
 activations. Activations are what autograd saves for backward, measured exactly with
 ``saved_tensors_hooks`` at two lengths and fitted as ``αT + βT²`` per sample (attention maps
-grow with T²), so the answer extends to the model's full length and any batch. On CUDA the
-forward+backward peak is measured with the allocator's peak statistics instead.
+grow with T²), so the answer extends to the model's full length and any batch (the model is
+``utils.memory``, which ``preset_for`` uses too). On CUDA the forward+backward peak is measured
+with the allocator's peak statistics instead.
 """
 
 from __future__ import annotations
@@ -16,67 +17,33 @@ import time
 import torch
 
 from utils.checks import register
+from utils.gpu_table import COLAB_FREE, RESERVED_GB, lookup
+from utils.memory import activation_fit, estimate_train_memory, max_batch_size
 from utils.report import CheckResult
-from utils.tier1.gpu_table import COLAB_FREE, RESERVED_GB, lookup
 
 _MB = 2**20
 _GB = 2**30
 
 
-def _saved_bytes(adapter, batch: dict[str, torch.Tensor], param_ptrs: set[int]) -> int:
-    """Bytes autograd keeps for backward during one forward (parameters excluded)."""
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor):
-        storage = t.untyped_storage()
-        ptr = storage.data_ptr()
-        if ptr not in param_ptrs:
-            seen[ptr] = max(seen.get(ptr, 0), storage.nbytes())
-        return t
-
-    adapter.model.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        adapter.loss(batch)
-    return sum(seen.values())
-
-
-def _activation_model(adapter, options) -> tuple[float, float]:
-    """Per-sample saved bytes as ``(α, β)`` with activations(T) = αT + βT²."""
-    params = {p.untyped_storage().data_ptr() for p in adapter.model.parameters()}
-    top = options.max_len(adapter)
-    t_a, t_b = max(1, min(top, 32) // 2), min(top, 64)
-    b = 2
-    a_a = _saved_bytes(adapter, adapter.make_inputs(b, t_a, seed=options.seed), params) / b
-    if t_b == t_a:
-        return a_a / t_a, 0.0
-    a_b = _saved_bytes(adapter, adapter.make_inputs(b, t_b, seed=options.seed), params) / b
-    beta = (a_b / t_b - a_a / t_a) / (t_b - t_a)
-    if beta < 0:
-        return a_b / t_b, 0.0
-    return max(a_a / t_a - beta * t_a, 0.0), beta
-
-
 @register("memory_footprint", tier=1)
 def check_memory_footprint(adapter, options) -> CheckResult:
     model = adapter.model
-    params = sum(p.numel() * p.element_size() for p in model.parameters())
-    trainable = sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)
-    alpha, beta = _activation_model(adapter, options)
+    fitted = activation_fit(adapter, seed=options.seed, max_len=options.max_len(adapter))
     seq = adapter.max_seq_len or options.max_len_cap
-    per_sample = alpha * seq + beta * seq * seq
-    fixed = params + trainable + 2 * trainable  # weights, grads, AdamW moments
     budget = (COLAB_FREE.memory_gb - RESERVED_GB) * _GB
     rows = []
     for b in sorted({1, 8, 32, options.batch_size}):  # memory answers any batch
-        act = per_sample * b
-        total = fixed + act
-        rows.append({"batch": b, "seq_len": seq, "params_mb": params / _MB,
-                     "grads_mb": trainable / _MB, "optimizer_mb": 2 * trainable / _MB,
-                     "activations_mb": act / _MB, "train_total_mb": total / _MB,
-                     "train_total_fp16_mb": (fixed + act / 2) / _MB,
-                     "fits_colab_t4": total <= budget})
-    fit = int((budget - fixed) // per_sample) if per_sample > 0 and budget > fixed else 0
-    fit16 = int((budget - fixed) // (per_sample / 2)) if per_sample > 0 and budget > fixed else 0
+        est = estimate_train_memory(adapter, b, seq, fit=fitted)
+        half = estimate_train_memory(adapter, b, seq, precision="16-mixed", fit=fitted)
+        rows.append({"batch": b, "seq_len": seq, "params_mb": est.params / _MB,
+                     "grads_mb": est.grads / _MB, "optimizer_mb": est.optimizer / _MB,
+                     "activations_mb": est.activations / _MB, "train_total_mb": est.total / _MB,
+                     "train_total_fp16_mb": half.total / _MB,
+                     "fits_colab_t4": est.fits(budget)})
+    single = estimate_train_memory(adapter, 1, seq, fit=fitted)
+    params, per_sample, (alpha, beta) = single.params, single.activations, fitted
+    fit = max_batch_size(adapter, seq, budget, fit=fitted)
+    fit16 = max_batch_size(adapter, seq, budget, precision="16-mixed", fit=fitted)
     how = "estimated from autograd's saved tensors"
     if torch.cuda.is_available() and adapter.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(adapter.device)

@@ -1,5 +1,7 @@
 """Known GPUs: memory and dense peak FLOP/s, for "will it fit" answers and utilisation figures.
 
+Shared by Tier 1 (``memory_footprint``, ``inference_speed``) and the presets (``preset_for``).
+
 Peaks are the vendors' dense (no sparsity) figures in TFLOP/s. ``fp32`` is plain FP32 (not
 TF32); ``half`` is fp16 tensor cores on T4 (no bf16 there), bf16 on the others.
 """
@@ -26,6 +28,12 @@ GPUS: dict[str, GPU] = {
 COLAB_FREE = GPUS["T4"]
 # CUDA context, allocator fragmentation and framework buffers take about this much of a card.
 RESERVED_GB = 1.0
+_GB = 2**30
+
+
+def usable_bytes(total_bytes: int) -> int:
+    """What a training step may use of a card with ``total_bytes``: the total less RESERVED_GB."""
+    return max(0, int(total_bytes - RESERVED_GB * _GB))
 
 
 def lookup(device_name: str) -> GPU | None:
