@@ -9,13 +9,18 @@ it is the only safe way to publish a file, since Drive has no symlinks).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
-__all__ = ["copy_atomic", "publish_dir", "sha256", "sha256_file", "write_atomic"]
+__all__ = ["copy_atomic", "is_temp", "publish_dir", "sha256", "sha256_file", "sweep_temps",
+           "write_atomic", "write_atomic_stream"]
 
 CHUNK = 8 << 20  # 8 MiB: a streamed copy or hash never holds a checkpoint whole in memory
 
@@ -53,6 +58,72 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def is_temp(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is one of this module's temporary names (``.<name>.<random>.tmp``)."""
+    name = Path(path).name
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def sweep_temps(folder: str | os.PathLike, older_than: float | None = None) -> list[Path]:
+    """Remove temporary files an interrupted write left in ``folder`` (not recursive).
+
+    Only files not modified since ``older_than`` (a ``time.time()``; default: ten minutes ago)
+    go: a write in progress keeps touching its temporary file. Returns what was removed; a file
+    that cannot be removed (Drive dropped) is left for the next sweep.
+    """
+    cutoff = time.time() - 600 if older_than is None else older_than
+    removed = []
+    for path in Path(folder).glob(".*.tmp"):
+        try:
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            continue
+    return removed
+
+
+class _HashingWriter:
+    """A write-only file object that hashes and counts what passes through it."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self._fh = fh
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        self.size += memoryview(data).nbytes
+        return self._fh.write(data)
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+
+def write_atomic_stream(path: str | os.PathLike,
+                        fill: Callable[[BinaryIO], object]) -> tuple[str, int]:
+    """Let ``fill(fh)`` write ``path`` through a temporary file, fsync and an atomic rename.
+
+    ``fh`` has ``write`` and ``flush`` only (``torch.save(state, fh)`` works); what is written
+    is hashed on the way, so no second read is needed. Returns ``(sha256, size)``. On any
+    failure the previous ``path`` is left as it was and no temporary file remains.
+    """
+    path = Path(path)
+    fd, tmp = _temp_beside(path)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            writer = _HashingWriter(fh)
+            fill(writer)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return writer.digest.hexdigest(), writer.size
+
+
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     """Write ``data`` (text is UTF-8 encoded) to ``path`` through a temporary file, fsync and
     an atomic rename; on any failure the previous ``path`` is left as it was."""
@@ -73,12 +144,15 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     return path
 
 
-def copy_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> str:
+def copy_atomic(src: str | os.PathLike, dst: str | os.PathLike, *,
+                expect_sha256: str | None = None) -> str:
     """Copy ``src`` to ``dst`` atomically, streaming in chunks; returns the copy's sha256.
 
     The bytes are hashed as they are written, so a caller can compare the digest with a
-    manifest without reading the file again. A failure (Drive's ``Errno 107``, ``EIO``) leaves
-    no file under ``dst``'s name other than the previous one.
+    manifest without reading the file again. With ``expect_sha256``, bytes that hash
+    differently (the source changed or is corrupt) raise ``OSError(EIO)`` before the rename.
+    A failure (Drive's ``Errno 107``, ``EIO``) leaves no file under ``dst``'s name other than
+    the previous one.
     """
     dst = Path(dst)
     digest = hashlib.sha256()
@@ -90,6 +164,9 @@ def copy_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> str:
                 digest.update(chunk)
             fout.flush()
             os.fsync(fout.fileno())
+        if expect_sha256 is not None and digest.hexdigest() != expect_sha256:
+            raise OSError(errno.EIO, f"{src} does not match its expected sha256 "
+                          f"{expect_sha256[:12]}… (it changed or is corrupt)")
         os.replace(tmp, dst)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
