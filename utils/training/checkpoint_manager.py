@@ -1,0 +1,423 @@
+"""Checkpoints: where they live, which are valid, and their copy on Google Drive.
+
+A run folder holds (and the mirror, when there is one, receives the same relative layout)::
+
+    checkpoints/step-00000050.ckpt   torch.save of the training state
+    checkpoints/step-00000050.json   its manifest: step, file, size, sha256, val_loss, created
+    checkpoints/latest.json          {"step": 50, "file": "step-00000050.ckpt"}
+
+A save goes to the local run folder first (temp → fsync → ``os.replace``, see ``utils.atomic``),
+then its manifest, then ``latest.json`` — so ``latest.json`` only ever names a complete
+checkpoint and nothing half-written has a final name. A background thread then copies it to the
+mirror the same way and verifies what landed (``mirror.py``: retries, newest copy wins). Rotation
+keeps the last ``keep_last`` plus the best by validation loss, in both places. Resuming never
+trusts a name: :meth:`CheckpointManager.latest_valid` checks size and sha256 against the
+manifest, locally and in the mirror, and falls back past a truncated or corrupt file with a
+warning naming it. This module never imports lightning; the trainer wraps it in a CheckpointIO.
+
+Example:
+    >>> manager = CheckpointManager("runs/gpt", "/content/drive/MyDrive/runs/gpt")
+    >>> manager.save_async(state, step=50, val_loss=3.2)   # returns after a copy in memory
+    >>> info = manager.latest_valid(); manager.restore_local(); state = manager.load(info)
+"""
+
+from __future__ import annotations
+
+import atexit
+import copy
+import errno
+import json
+import operator
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
+
+import torch
+
+from utils import atomic
+from utils.errors import UserError
+from utils.training.checkpoint_files import (
+    LATEST,
+    CheckpointInfo,
+    ckpt_name,
+    keep_set,
+    make_manifest,
+    manifest_name,
+    read_json,
+    read_manifests,
+    step_of,
+    verify,
+)
+from utils.training.mirror import GaveUp, MirrorQueue
+
+__all__ = ["CheckpointInfo", "CheckpointManager", "snapshot_state"]
+
+
+def snapshot_state(obj):
+    """A copy of a training state that training can no longer change.
+
+    Every tensor is copied to CPU (a tensor reached twice — tied weights — is copied once, so
+    ``torch.save`` still stores it once); dicts keep their type and attributes (a state dict's
+    ``_metadata``), lists and tuples are rebuilt, numbers and strings are shared.
+    """
+    memo: dict[int, torch.Tensor] = {}
+
+    def walk(value):
+        if isinstance(value, torch.Tensor):
+            if id(value) not in memo:
+                memo[id(value)] = value.detach().to("cpu", copy=True)
+            return memo[id(value)]
+        if isinstance(value, dict):
+            out = copy.copy(value)
+            for key, item in value.items():
+                out[key] = walk(item)
+            return out
+        if isinstance(value, list):
+            return [walk(item) for item in value]
+        if isinstance(value, tuple):
+            items = [walk(item) for item in value]
+            return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+        if value is None or isinstance(value, (bool, int, float, complex, str, bytes,
+                                               torch.dtype, torch.device, torch.Size)):
+            return value
+        return copy.deepcopy(value)
+
+    return walk(obj)
+
+
+class CheckpointManager:
+    """The one owner of where checkpoints live and which are valid.
+
+    Args:
+        run_dir: The run folder; checkpoints go to ``run_dir/checkpoints``.
+        mirror_dir: A folder that receives the same layout (Google Drive), or None.
+        keep_last: How many of the newest checkpoints are kept (at least 1).
+        keep_best: Also keep the one with the lowest validation loss.
+        retries: Attempts after the first for each mirror step that raises ``OSError``.
+        backoff: Seconds before the first retry; each next wait doubles.
+        say: Where notices go (skipped checkpoints, mirror failures).
+    """
+
+    def __init__(self, run_dir: str | Path, mirror_dir: str | Path | None = None, *,
+                 keep_last: int = 2, keep_best: bool = True, retries: int = 6,
+                 backoff: float = 0.5, say: Callable[[str], None] | None = None) -> None:
+        bad = []
+        if not isinstance(keep_last, int) or keep_last < 1:
+            bad.append(f"keep_last={keep_last!r} (an int ≥ 1)")
+        if not isinstance(retries, int) or retries < 0:
+            bad.append(f"retries={retries!r} (an int ≥ 0)")
+        if not isinstance(backoff, (int, float)) or backoff < 0:
+            bad.append(f"backoff={backoff!r} (seconds ≥ 0)")
+        self.run_dir = Path(run_dir)
+        self.mirror_dir = Path(mirror_dir) if mirror_dir is not None else None
+        if self.mirror_dir is not None and self.mirror_dir.resolve() == self.run_dir.resolve():
+            bad.append(f"mirror_dir={str(mirror_dir)!r} (a folder other than the run folder)")
+        if bad:
+            raise UserError(f"CheckpointManager got {'; '.join(bad)}.",
+                            why="These values are outside what the checkpoint manager allows.",
+                            fix="Pass the values shown in brackets.")
+        self.checkpoints_dir = self.run_dir / "checkpoints"
+        self.keep_last, self.keep_best = keep_last, keep_best
+        self.retries, self.backoff = retries, backoff
+        self._say = say or (lambda _message: None)
+        self._lock = threading.RLock()  # one local write or rotation at a time
+        self._mirror = (MirrorQueue(retries=retries, backoff=backoff, say=self._say)
+                        if self.mirror_dir is not None else None)
+        self._executor: ThreadPoolExecutor | None = None
+        self._saving: Future | None = None
+        self._failed: tuple[int, BaseException] | None = None
+        self._local_errors: list[str] = []
+        self._closed = False
+        atexit.register(self.close)
+
+    @property
+    def mirror_checkpoints_dir(self) -> Path | None:
+        return self.mirror_dir / "checkpoints" if self.mirror_dir is not None else None
+
+    @property
+    def pending(self) -> int:
+        """Work not done yet: a background local save, plus mirror copies queued or running."""
+        saving = self._saving is not None and not self._saving.done()
+        return int(saving) + (self._mirror.pending if self._mirror else 0)
+
+    @property
+    def errors(self) -> list[str]:
+        """Background failures: local saves, and mirror copies that exhausted their retries."""
+        return [*self._local_errors, *(self._mirror.errors if self._mirror else [])]
+
+    # -- saving ---------------------------------------------------------------------------
+
+    def save(self, state: dict, step: int, *, val_loss: float | None = None) -> CheckpointInfo:
+        """Write ``state`` now (local disk), then queue its mirror copy; returns the verified info.
+
+        Costs one ``torch.save`` + fsync of the state; :meth:`save_async` costs only a copy in
+        memory. ``val_loss`` may be a float or a 0-d tensor; a non-finite one is stored as None.
+        """
+        self._check_open()
+        self._wait_local()
+        return self._write(state, operator.index(step), val_loss)
+
+    def save_async(self, state: dict, step: int, *,
+                   val_loss: float | None = None) -> Future[CheckpointInfo]:
+        """Copy ``state``'s tensors to CPU and write it in a background thread.
+
+        Returns at once with a future of the :class:`CheckpointInfo`; training may change its
+        tensors right away. Host memory holds one extra copy of the state until the write ends;
+        a save while the previous one is still writing waits for it first.
+        """
+        self._check_open()
+        self._wait_local()
+        snapshot = snapshot_state(state)
+        step = operator.index(step)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-save")
+        future = self._executor.submit(self._write, snapshot, step, val_loss)
+        future.add_done_callback(lambda f: self._note_failure(step, f))
+        self._saving = future
+        return future
+
+    def _write(self, state: dict, step: int, val_loss) -> CheckpointInfo:
+        with self._lock:
+            started, folder = time.time(), self.checkpoints_dir
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / ckpt_name(step)
+            sha, size = atomic.write_atomic_stream(path, lambda fh: torch.save(state, fh))
+            manifest = make_manifest(step, sha, size, val_loss)
+            atomic.write_atomic(folder / manifest_name(step), json.dumps(manifest, indent=2))
+            atomic.write_atomic(folder / LATEST, json.dumps({"step": step, "file": path.name}))
+            info = CheckpointInfo(path, step, sha, size, manifest["val_loss"], "local")
+            if self._mirror is not None:
+                self._mirror.submit("checkpoint", f"mirror of {path.name}",
+                                    lambda: self._mirror_checkpoint(info, manifest), tag=step)
+            self._rotate(folder, {step, *(self._mirror.tags() if self._mirror else ())},
+                         lambda p: p.unlink(missing_ok=True), started)
+            return info
+
+    def _note_failure(self, step: int, future: Future) -> None:
+        exc = future.exception()
+        if exc is not None:
+            self._failed = (step, exc)
+            self._local_errors.append(f"saving step {step} failed: {type(exc).__name__}: {exc}")
+            self._say(f"Checkpoint: saving step {step} failed: {exc}")
+
+    def _wait_local(self, timeout: float | None = None, *, raise_failure: bool = True) -> bool:
+        """Wait for the background save; a failed one is raised (once) as a UserError."""
+        saving = self._saving
+        if saving is not None:
+            try:
+                saving.exception(timeout)
+            except FutureTimeout:  # TimeoutError itself only from Python 3.11
+                return False
+        if raise_failure and self._failed is not None:
+            (step, exc), self._failed = self._failed, None
+            raise UserError(
+                f"The checkpoint for step {step} could not be written to "
+                f"{self.checkpoints_dir}: {type(exc).__name__}: {exc}",
+                why="The background save failed (a full disk, a removed folder, no "
+                "permission); the earlier checkpoints are untouched.",
+                fix="Free disk space or fix the folder; latest_valid() finds the newest "
+                "complete checkpoint.") from exc
+        return True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this CheckpointManager is closed")
+
+    def _rotate(self, folder: Path, protect: set[int], remove: Callable[[Path], object],
+                started: float) -> None:
+        """Delete what keep_last + keep_best do not keep, never a step in ``protect`` or the one
+        ``latest.json`` names, then temp files untouched since ``started`` (this manager is the
+        folder's only writer, so they were left by a dropped or killed write)."""
+        manifests = read_manifests(folder)
+        keep = keep_set(manifests, self.keep_last, self.keep_best) | protect
+        pointer = read_json(folder / LATEST)
+        if isinstance(pointer, dict) and isinstance(pointer.get("step"), int):
+            keep.add(pointer["step"])  # never delete what latest.json names
+        newest = max(manifests, default=-1)
+        for step in sorted(manifests):
+            if step not in keep:  # the manifest goes first: no manifest, never resumed from
+                remove(folder / manifest_name(step))
+                remove(folder / ckpt_name(step))
+        for path in folder.glob("step-*.ckpt"):  # interrupted saves older than a complete one
+            step = step_of(path)
+            if step is not None and step not in manifests and step < newest and step not in keep:
+                remove(path)
+        atomic.sweep_temps(folder, older_than=started)
+
+    # -- the mirror -----------------------------------------------------------------------
+
+    def mirror_file(self, relpath: str | Path) -> None:
+        """Queue a copy of ``run_dir/relpath`` (a file, or every file of a folder such as
+        ``final``) to ``mirror_dir/relpath``; the newest request per file wins. No-op without a
+        mirror."""
+        if self._mirror is None:
+            return
+        rel = Path(relpath)
+        if rel.is_absolute():
+            rel = rel.relative_to(self.run_dir)
+        if ".." in rel.parts:
+            raise ValueError(f"{relpath!r} is outside the run folder {self.run_dir}")
+        src = self.run_dir / rel
+        files = sorted(p for p in src.rglob("*") if p.is_file()) if src.is_dir() else [src]
+        for path in files:
+            if not atomic.is_temp(path):
+                name = path.relative_to(self.run_dir).as_posix()
+                self._mirror.submit(f"file:{name}", f"mirror of {name}",
+                                    lambda name=name: self._mirror_plain(name))
+
+    def _mirror_checkpoint(self, info: CheckpointInfo, manifest: dict) -> None:
+        mirror, folder, started = self._mirror, self.mirror_checkpoints_dir, time.time()
+        assert mirror is not None and folder is not None
+
+        def copy() -> bool:
+            local = read_json(info.path.with_suffix(".json")) or {}
+            if local.get("sha256") != info.sha256:
+                return False  # saved again under the same step since: that newer job copies it
+            _copy_verified(info.path, folder / info.path.name, info.sha256)
+            return True
+
+        if not mirror.retry(f"copying {info.path.name} to {folder}", copy):
+            return
+        mirror.retry(f"writing {manifest_name(info.step)} in {folder}",
+                     lambda: atomic.write_atomic(folder / manifest_name(info.step),
+                                                 json.dumps(manifest, indent=2)))
+        mirror.retry(f"writing {LATEST} in {folder}",
+                     lambda: atomic.write_atomic(folder / LATEST, json.dumps(
+                         {"step": info.step, "file": info.path.name})))
+        self._rotate(folder, {info.step},
+                     lambda p: mirror.retry(f"removing {p}", lambda: p.unlink(missing_ok=True)),
+                     started)
+
+    def _mirror_plain(self, name: str) -> None:
+        src, dst = self.run_dir / name, self.mirror_dir / name
+        if not src.is_file():
+            raise GaveUp(f"mirror of {name}: {src} does not exist")
+        self._mirror.retry(f"copying {name} to {self.mirror_dir}",
+                           lambda: _copy_verified(src, dst, None))
+
+    # -- resuming -------------------------------------------------------------------------
+
+    def latest_valid(self) -> CheckpointInfo | None:
+        """The newest checkpoint that verifies (size and sha256 against its manifest), locally
+        or in the mirror; newer ones that do not verify are skipped with a warning naming them.
+        ``latest.json`` is for readers outside; the scan of the manifests decides."""
+        self._wait_local(raise_failure=False)
+        busy = self._mirror.tags() if self._mirror else set()  # being copied: not final yet
+        places = [("local", self.checkpoints_dir)]
+        if self.mirror_checkpoints_dir is not None:
+            places.append(("mirror", self.mirror_checkpoints_dir))
+        found = {(loc, s) for loc, folder in places if folder.is_dir()
+                 for s in map(step_of, folder.iterdir()) if s is not None}
+        for step in sorted({s for _loc, s in found}, reverse=True):
+            for location, folder in places:
+                if (location, step) not in found or (location == "mirror" and step in busy):
+                    continue
+                result = verify(folder, step, location)
+                if isinstance(result, CheckpointInfo):
+                    return result
+                message = f"Skipping checkpoint {folder / ckpt_name(step)}: {result}."
+                self._say(message)
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
+        return None
+
+    def load(self, info: CheckpointInfo | str | Path, map_location="cpu") -> dict:
+        """``torch.load(weights_only=True)`` of a checkpoint; a file that will not load is a
+        ``UserError``."""
+        path = info.path if isinstance(info, CheckpointInfo) else Path(info)
+        self._wait_local(raise_failure=False)
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except FileNotFoundError as exc:
+            raise UserError(f"Checkpoint {path} does not exist.",
+                            why="It was deleted or moved, or the path is wrong.",
+                            fix="Pass resume='auto' to use the newest valid checkpoint, or a "
+                            "path to an existing one.") from exc
+        except Exception as exc:
+            refused = "Weights only load failed" in str(exc)
+            raise UserError(
+                f"Checkpoint {path} could not be loaded: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}",
+                why="It holds objects that torch.load(weights_only=True) refuses to unpickle."
+                if refused else "The file is truncated or corrupt (an interrupted copy or a "
+                "full disk) or was not written by torch.save.",
+                fix="Store only tensors, numbers, strings and containers in the state."
+                if refused else "Resume with resume='auto', which falls back to the previous "
+                "valid checkpoint, or delete the file.") from exc
+
+    def restore_local(self) -> CheckpointInfo | None:
+        """Make the run folder complete again from the mirror (a recycled Colab VM): copy the
+        newest valid checkpoint and its manifest if only the mirror has it, write
+        ``latest.json``, and copy every other mirrored file the run folder lacks (tokenizer,
+        metrics). Returns the local checkpoint to resume from, or None."""
+        info = self.latest_valid()
+        if self._mirror is None:
+            return info
+        mirror, root = self._mirror, self.mirror_dir
+        try:
+            for src in sorted(root.rglob("*")):
+                rel = src.relative_to(root)
+                if (src.is_file() and not atomic.is_temp(src) and rel.parts[0] != "checkpoints"
+                        and not (self.run_dir / rel).exists()):
+                    mirror.retry(f"restoring {rel}",
+                                 lambda s=src, r=rel: atomic.copy_atomic(s, self.run_dir / r))
+            if info is None or info.location == "local":
+                return info
+            with self._lock:
+                local = self.checkpoints_dir / info.path.name
+                mirror.retry(f"restoring {info.path.name}", lambda: atomic.copy_atomic(
+                    info.path, local, expect_sha256=info.sha256))
+                manifest = (info.path.parent / manifest_name(info.step)).read_bytes()
+                atomic.write_atomic(self.checkpoints_dir / manifest_name(info.step), manifest)
+                atomic.write_atomic(self.checkpoints_dir / LATEST,
+                                    json.dumps({"step": info.step, "file": local.name}))
+        except (GaveUp, OSError) as exc:
+            raise UserError(f"Could not copy the run back from the mirror {root}: {exc}",
+                            why="The mirror folder (Google Drive) could not be read.",
+                            fix="Check that Drive is mounted (drive.mount) and run again.") from exc
+        return CheckpointInfo(local, info.step, info.sha256, info.size, info.val_loss, "local")
+
+    # -- lifetime -------------------------------------------------------------------------
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait for the background save and the mirror queue; False if ``timeout`` passed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._wait_local(timeout):
+            return False
+        if self._mirror is None:
+            return True
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return self._mirror.drain(left)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Drain, then stop the threads (also run at exit). Safe to call twice; a failed
+        background save is not raised here (it is in ``errors``; :meth:`drain` raises it)."""
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self.close)
+        try:
+            self._wait_local(timeout, raise_failure=False)
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+            if self._mirror is not None:
+                self._mirror.close(timeout)
+
+    def __enter__(self) -> CheckpointManager:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
+
+def _copy_verified(src: Path, dst: Path, sha: str | None) -> None:
+    """Copy through a temp name, then read back what landed; a mismatch is removed and retried."""
+    digest = atomic.copy_atomic(src, dst, expect_sha256=sha)
+    if atomic.sha256_file(dst) != digest:
+        dst.unlink(missing_ok=True)
+        raise OSError(errno.EIO, f"the copy of {src.name} in {dst.parent} does not match what "
+                      "was sent")
