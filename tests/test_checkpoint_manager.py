@@ -20,8 +20,9 @@ import torch
 from utils import atomic
 from utils.errors import UserError
 from utils.training.checkpoint_files import read_json
-from utils.training.checkpoint_manager import CheckpointInfo, CheckpointManager, snapshot_state
+from utils.training.checkpoint_manager import CheckpointInfo, CheckpointManager
 from utils.training.mirror import THREAD_NAME
+from utils.training.snapshot import snapshot_state
 
 
 @pytest.fixture
@@ -226,15 +227,33 @@ def test_a_training_state_round_trips_with_weights_only(make):
 
 
 def test_save_async_snapshots_the_state_before_returning(make):
-    manager = make(mirror=False)
+    manager = make(mirror=False, keep_last=3)
     weights = torch.zeros(256, 256)
     shared = {"a": weights, "b": weights}
-    future = manager.save_async({"w": weights, "shared": shared, "step": 1}, 1)
-    weights.add_(1.0)  # training goes on at once
-    assert torch.equal(manager.load(future.result())["w"], torch.zeros(256, 256))
+    futures = []
+    for step in (1, 2, 3):  # later saves reuse the buffers of earlier ones
+        futures.append(manager.save_async({"w": weights, "shared": shared, "step": step}, step))
+        weights.add_(1.0)  # training goes on at once
+    for step, future in enumerate(futures, start=1):
+        loaded = manager.load(future.result())
+        assert torch.equal(loaded["w"], torch.full((256, 256), step - 1.0))
     copy = snapshot_state({"x": [weights, (weights, 1)], "y": shared})
     assert copy["x"][0] is copy["x"][1][0] is copy["y"]["a"]  # one copy per tensor
     assert copy["x"][0].data_ptr() != weights.data_ptr()
+
+
+def test_a_snapshot_reuses_the_previous_buffers_when_shapes_match():
+    pool: dict = {}
+    state = {"w": torch.zeros(4, 4), "opt": [{"m": torch.ones(3)}], "n": 1}
+    first = snapshot_state(state, pool)
+    state["w"].add_(2.0)
+    state["opt"][0]["m"] = torch.ones(5)  # a new shape gets a new buffer
+    second = snapshot_state(state, pool)
+    assert second["w"].data_ptr() == first["w"].data_ptr()  # copied into the old buffer
+    assert torch.equal(second["w"], torch.full((4, 4), 2.0))
+    assert second["opt"][0]["m"].shape == (5,) and second["opt"][0]["m"].data_ptr() not in (
+        first["opt"][0]["m"].data_ptr(), state["opt"][0]["m"].data_ptr())
+    assert set(pool) == {("w",), ("opt", 0, "m")}
 
 
 def test_a_failed_background_save_is_raised_by_the_next_call(make, monkeypatch):

@@ -24,7 +24,6 @@ Example:
 from __future__ import annotations
 
 import atexit
-import copy
 import errno
 import json
 import operator
@@ -53,40 +52,9 @@ from utils.training.checkpoint_files import (
     verify,
 )
 from utils.training.mirror import GaveUp, MirrorQueue
+from utils.training.snapshot import snapshot_state
 
-__all__ = ["CheckpointInfo", "CheckpointManager", "snapshot_state"]
-
-
-def snapshot_state(obj):
-    """A copy of a training state that training can no longer change.
-
-    Every tensor is copied to CPU (a tensor reached twice — tied weights — is copied once, so
-    ``torch.save`` still stores it once); dicts keep their type and attributes (a state dict's
-    ``_metadata``), lists and tuples are rebuilt, numbers and strings are shared.
-    """
-    memo: dict[int, torch.Tensor] = {}
-
-    def walk(value):
-        if isinstance(value, torch.Tensor):
-            if id(value) not in memo:
-                memo[id(value)] = value.detach().to("cpu", copy=True)
-            return memo[id(value)]
-        if isinstance(value, dict):
-            out = copy.copy(value)
-            for key, item in value.items():
-                out[key] = walk(item)
-            return out
-        if isinstance(value, list):
-            return [walk(item) for item in value]
-        if isinstance(value, tuple):
-            items = [walk(item) for item in value]
-            return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
-        if value is None or isinstance(value, (bool, int, float, complex, str, bytes,
-                                               torch.dtype, torch.device, torch.Size)):
-            return value
-        return copy.deepcopy(value)
-
-    return walk(obj)
+__all__ = ["CheckpointInfo", "CheckpointManager"]
 
 
 class CheckpointManager:
@@ -129,6 +97,7 @@ class CheckpointManager:
                         if self.mirror_dir is not None else None)
         self._executor: ThreadPoolExecutor | None = None
         self._saving: Future | None = None
+        self._buffers: dict = {}  # the last snapshot's tensors, reused by the next one
         self._failed: tuple[int, BaseException] | None = None
         self._local_errors: list[str] = []
         self._closed = False
@@ -166,12 +135,13 @@ class CheckpointManager:
         """Copy ``state``'s tensors to CPU and write it in a background thread.
 
         Returns at once with a future of the :class:`CheckpointInfo`; training may change its
-        tensors right away. Host memory holds one extra copy of the state until the write ends;
-        a save while the previous one is still writing waits for it first.
+        tensors right away. Host memory keeps one extra copy of the state's tensors (reused by
+        every save, freed by :meth:`close`); a save while the previous one is still writing
+        waits for it first.
         """
         self._check_open()
         self._wait_local()
-        snapshot = snapshot_state(state)
+        snapshot = snapshot_state(state, self._buffers)
         step = operator.index(step)
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-save")
@@ -404,6 +374,7 @@ class CheckpointManager:
         finally:
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
+            self._buffers.clear()
             if self._mirror is not None:
                 self._mirror.close(timeout)
 
