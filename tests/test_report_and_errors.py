@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from pathlib import Path
 
 import pytest
 
-from utils.errors import CodeLocation, MissingExtraError, UserError
+import utils.errors
+from utils.errors import REPOSITORY, CodeLocation, MissingExtraError, UserError, install_command
 from utils.report import CheckResult, Report, register_plot
 
 
@@ -52,6 +55,56 @@ def test_renderings():
     assert report["causal_masking"].status == "fail"
 
 
+LONG = ("Future tokens leak into earlier outputs: changing tokens from position 1 on moved "
+        "earlier outputs by up to 1.15e-01 (relative; allowed 1e-05); position 0 already sees "
+        "later tokens — the causal mask is missing, not applied, or built from the wrong length.")
+
+
+def test_failing_and_warning_rows_print_in_full_wrapped_to_the_width():
+    report = Report([CheckResult("causal_masking", 1, "fail", LONG),
+                     CheckResult("padding_invariance", 1, "warn", LONG),
+                     CheckResult("determinism", 1, "pass", LONG)], notes=[LONG])
+    lines = report.to_text(width=80).splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    assert lines[0].startswith("✗ fail  causal_masking       0.00s  Future tokens")
+    indent = " " * lines[0].index("Future")  # under the summary column
+    fail_rows = lines[: lines.index(next(x for x in lines if x.startswith("! warn")))]
+    assert len(fail_rows) > 1 and all(x.startswith(indent) for x in fail_rows[1:])
+    assert " ".join(x.strip() for x in fail_rows).endswith("built from the wrong length.")
+    for words in ("changing tokens", "the causal mask is missing"):  # the diagnosis and the fix
+        assert sum(words in x for x in lines) >= 3  # fail, warn and the note: never cut
+    passing = next(x for x in lines if x.startswith("✓ pass"))
+    assert passing.endswith("…") and lines[lines.index(passing) + 1].startswith("note: ")
+
+
+def test_a_narrow_terminal_wraps_under_a_short_indent(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "50")
+    lines = Report([CheckResult("parameter_initialization", 1, "fail", LONG)]).to_text()
+    lines = lines.splitlines()
+    assert all(len(x) <= 50 for x in lines if " " in x.strip())
+    assert lines[1].startswith("    ") and not lines[1].startswith("     ")
+
+
+@pytest.mark.parametrize(("statuses", "verdict"), [
+    (["pass"], "PASSED: 1 check (1 pass)"),
+    (["pass", "warn"], "PASSED: 2 checks (1 pass, 1 warn)"),
+    (["fail"], "FAILED: 1 check (1 fail)"),
+])
+def test_verdict_plurals(statuses, verdict):
+    assert Report([result(f"c{i}", s) for i, s in enumerate(statuses)]).verdict() == verdict
+
+
+def test_report_repr_is_one_short_line():
+    rows = [{"layer": i, "value": 0.5} for i in range(2000)]
+    report = Report([result("gradient_flow", "pass", rows=rows)],
+                    model={"class": "TinyGPT", "task": "causal_lm", "evidence": {"x": LONG}},
+                    source={"kind": "gist", "gist_id": "abc123", "revision": "0123456789",
+                            "owner": "alice"})
+    assert repr(report) == ("<Report TinyGPT (causal_lm) from gist abc123 @ 0123456 by @alice: "
+                            "PASSED: 1 check (1 pass)>")
+    assert repr(Report(error={"message": "x"})).startswith("<Report no model from ")
+
+
 def test_json_file_is_written_atomically(tmp_path):
     path = tmp_path / "out" / "report.json"
     Report([result("a", "pass")]).to_json(str(path))
@@ -92,9 +145,38 @@ def test_missing_extra_names_the_pip_extra():
 
     with pytest.raises(MissingExtraError, match="needs the package 'no_such_pkg_xyz'") as info:
         require("no_such_pkg_xyz", "Testing")
-    assert 'pip install "transformer-testbench[all]"' in info.value.fix
-    err = MissingExtraError("lightning", "train", "Fine-tuning")
-    assert 'transformer-testbench[train]' in err.fix
+    assert info.value.extra == "all" and "[all]" in info.value.fix
+
+
+def test_missing_extra_from_a_clone_says_pip_install_e_with_the_clone_path():
+    clone = Path(utils.errors.__file__).resolve().parent.parent  # these tests run from one
+    with pytest.raises(MissingExtraError, match="Fine-tuning needs the package 'lightning'") as e:
+        raise MissingExtraError("lightning", "train", "Fine-tuning")
+    assert e.value.fix.startswith(f'pip install -e "{clone}[train]"')
+    assert "transformer-testbench[train]" not in e.value.fix  # not on PyPI: that cannot work
+
+
+def test_missing_extra_outside_a_clone_installs_from_the_repository(monkeypatch):
+    monkeypatch.setattr(utils.errors, "_checkout", lambda: None)  # as from site-packages
+    err = MissingExtraError("optuna", "train", "Hyperparameter search")
+    assert err.fix == f'pip install "transformer-testbench[train] @ git+{REPOSITORY}"'
+    assert install_command("data") == (
+        f'pip install "transformer-testbench[data] @ git+{REPOSITORY}"')
+
+
+def test_missing_extra_in_colab_points_to_the_training_notebook(monkeypatch):
+    from utils.environment import require
+
+    monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab-test")
+    with pytest.raises(MissingExtraError, match=r"In Colab, run training\.ipynb") as info:
+        require("no_such_pkg_xyz", "Testing")
+    assert "pip install" not in info.value.fix
+
+
+def test_the_repository_is_the_one_the_notebook_fetches():
+    notebook = (Path(__file__).resolve().parent.parent / "template.ipynb").read_text()
+    repo = re.search(r'REPO, REF = \\"([\w.-]+/[\w.-]+)\\"', notebook).group(1)
+    assert REPOSITORY == f"https://github.com/{repo}"
 
 
 def test_notebook_shows_the_message_not_a_traceback():

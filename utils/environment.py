@@ -60,7 +60,7 @@ def require(module: str, feature: str) -> ModuleType:
         top = module.split(".")[0]
         if exc.name is not None and exc.name.split(".")[0] != top:
             raise  # the package is there but broken: its own error is the useful one
-        raise MissingExtraError(top, EXTRA_OF.get(top, "all"), feature) from None
+        raise MissingExtraError(top, EXTRA_OF.get(top, "all"), feature, colab=in_colab()) from None
 
 
 def is_available(module: str) -> bool:

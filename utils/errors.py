@@ -11,9 +11,14 @@ from __future__ import annotations
 import linecache
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 
-__all__ = ["CodeLocation", "MissingExtraError", "UserError", "locate_in_files"]
+__all__ = ["REPOSITORY", "CodeLocation", "MissingExtraError", "UserError", "install_command",
+           "locate_in_files"]
+
+# Where the package comes from: it is not on PyPI. template.ipynb's REPO names the same one.
+REPOSITORY = "https://github.com/transformer-testbench/transformer-testbench"
 
 
 @dataclass(frozen=True)
@@ -86,18 +91,43 @@ class UserError(Exception):
         return [f"\x1b[1;31m{type(self).__name__}\x1b[0m: {self.message}"]
 
 
-class MissingExtraError(UserError):
-    """An optional dependency is not installed; names the pip extra that provides it."""
+def _checkout() -> Path | None:
+    """The clone this ``utils`` was imported from (run from source or installed with -e)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        pyproject = (root / "pyproject.toml").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    return root if 'name = "transformer-testbench"' in pyproject else None
 
-    def __init__(self, module: str, extra: str, feature: str) -> None:
+
+def install_command(extra: str, *, colab: bool = False) -> str:
+    """How to install ``extra`` given where this copy of the package came from.
+
+    The package is not on PyPI: a clone installs itself in editable mode, anything else
+    installs from the repository; in Colab, training.ipynb installs the extras.
+    """
+    if colab:
+        return ("In Colab, run training.ipynb: it installs the extras without touching Colab's "
+                "torch or numpy.")
+    clone = _checkout()
+    if clone is not None:
+        return f'pip install -e "{clone}[{extra}]"  (from your clone of the repository)'
+    return f'pip install "transformer-testbench[{extra}] @ git+{REPOSITORY}"'
+
+
+class MissingExtraError(UserError):
+    """An optional dependency is not installed; names the pip extra and the command that
+    installs it here (see :func:`install_command`)."""
+
+    def __init__(self, module: str, extra: str, feature: str, *, colab: bool = False) -> None:
         self.module = module
         self.extra = extra
         super().__init__(
             f"{feature} needs the package '{module}', which is not installed.",
             why=f"'{module}' belongs to the optional '{extra}' extra, which the zero-install "
             "path (loading, Tier 1, Tier 2) does not need.",
-            fix=f'pip install "transformer-testbench[{extra}]" (in Colab, run training.ipynb, '
-            "which installs the extras without touching torch or numpy).",
+            fix=install_command(extra, colab=colab),
         )
 
 

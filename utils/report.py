@@ -11,13 +11,16 @@ from __future__ import annotations
 import html
 import json
 import math
+import shutil
+import textwrap
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from utils.errors import UserError
 
-__all__ = ["SCHEMA_VERSION", "STATUSES", "CheckResult", "Report", "register_plot"]
+__all__ = ["SCHEMA_VERSION", "STATUSES", "CheckResult", "Report", "envelope", "register_plot",
+           "source_label"]
 
 SCHEMA_VERSION = 1
 Status = Literal["pass", "warn", "fail", "skip", "error"]
@@ -28,6 +31,27 @@ _COLOUR = {"pass": "#1a7f37", "warn": "#9a6700", "fail": "#cf222e", "skip": "#6e
 
 # check name -> function drawing a matplotlib Figure from that check's result
 _PLOTTERS: dict[str, Callable[[CheckResult], Any]] = {}
+
+
+def source_label(source: dict[str, Any]) -> str:
+    """Where a model came from, in a few words: ``gist <id> @ <rev> by @owner`` or
+    ``folder <path>``."""
+    if source.get("kind") == "gist":
+        label = f"gist {source.get('gist_id')} @ {str(source.get('revision'))[:7]}"
+        return label + (f" by @{source['owner']}" if source.get("owner") else "")
+    if source.get("kind"):
+        return f"{source['kind']} {source.get('path')}"
+    return str(source.get("input") or "an unknown source")
+
+
+def envelope(source: dict[str, Any], model: dict[str, Any] | None,
+             error: dict[str, Any] | None) -> dict[str, Any]:
+    """The keys every JSON document of the CLI starts with (schema_version 1): which tool wrote
+    it, what was loaded, and the error that stopped it (None when nothing did)."""
+    from utils import __version__
+
+    return _json_safe({"schema_version": SCHEMA_VERSION, "tool_version": __version__,
+                       "source": source, "model": model, "error": error})
 
 
 def register_plot(check_name: str):
@@ -114,7 +138,8 @@ class Report:
         c = self.counts()
         parts = ", ".join(f"{n} {s}" for s, n in c.items() if n)
         word = "PASSED" if self.passed else "FAILED"
-        return f"{word}: {len(self.results)} checks ({parts or 'none run'})"
+        n = len(self.results)
+        return f"{word}: {n} check{'' if n == 1 else 's'} ({parts})"
 
     def raise_on_failure(self) -> Report:
         """Raise a :class:`UserError` listing failed and errored checks; else return self."""
@@ -127,22 +152,11 @@ class Report:
 
     # ---- renderings -------------------------------------------------------------------
     def to_dict(self, *, rows: bool = False) -> dict[str, Any]:
-        """The CLI's JSON contract (schema_version 1)."""
-        from utils import __version__
-
-        data = {
-            "schema_version": SCHEMA_VERSION,
-            "tool_version": __version__,
-            "source": self.source,
-            "model": self.model,
-            "checks": [r.to_dict(rows=rows) for r in self.results],
-            "passed": self.passed,
-            "notes": self.notes,
-            "environment": self.environment,
-        }
-        if self.error is not None:
-            data["error"] = self.error
-        return _json_safe(data)
+        """The CLI's JSON contract (schema_version 1): the :func:`envelope`, then the checks."""
+        return {**envelope(self.source, self.model, self.error),
+                **_json_safe({"checks": [r.to_dict(rows=rows) for r in self.results],
+                              "passed": self.passed, "notes": self.notes,
+                              "environment": self.environment})}
 
     def to_json(self, path: str | None = None, *, rows: bool = False, indent: int = 2) -> str:
         text = json.dumps(self.to_dict(rows=rows), indent=indent)
@@ -162,16 +176,27 @@ class Report:
             columns=["check", "tier", "status", "summary", "seconds"],
         )
 
-    def to_text(self, width: int = 100) -> str:
-        """A plain-text table for terminals, ending with the verdict."""
+    def to_text(self, width: int | None = None) -> str:
+        """A plain-text table for terminals, ending with the verdict.
+
+        A passing row's summary is cut to one line; every other row prints its summary in full
+        (the diagnosis and the fix), wrapped to ``width`` (default: the terminal's, 120 when
+        the output is not a terminal, e.g. a CI log) with a hanging indent under the summary
+        column.
+        """
+        width = width or shutil.get_terminal_size(fallback=(120, 24)).columns
         lines = []
-        if self.results:
-            name_w = max(len(r.name) for r in self.results)
-            for r in self.results:
-                summary = r.summary if len(r.summary) <= width else r.summary[: width - 1] + "…"
-                lines.append(f"{_ICON[r.status]} {r.status:<5} {r.name:<{name_w}} "
-                             f"{r.seconds:6.2f}s  {summary}")
-        lines += [f"note: {n}" for n in self.notes]
+        name_w = max((len(r.name) for r in self.results), default=0)
+        for r in self.results:
+            head = f"{_ICON[r.status]} {r.status:<5} {r.name:<{name_w}} {r.seconds:6.2f}s  "
+            room = width - len(head)
+            if r.status == "pass":
+                short = r.summary if len(r.summary) <= max(room, 20) else \
+                    r.summary[: max(room, 20) - 1] + "…"
+                lines.append(head + short)
+            else:  # a narrow terminal gets a short indent rather than a one-word column
+                lines.append(_wrap(r.summary, width, head, len(head) if room >= 30 else 4))
+        lines += [_wrap(n, width, "note: ", 6) for n in self.notes]
         lines.append(self.verdict())
         return "\n".join(lines)
 
@@ -198,6 +223,11 @@ class Report:
     def __str__(self) -> str:
         return self.to_text()
 
+    def __repr__(self) -> str:
+        model = self.model or {}
+        what = f"{model.get('class', '?')} ({model.get('task', '?')})" if model else "no model"
+        return f"<Report {what} from {source_label(self.source)}: {self.verdict()}>"
+
     def plots(self, names: list[str] | None = None) -> dict[str, Any]:
         """Draw the figures of the checks that have one; returns ``{check name: Figure}``."""
         figures = {}
@@ -205,6 +235,12 @@ class Report:
             if (names is None or r.name in names) and r.name in _PLOTTERS and r.status != "error":
                 figures[r.name] = _PLOTTERS[r.name](r)
         return figures
+
+
+def _wrap(text: str, width: int, head: str, indent: int) -> str:
+    """``head`` + ``text`` wrapped to ``width``, continuation lines indented by ``indent``."""
+    return textwrap.fill(text, width=width, initial_indent=head, subsequent_indent=" " * indent,
+                         break_long_words=False, break_on_hyphens=False)
 
 
 def _json_safe(value: Any) -> Any:
