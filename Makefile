@@ -30,7 +30,7 @@ $(VENV)/.dev: $(BIN)/python pyproject.toml
 
 ## demo: check the embedded example model (zero-install path: only what Colab ships)
 demo: $(VENV)/.base
-	$(BIN)/python -m utils validate
+	$(BIN)/testbench validate
 
 ## test: lint, then the whole suite (what CI runs)
 test: $(VENV)/.dev

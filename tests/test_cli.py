@@ -1,19 +1,24 @@
-"""``python -m utils validate``: exit codes, the JSON contract, and what a person sees."""
+"""``testbench validate``: exit codes, the JSON contract, and what a person sees."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from utils.__main__ import main
+from utils import __version__
+from utils.__main__ import build_parser, envelope, load_and_adapt, main, source_parser
 from utils.tier1_critical_validation import TIER1_CHECKS
 
 ROOT = Path(__file__).resolve().parent.parent
+ZOO = ROOT / "tests" / "zoo"
+CONSOLE_SCRIPT = shutil.which("testbench", path=str(Path(sys.executable).parent))
 CONTRACT_KEYS = {"schema_version", "tool_version", "source", "model", "checks", "passed"}
 SOURCE_KEYS = {"input", "kind", "gist_id", "revision", "sha256"}
 MODEL_KEYS = {"class", "task", "vocab_size", "max_seq_len", "num_classes", "pad_token_id",
@@ -98,11 +103,26 @@ def test_real_process_exit_codes_and_no_traceback(tmp_path):
     assert usage.returncode == 64
 
 
-@pytest.mark.parametrize("argv", [["validate", "--checks", "nope"],
-                                  ["validate", "--skip", "shape_robustness,nope"]])
-def test_unknown_check_names_are_usage_errors(argv, capsys):
+@pytest.mark.parametrize(("argv", "fix"), [
+    (["validate", "--checks", "nope"], "--checks shape_robustness"),
+    (["validate", "--skip", "shape_robustness,nope"], "--skip shape_robustness"),
+    (["validate", "--checks", "gradient_flw"], "--checks gradient_flow"),
+])
+def test_unknown_check_names_are_usage_errors(argv, fix, capsys):
     assert main(argv) == 64
-    assert "Unknown check name(s): nope" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "Unknown check name(s): '" in err and f"e.g. {fix}." in err
+    assert "Tier 1 checks: " + ", ".join(TIER1_CHECKS) + "." in err
+    assert "checks=[" not in err  # the Python form is for Python callers
+
+
+def test_unknown_check_name_lists_the_tier_asked_for(capsys):
+    assert main(["validate", "--tier", "2", "--checks", "attention"]) == 64
+    err = capsys.readouterr().err
+    assert "Tier 2 checks: attention_patterns, attribution_analysis" in err
+    assert "did you mean 'attention_patterns'?" in err and "shape_robustness" not in err
+    assert main(["validate", "--tier", "all", "--checks", "nope"]) == 64
+    assert "Tier 1 and 2 checks: shape_robustness" in capsys.readouterr().err
 
 
 def test_checks_and_skip_select(tmp_path):
@@ -110,3 +130,59 @@ def test_checks_and_skip_select(tmp_path):
     assert main(["validate", "--checks", "determinism,initial_loss", "--skip", "initial_loss",
                  "--json", str(out)]) == 0
     assert [c["name"] for c in json.loads(out.read_text())["checks"]] == ["determinism"]
+
+
+@pytest.mark.skipif(CONSOLE_SCRIPT is None, reason="the testbench console script is not installed")
+def test_console_script_is_not_shadowed_by_a_users_utils_py(tmp_path):
+    # `python -m utils` here would run this file, print nothing and exit 0: a silent pass.
+    (tmp_path / "utils.py").write_text("raise SystemExit(0)\n")
+    proc = subprocess.run([CONSOLE_SCRIPT, "validate", str(ZOO / "no_causal_mask"),
+                           "--checks", "causal_masking,determinism"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "✗ fail  causal_masking" in proc.stdout and "FAILED: 2 checks" in proc.stdout
+    version = subprocess.run([CONSOLE_SCRIPT, "--version"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.strip() == f"testbench {__version__}"
+
+
+def test_help_names_the_console_script(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["validate", "--help"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: testbench validate ")
+
+
+def test_every_command_shares_the_source_options():
+    shared = {a.dest for a in source_parser()._actions}
+    assert {"source", "task", "vocab_size", "max_seq_len", "num_classes", "model_class",
+            "weights", "seed", "json", "device"} <= shared
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in sub.choices.items():
+        assert shared <= {a.dest for a in command._actions}, name
+
+
+def test_load_and_adapt_applies_the_overrides():
+    args = build_parser().parse_args(["validate", "--max-seq-len", "64", "--device", "cpu"])
+    seen, said = [], []
+    loaded, adapter = load_and_adapt(args, say=said.append, on_load=seen.append)
+    assert seen == [loaded] and type(loaded.model).__name__ == "TinyGPT"
+    assert adapter.max_seq_len == 64 and adapter.device.type == "cpu"
+
+
+def test_envelope_starts_every_json_document():
+    doc = envelope({"input": "x"}, None, {"type": "UserError"})
+    assert list(doc) == ["schema_version", "tool_version", "source", "model", "error"]
+    assert doc["schema_version"] == 1 and doc["tool_version"] == __version__
+
+
+def test_an_adapt_failure_keeps_the_loaded_provenance(tmp_path, write_model, capsys):
+    folder = write_model("import torch\nclass NoTokens(torch.nn.Module):\n"
+                         "    def __init__(self):\n        super().__init__()\n"
+                         "        self.lin = torch.nn.Linear(3, 3)\n"
+                         "    def forward(self, x):\n        return self.lin(x)\n")
+    out = tmp_path / "r.json"
+    assert main(["validate", str(folder), "--json", str(out)]) == 2
+    report = json.loads(out.read_text())
+    assert report["error"]["type"] == "UserError" and report["model"] is None
+    assert report["source"]["kind"] == "folder" and "model.py" in report["source"]["sha256"]

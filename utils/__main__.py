@@ -1,9 +1,18 @@
-"""Command line: ``python -m utils validate [SOURCE] [options]``.
+"""Command line: ``testbench validate [SOURCE] [options]``.
+
+``testbench`` is the console script the package installs. ``python -m utils`` runs the same
+commands as a fallback, with one caveat: Python looks in the current folder first, so where a
+``utils.py`` or ``utils/`` of your own sits there, ``python -m utils`` runs *that* (and prints
+nothing); ``python -P -m utils`` (Python ≥ 3.11) or the console script avoid it.
 
 Exit codes (a contract other tools rely on): 0 nothing failed; 1 a check failed or errored;
 2 the source could not be loaded or adapted (the message on stderr, no traceback); 64 a usage
 error; 70 an internal bug. ``--json PATH`` writes the report (schema_version 1) in every case
 that gets past argument parsing, including exit 2.
+
+Every command that loads a model shares :func:`source_parser`'s options and turns them into a
+model with :func:`load_and_adapt`; every JSON document starts with
+:func:`utils.report.envelope`.
 """
 
 from __future__ import annotations
@@ -11,14 +20,21 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from utils import __version__
 from utils.errors import UserError
-from utils.report import Report
+from utils.report import Report, envelope, source_label
 from utils.tasks import TASKS
 
+__all__ = ["EXIT_FAILED", "EXIT_INTERNAL", "EXIT_OK", "EXIT_SOURCE", "EXIT_USAGE",
+           "build_parser", "envelope", "load_and_adapt", "main", "requested_source",
+           "source_parser"]
+
+PROG = "testbench"
 EXIT_OK, EXIT_FAILED, EXIT_SOURCE, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 64, 70
+EMBEDDED = "(embedded example)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,25 +47,24 @@ def _names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m utils",
-                     description="Transformer Testbench: check a transformer, then train it.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    v = sub.add_parser("validate", help="load a model, adapt it and run the checks",
-                       description="Load a model from a gist, URL, folder or model.py, work out "
-                       "how to drive it, and run the checks. With no SOURCE, the embedded "
-                       "example model is used.")
-    v.add_argument("source", nargs="?", help="gist id or URL, Colab URL with gist_id, folder, "
-                   "or model.py (default: the embedded example)")
-    v.add_argument("--tier", choices=["1", "2", "all"], default="1",
-                   help="which tier to run (default 1)")
-    v.add_argument("--json", metavar="PATH", help="write the report as JSON here")
-    v.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    v.add_argument("--checks", type=_names, metavar="A,B", help="run only these checks")
-    v.add_argument("--skip", type=_names, metavar="C,D", default=[], help="skip these checks")
-    v.add_argument("--seed", type=int, default=0, help="random seed for generated inputs")
-    over = v.add_argument_group("overrides (beat everything inferred)")
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def source_parser() -> argparse.ArgumentParser:
+    """The options of every command that loads a model: ``parents=[source_parser()]``.
+
+    SOURCE, ``--json``, ``--device``, ``--seed`` and the overrides ``--task``,
+    ``--vocab-size``, ``--max-seq-len``, ``--num-classes``, ``--model-class``, ``--weights``.
+    """
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("source", nargs="?", help="gist id or URL, Colab URL with gist_id, "
+                        "folder, or model.py (default: the embedded example)")
+    parser.add_argument("--json", metavar="PATH",
+                        help="write the result as JSON here (also when loading fails)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    over = parser.add_argument_group("overrides (beat everything inferred)")
     over.add_argument("--task", choices=TASKS)
     over.add_argument("--vocab-size", type=int, metavar="N")
     over.add_argument("--max-seq-len", type=int, metavar="N")
@@ -59,14 +74,64 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG,
+                     description="Transformer Testbench: check a transformer, then train it.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    v = sub.add_parser("validate", parents=[source_parser()],
+                       help="load a model, adapt it and run the checks",
+                       description="Load a model from a gist, URL, folder or model.py, work out "
+                       "how to drive it, and run the checks. With no SOURCE, the embedded "
+                       "example model is used.")
+    v.add_argument("--tier", choices=["1", "2", "all"], default="1",
+                   help="which tier to run (default 1)")
+    v.add_argument("--checks", type=_names, metavar="A,B", help="run only these checks")
+    v.add_argument("--skip", type=_names, metavar="C,D", default=[], help="skip these checks")
+    return parser
+
+
+def requested_source(args: argparse.Namespace, loaded=None) -> dict[str, Any]:
+    """The ``source`` of a JSON document: what was asked for, and once the model is loaded,
+    its provenance (kind, gist id, revision, sha256 of each file)."""
+    asked = args.source or EMBEDDED
+    if loaded is None:
+        return {"input": asked, "kind": None, "gist_id": None, "revision": None, "sha256": {}}
+    return {**loaded.source, "input": asked}
+
+
+def load_and_adapt(args: argparse.Namespace, *, say: Callable[[str], None] = _stderr,
+                   on_load: Callable[[Any], None] | None = None) -> tuple[Any, Any]:
+    """Load ``args.source`` and adapt it with the override flags of :func:`source_parser`.
+
+    Args:
+        args: Parsed arguments of a command built on :func:`source_parser`.
+        say: Where notices go (which gist and revision runs); stderr by default, so stdout
+            stays the command's output.
+        on_load: Called with the ``LoadedModel`` before it is adapted, so a caller can record
+            its provenance even when adapting fails.
+
+    Returns:
+        ``(loaded, adapter)``, the adapter on the device ``--device`` names.
+
+    Raises:
+        UserError: an unusable device, or a source that cannot be loaded or adapted (exit 2).
+    """
+    from utils.adapters import adapt, load_model
+    from utils.environment import resolve_device
+
+    device = resolve_device(args.device)
+    loaded = load_model(args.source, model_class=args.model_class, weights=args.weights, say=say)
+    if on_load is not None:
+        on_load(loaded)
+    adapter = adapt(loaded, task=args.task, vocab_size=args.vocab_size,
+                    max_seq_len=args.max_seq_len, num_classes=args.num_classes, device=device)
+    return loaded, adapter
+
+
 def _describe(report: Report) -> str:
-    src, model = report.source, report.model or {}
-    if src.get("kind") == "gist":
-        origin = f"gist {src.get('gist_id')} @ {str(src.get('revision'))[:7]}"
-        origin += f" by @{src['owner']}" if src.get("owner") else ""
-    else:
-        origin = f"{src.get('kind')} {src.get('path')}"
-    lines = [f"Source  {origin}",
+    model = report.model or {}
+    lines = [f"Source  {source_label(report.source)}",
              f"Model   {model.get('class')}: {model.get('parameters', 0):,} parameters "
              f"({model.get('size_mb')} MB); forward: {model.get('forward')}"]
     for prop, ev in model.get("evidence", {}).items():
@@ -77,52 +142,41 @@ def _describe(report: Report) -> str:
 
 
 def _check_names(args: argparse.Namespace) -> list[str]:
-    """The checks the flags ask for; a bad tier or check name is a usage error."""
+    """The checks the flags ask for; an unknown name is a usage error (a UserError)."""
     from utils.checks import select
     from utils.tier1_critical_validation import TIER1_CHECKS
     from utils.tier2_advanced_analysis import TIER2_CHECKS
 
-    tiers = {"1": list(TIER1_CHECKS), "2": list(TIER2_CHECKS)}
-    if args.tier not in tiers and args.tier != "all":
-        raise UserError(f"Tier {args.tier} is not part of Transformer Testbench {__version__}.",
-                        why=f"Available tiers: {', '.join(tiers)}.",
-                        fix="Use --tier 1, --tier 2 or --tier all.")
-    wanted = [n for tier in sorted(tiers) for n in tiers[tier]] if args.tier == "all" else \
-        tiers[args.tier]
-    return select(wanted, args.checks, args.skip)
+    tiers = {"1": list(TIER1_CHECKS), "2": list(TIER2_CHECKS),
+             "all": [*TIER1_CHECKS, *TIER2_CHECKS]}
+    return select(tiers[args.tier], args.checks, args.skip, cli=True)
 
 
 def validate(args: argparse.Namespace) -> int:
-    from utils.adapters import adapt, load_model
     from utils.checks import CheckOptions, run_checks
-    from utils.environment import resolve_device, versions
+    from utils.environment import versions
 
     try:
         names = _check_names(args)
     except UserError as err:
         print(f"usage error: {err.message}", file=sys.stderr)
         return EXIT_USAGE
-    report = Report(source={"input": args.source or "(embedded example)", "kind": None,
-                            "gist_id": None, "revision": None, "sha256": {}},
-                    environment=versions())
+    source = requested_source(args)
+
+    def record(loaded) -> None:
+        source.update(requested_source(args, loaded))
+
     try:
-        device = resolve_device(args.device)
-        loaded = load_model(args.source, model_class=args.model_class, weights=args.weights,
-                            say=lambda m: print(m, file=sys.stderr))
-        report.source = {**loaded.source, "input": args.source or "(embedded example)"}
-        adapter = adapt(loaded, task=args.task, vocab_size=args.vocab_size,
-                        max_seq_len=args.max_seq_len, num_classes=args.num_classes,
-                        device=device)
-        source = report.source
-        report = run_checks(adapter, names, CheckOptions(seed=args.seed, device=str(device)),
+        _loaded, adapter = load_and_adapt(args, on_load=record)
+        report = run_checks(adapter, names,
+                            CheckOptions(seed=args.seed, device=str(adapter.device)),
                             progress=sys.stderr.isatty())
-        report.source = source
     except UserError as err:
-        report.error = err.to_dict()
         print(f"error: {err.message}", file=sys.stderr)
         if args.json:
-            report.to_json(args.json)
+            Report(source=source, environment=versions(), error=err.to_dict()).to_json(args.json)
         return EXIT_SOURCE
+    report.source = source
     print(_describe(report))
     print(report.to_text())
     if args.json:

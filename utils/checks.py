@@ -146,15 +146,29 @@ def available(tier: int | None = None) -> list[str]:
 
 
 def select(tier_names: list[str], checks: Iterable[str] | None,
-           skip: Iterable[str] | None) -> list[str]:
-    """The checks to run; unknown names are a ``UserError`` listing the known ones."""
-    wanted, skipped = list(checks or tier_names), set(skip or ())
-    unknown = [n for n in [*wanted, *skipped] if n not in REGISTRY]
-    if unknown:
-        raise UserError(f"Unknown check name(s): {', '.join(unknown)}.",
-                        why=f"Available checks: {', '.join(tier_names)}.",
-                        fix=f"Use the bare names above, e.g. checks=['{tier_names[0]}'].")
-    return [n for n in wanted if n not in skipped]
+           skip: Iterable[str] | None, *, cli: bool = False) -> list[str]:
+    """The checks to run: ``checks`` (default ``tier_names``) minus ``skip``.
+
+    Raises:
+        UserError: an unknown name; the message lists the checks of the tiers asked for and
+            shows the fix in the caller's terms (``--checks a`` when ``cli``, else
+            ``checks=['a']``).
+    """
+    import difflib
+
+    wanted, skipped = list(checks or tier_names), list(skip or ())
+    unknown = [n for n in dict.fromkeys([*wanted, *skipped]) if n not in REGISTRY]
+    if not unknown:
+        return [n for n in wanted if n not in set(skipped)]
+    tiers = sorted({REGISTRY[n].tier for n in tier_names if n in REGISTRY})
+    close = {n: difflib.get_close_matches(n, tier_names, n=1) for n in unknown}
+    hints = [f"{n!r} (did you mean {m[0]!r}?)" if m else repr(n) for n, m in close.items()]
+    example = next((m[0] for m in close.values() if m), tier_names[0])
+    arg = "skip" if all(n in skipped for n in unknown) else "checks"
+    form = f"--{arg} {example}" if cli else f"{arg}=[{example!r}]"
+    raise UserError(f"Unknown check name(s): {', '.join(hints)}.",
+                    why=f"Tier {' and '.join(map(str, tiers))} checks: {', '.join(tier_names)}.",
+                    fix=f"Use the bare names above, e.g. {form}.")
 
 
 def _run_one(name: str, adapter, options: CheckOptions) -> CheckResult:
