@@ -26,6 +26,7 @@ from utils.adapters.sources import SourceSpec, parse_source
 from utils.adapters.weights import WEIGHT_SUFFIXES, load_weights
 from utils.atomic import sha256
 from utils.errors import CodeLocation, UserError
+from utils.report import source_label
 
 __all__ = ["LoadedModel", "load_model"]
 
@@ -44,6 +45,11 @@ class LoadedModel:
     build: BuildRecord
     module: ModuleType
     warnings: list[str] = field(default_factory=list)
+
+    def __repr__(self) -> str:  # not the code, the config and the module's repr
+        params = sum(p.numel() for p in self.model.parameters())
+        return (f"<LoadedModel {self.model_class.__name__}: {params:,} parameters, "
+                f"{len(self.config)} config keys, from {source_label(self.source)}>")
 
 
 def example_path(name: str = "tiny_gpt") -> Path:

@@ -47,6 +47,12 @@ class ModelAdapter:
     warnings: list[str] = field(default_factory=list)
     source: dict[str, Any] = field(default_factory=dict)
 
+    def __repr__(self) -> str:  # the dataclass one prints the whole module and config
+        classes = f", {self.num_classes} classes" if self.num_classes else ""
+        return (f"<ModelAdapter {type(self.model).__name__}: {self.task}, vocab_size "
+                f"{self.vocab_size}, max_seq_len {self.max_seq_len}{classes}, "
+                f"{self.num_parameters:,} parameters on {self.device}>")
+
     # ---- facts ------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
