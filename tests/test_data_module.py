@@ -21,8 +21,12 @@ MACBETH = example_corpus() / "macbeth.txt"
 
 
 @pytest.fixture(scope="module")
-def corpus():
-    return load_text_dataset(MACBETH, validation_fraction=0.1)
+def corpus(tmp_path_factory):
+    # Module-scoped, so it runs before the per-test TESTBENCH_HOME: its Arrow files get a home
+    # of their own, shared by this module's tests only.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("TESTBENCH_HOME", str(tmp_path_factory.mktemp("corpus-home")))
+        return load_text_dataset(MACBETH, validation_fraction=0.1)
 
 
 def _data_for(task, corpus):
