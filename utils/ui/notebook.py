@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["code_html", "figure_png", "human_size", "model_html", "next_step_html", "show_code",
-           "show_model", "show_next_step", "show_report"]
+__all__ = ["code_html", "figure_png", "figures_heading_html", "human_size", "model_html",
+           "next_step_html", "show_code", "show_model", "show_next_step", "show_report"]
 
 _BOX = ("max-height:420px;overflow:auto;border:1px solid #d0d7de;border-radius:6px;"
         "padding:4px 8px;font-size:12px")
@@ -115,20 +115,44 @@ def show_model(loaded, adapter) -> None:
     _display_html(model_html(loaded, adapter))
 
 
+def figures_heading_html(report) -> str:
+    """The heading shown above a report's figures: which tier they belong to, and how to read
+    them (the verdict stays in the table; a figure shows the measurements behind it)."""
+    tiers = sorted({r.tier for r in report.results})
+    which = f"Tier {' and '.join(map(str, tiers))}" if tiers else "Report"
+    return (f"<h4 class='testbench-figures'>{which} figures</h4>"
+            "<p style='font-size:smaller'>One figure per check that has one, drawn from what the "
+            "check measured; the table above holds each verdict and its threshold.</p>")
+
+
 def show_report(report, plots: bool = True) -> None:
-    """Display a report's table (its HTML view) and then its figures, each once."""
+    """Display a report's table (its HTML view), a heading, and then its figures, each once.
+
+    A figure that cannot be drawn is replaced by a one-line note; it never hides the others.
+    """
     from IPython.display import display
 
     display(report)
     if not plots:
         return
-    figures = report.plots()
-    if figures:
-        import matplotlib.pyplot as plt
+    figures = []
+    for result in report.results:
+        try:
+            figures += report.plots([result.name]).items()
+        except Exception as exc:  # a plot bug must not cost the user the other figures
+            figures.append((result.name, f"{type(exc).__name__}: {exc}"))
+    if not figures:
+        return
+    import matplotlib.pyplot as plt
 
-        for figure in figures.values():
-            display(figure_png(figure))
-            plt.close(figure)  # else the inline backend shows it a second time
+    _display_html(figures_heading_html(report))
+    for name, figure in figures:
+        if isinstance(figure, str):
+            _display_html(f"<p><i>The figure of {html.escape(name)} could not be drawn "
+                          f"({html.escape(figure)}).</i></p>")
+            continue
+        display(figure_png(figure))
+        plt.close(figure)  # else the inline backend shows it a second time
 
 
 def figure_png(figure, dpi: int = 100):
