@@ -1,5 +1,5 @@
 """What a notebook user sees: figures that say what they show, agree with the verdicts and are
-titled, and the heading over each tier's figures."""
+titled; the report table and the heading over each tier's figures."""
 
 from __future__ import annotations
 
@@ -186,7 +186,20 @@ def test_random_init_explains_why_head_classes_are_uninformative(tier2, figures)
     assert legend == ["previous-token", "sink-dominated", "uniform"]
 
 
-# ---- the notebook's figure headings -------------------------------------------
+# ---- the notebook's report table and figure headings -------------------------------------------
+def test_report_table_keeps_status_on_one_line_and_names_left_aligned():
+    report = Report([CheckResult("gradient_flow", 1, "pass", "fine"),
+                     CheckResult("causal_masking", 1, "fail", "leaks <b>")],
+                    notes=["a note"])
+    page = report._repr_html_()
+    cells = page.split("<td style='")[1:]
+    status, name = cells[0], cells[1]
+    assert "white-space:nowrap" in status and "✓&nbsp;pass" in status
+    assert "text-align:left" in name and "white-space:nowrap" in name
+    assert "<th style='padding:3px 8px;vertical-align:top;text-align:left" in page
+    assert "leaks &lt;b&gt;" in page and "<li><i>Note: a note</i></li>" in page
+
+
 def test_show_report_puts_a_tier_heading_before_the_figures(tier1, monkeypatch):
     import IPython.display
 

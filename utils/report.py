@@ -201,23 +201,32 @@ class Report:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th style='text-align:left'>{h}</th>"
+        """The notebook view: a table (status, check, tier, seconds, summary), the notes and the
+        verdict. Styles are inline and explicit, because notebook front ends right-align table
+        cells by default and would wrap ``✓ pass`` onto two lines."""
+        cell = "padding:3px 8px;vertical-align:top;text-align:left"
+        keep = f"{cell};white-space:nowrap"
+        head = "".join(f"<th style='{keep}'>{h}</th>"
                        for h in ("status", "check", "tier", "seconds", "summary"))
         body = []
         for r in self.results:
-            colour = _COLOUR[r.status]
             body.append(
-                f"<tr><td style='color:{colour};font-weight:bold'>{_ICON[r.status]} {r.status}</td>"
-                f"<td><code>{html.escape(r.name)}</code></td><td>{r.tier}</td>"
-                f"<td>{r.seconds:.2f}</td><td style='text-align:left'>{html.escape(r.summary)}</td></tr>"
-            )
+                f"<tr><td style='{keep};color:{_COLOUR[r.status]};font-weight:bold'>"
+                f"{_ICON[r.status]}&nbsp;{r.status}</td>"
+                f"<td style='{keep}'><code>{html.escape(r.name)}</code></td>"
+                f"<td style='{keep}'>{r.tier}</td>"
+                f"<td style='{keep};text-align:right'>{r.seconds:.2f}</td>"
+                f"<td style='{cell}'>{html.escape(r.summary)}</td></tr>")
+        notes = ("<ul style='margin:4px 0'>" + "".join(
+            f"<li><i>Note: {html.escape(n)}</i></li>" for n in self.notes) + "</ul>"
+                 if self.notes else "")
         colour = _COLOUR["pass" if self.passed else "fail"]
         title = html.escape((self.model or {}).get("class", "model"))
         return (
             f"<div class='testbench-report'><h4>Testbench report — {title}</h4>"
             f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-            + "".join(f"<p><i>Note: {html.escape(n)}</i></p>" for n in self.notes) +
-            f"<p style='color:{colour};font-weight:bold'>{html.escape(self.verdict())}</p></div>"
+            f"{notes}<p style='color:{colour};font-weight:bold'>"
+            f"{html.escape(self.verdict())}</p></div>"
         )
 
     def __str__(self) -> str:
