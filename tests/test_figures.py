@@ -1,11 +1,15 @@
 """What a notebook user sees: figures that say what they show, agree with the verdicts and are
-titled; the report table and the heading over each tier's figures."""
+titled; the report table and the heading over each tier's figures; and warnings raised while
+checks run, kept as report notes instead of stderr noise."""
 
 from __future__ import annotations
 
 import copy
+import html
 import itertools
+import logging
 import math
+import warnings
 
 import matplotlib
 import pytest
@@ -236,3 +240,73 @@ def test_show_report_survives_a_figure_that_cannot_be_drawn(tier1, monkeypatch):
 def test_figures_heading_names_the_tiers():
     both = Report([CheckResult("a", 1, "pass", ""), CheckResult("b", 2, "pass", "")])
     assert "Tier 1 and 2 figures" in ui.figures_heading_html(both)
+
+
+# ---- warnings raised while checks run become notes ---------------------------------------------
+class Warns(Tiny):
+    def forward(self, input_ids):
+        warnings.warn("`use_cache=True` is incompatible with this toy", UserWarning, stacklevel=2)
+        return super().forward(input_ids)
+
+
+class Logs(Tiny):
+    def forward(self, input_ids):
+        logging.getLogger("transformers.modeling_toy").warning(
+            "Some weights of the toy were not initialized from the model checkpoint")
+        return super().forward(input_ids)
+
+
+@pytest.mark.parametrize(("model", "said"), [
+    (Warns, "UserWarning: `use_cache=True` is incompatible with this toy"),
+    (Logs, "transformers.modeling_toy: Some weights of the toy were not initialized"),
+])
+def test_warnings_during_checks_are_one_note_and_never_printed(model, said, capfd):
+    pytest.importorskip("transformers")
+    import sys
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.get_logger("transformers.modeling_toy")  # installs transformers' stderr handler
+    library = logging.getLogger("transformers")
+    streams = [h.stream for h in library.handlers]
+    for h in library.handlers:  # print where capfd reads (setStream would flush a closed one)
+        h.stream = sys.stderr
+    try:
+        with warnings.catch_warnings():  # the adapter's probing forward runs outside checks
+            warnings.simplefilter("ignore")
+            adapter = adapt(model(), task="causal_lm", max_seq_len=16)
+        capfd.readouterr()
+        state = [(lg, list(lg.handlers), [list(h.filters) for h in lg.handlers])
+                 for lg in (library, logging.getLogger("torch"), logging.getLogger())]
+        checks = ["shape_robustness", "gradient_flow", "determinism", "initial_loss"]
+        with warnings.catch_warnings(record=True) as leaked:
+            warnings.simplefilter("always")
+            report = run_tier1(adapter, checks=checks, progress=False)
+        assert capfd.readouterr() == ("", "")
+        assert not [w for w in leaked if said.split(": ", 1)[1] in str(w.message)]
+        notes = [n for n in report.notes if said in n]
+        assert len(notes) == 1, report.notes
+        assert notes[0].startswith("Warned during shape_robustness, gradient_flow, determinism "
+                                   "and 1 more: ") and len(notes[0]) < 300
+        assert html.escape(notes[0]) in report._repr_html_()
+        # afterwards every logger and handler is as it was: the library prints again
+        assert state == [(lg, list(lg.handlers), [list(h.filters) for h in lg.handlers])
+                         for lg, _, _ in state]
+        logging.getLogger("transformers.modeling_toy").warning("printed again")
+        assert "printed again" in capfd.readouterr().err
+    finally:
+        for handler, stream in zip(library.handlers, streams, strict=True):
+            handler.stream = stream
+
+
+def test_a_record_below_warning_and_other_loggers_are_left_alone(caplog):
+    class Chatty(Tiny):
+        def forward(self, input_ids):
+            logging.getLogger("mymodel").warning("the user's own logger")
+            return super().forward(input_ids)
+
+    with caplog.at_level(logging.WARNING, logger="mymodel"):
+        report = run_tier1(adapt(Chatty(), task="causal_lm", max_seq_len=16),
+                           checks=["determinism"], progress=False)
+    assert not any("the user's own logger" in n for n in report.notes)
+    assert "the user's own logger" in caplog.text

@@ -11,9 +11,12 @@ The runner knows no check by name: what it does differently for a check comes fr
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -224,9 +227,96 @@ def _probe_lengths(adapter, names: list[str], options: CheckOptions,
     return None, None
 
 
+# Loggers whose WARNING records are collected into the report's notes while checks run (their
+# handlers print to stderr, which a notebook shows as red boxes that look like errors).
+LIBRARY_LOGGERS = ("transformers", "torch", "huggingface_hub")
+_NOTE_CHARS = 200
+
+
+class LibraryWarnings:
+    """What is said while checks run — ``warnings.warn`` calls (from a library or the model's
+    code) and WARNING records of the :data:`LIBRARY_LOGGERS` — kept as short report notes
+    instead of being printed.
+
+    One note per distinct message, naming the checks during which it came; a message a
+    library repeats in every check is noted once.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[str, list[str]] = {}  # message -> labels of the checks that raised it
+
+    def add(self, label: str, message: str) -> None:
+        text = " ".join(str(message).split())
+        if len(text) > _NOTE_CHARS:
+            text = text[: _NOTE_CHARS - 1] + "…"
+        labels = self._seen.setdefault(text, [])
+        if label not in labels:
+            labels.append(label)
+
+    def notes(self) -> list[str]:
+        out = []
+        for text, labels in self._seen.items():
+            during = ", ".join(labels[:3]) + (f" and {len(labels) - 3} more" if len(labels) > 3
+                                               else "")
+            out.append(f"Warned during {during}: {text}")
+        return out
+
+    @contextmanager
+    def capture(self, label: str) -> Iterator[None]:
+        """Collect, and do not print, what libraries warn inside the block."""
+        handler = _Collect(self, label)
+        quiet = _LibraryRecords()
+        # a library's root logger, plus its child loggers that do not propagate to it (torch
+        # gives many of its own loggers a stderr handler and propagate=False)
+        targets = [logging.getLogger(name) for name in LIBRARY_LOGGERS]
+        targets += [lg for name, lg in list(logging.Logger.manager.loggerDict.items())
+                    if isinstance(lg, logging.Logger) and not lg.propagate
+                    and name.split(".")[0] in LIBRARY_LOGGERS and lg not in targets]
+        printers = {h for lg in [*targets, logging.getLogger()] for h in lg.handlers}
+        for h in printers:
+            h.addFilter(quiet)
+        for lg in targets:
+            lg.addHandler(handler)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                try:
+                    yield
+                finally:
+                    for w in caught:
+                        self.add(label, f"{w.category.__name__}: {w.message}")
+        finally:
+            for lg in targets:
+                lg.removeHandler(handler)
+            for h in printers:
+                h.removeFilter(quiet)
+
+
+class _LibraryRecords(logging.Filter):
+    """Rejects a library's WARNING-or-worse records (collected instead); passes the rest."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.WARNING
+                    and record.name.split(".")[0] in LIBRARY_LOGGERS)
+
+
+class _Collect(logging.Handler):
+    def __init__(self, sink: LibraryWarnings, label: str) -> None:
+        super().__init__(logging.WARNING)
+        self.sink, self.label = sink, label
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.sink.add(self.label, f"{record.name}: {record.getMessage()}")
+        except Exception:  # a malformed log call must not break a check
+            self.handleError(record)
+
+
 def run_checks(adapter, names: list[str], options: CheckOptions | None = None, *,
                progress: bool = True, model_info: dict[str, Any] | None = None) -> Report:
     """Run the named checks on ``adapter``; a crash is an ``error`` result, never a stop.
+
+    Warnings raised while the checks run (see :class:`LibraryWarnings`) become the report's
+    notes, once each, instead of stderr output.
 
     Raises:
         UserError: a threshold key in ``options`` that no check declares.
@@ -241,7 +331,9 @@ def run_checks(adapter, names: list[str], options: CheckOptions | None = None, *
                     environment={**versions(), "device": str(adapter.device)})
     bar = _progress(names, progress)
     capped_by = None
-    runnable, prober = _probe_lengths(adapter, names, options)
+    said = LibraryWarnings()
+    with said.capture("the length probe"):
+        runnable, prober = _probe_lengths(adapter, names, options)
     if runnable is not None:
         options = dataclasses.replace(options, max_len_cap=runnable)
         capped_by = f"Tier {REGISTRY[prober].tier}'s {prober}"
@@ -250,7 +342,8 @@ def run_checks(adapter, names: list[str], options: CheckOptions | None = None, *
     for name in bar:
         if hasattr(bar, "set_postfix_str"):
             bar.set_postfix_str(name)
-        result = _run_one(name, adapter, options)
+        with said.capture(name):
+            result = _run_one(name, adapter, options)
         if capped_by is not None:
             result.summary += (f" [Lengths capped at {options.max_len_cap}: the model fails "
                                f"beyond — see {capped_by}.]")
@@ -263,6 +356,7 @@ def run_checks(adapter, names: list[str], options: CheckOptions | None = None, *
             report.notes.append(f"{name} found that the model fails beyond length {runnable}; "
                                 "the checks after it stay within that length.")
         report.results.append(result)
+    report.notes += said.notes()
     return report
 
 
