@@ -113,11 +113,17 @@ def test_trainer_size_is_a_maximum():
 
 
 # ---- bad input ---------------------------------------------------------------------------
-def test_corpus_too_small_for_the_bpe_size():
-    with pytest.raises(UserError, match=r"corpus is too small for a 5,000-token BPE(.|\n)*"
-                       "min_fill=0"):
-        tokenizer_for(5000, ["tiny corpus, tiny corpus"])
-    assert tokenizer_for(5000, ["tiny corpus, tiny corpus"], min_fill=0).vocab_size < 5000
+def test_a_corpus_too_small_for_the_bpe_size_gives_a_smaller_tokenizer_and_says_so():
+    with pytest.warns(UserWarning, match=r"smaller than the model's embedding"):
+        tok = tokenizer_for(5000, ["tiny corpus, tiny corpus"] * 3)
+    assert tok.strategy == "bpe" and 260 <= tok.vocab_size < 5000
+    assert f"{5000 - tok.vocab_size:,} of the model's 5,000 rows stay unused" in tok.reason
+    assert max(tok.encode("tiny corpus, tiny corpus")) < 5000
+
+
+def test_bpe_without_a_corpus_is_an_error():
+    with pytest.raises(UserError, match="BPE training needs a corpus"):
+        tokenizer_for(5000, None, strategy="bpe")
 
 
 def test_tokenizer_larger_than_the_embedding():

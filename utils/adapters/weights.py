@@ -58,6 +58,24 @@ def _strip_prefixes(state: dict, expected: set[str]) -> dict:
     return state
 
 
+def _restore_tied(own: dict[str, torch.Tensor], state: dict) -> dict:
+    """Fill names a file left out because they alias another tensor of the model (tied
+    weights: safetensors' ``save_model`` stores one copy), from the copy it kept."""
+    groups: dict[tuple, list[str]] = {}
+    for name, tensor in own.items():
+        if tensor.numel() == 0:
+            continue
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        groups.setdefault(key, []).append(name)
+    state = dict(state)
+    for names in groups.values():
+        kept = next((n for n in names if n in state), None)
+        if kept is not None:
+            for name in names:
+                state.setdefault(name, state[kept])
+    return state
+
+
 def _listing(names: list[str]) -> str:
     more = f" … and {len(names) - _SHOWN} more" if len(names) > _SHOWN else ""
     return ", ".join(names[:_SHOWN]) + more
@@ -74,6 +92,7 @@ def load_weights(model: nn.Module, path: str | Path) -> dict[str, int]:
         raise UserError(f"No weights file at {path}.", fix="Check the path.")
     state = _strip_prefixes(_read(path), set(model.state_dict()))
     own = model.state_dict()
+    state = _restore_tied(own, state)
     missing = sorted(own.keys() - state.keys())
     unexpected = sorted(state.keys() - own.keys())
     shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"

@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -150,11 +151,12 @@ def tokenizer_for(vocab_size: int, corpus: Any = None, *, strategy: str = "auto"
         with_mask: Reserve a ``<mask>`` token (masked LM).
         pad_id, mask_id: Ids the model declares; the specials are laid out to match them.
         min_frequency: BPE's minimum pair count.
-        min_fill: BPE must reach this share of ``vocab_size``, or the corpus is too small.
+        min_fill: Below this share of ``vocab_size`` a trained BPE vocabulary is still used,
+            with a warning and the count of unused rows in ``reason``.
         allow_download: Let pretrained tokenizers come from the Hub (default: unless offline).
 
     Raises:
-        UserError: no strategy fits, a corpus too small for BPE, or a tokenizer too large.
+        UserError: no strategy fits, BPE without a corpus, or a tokenizer too large.
     """
     if strategy not in STRATEGIES or vocab_size < 2 or not 0 <= min_fill <= 1:
         raise UserError(f"tokenizer_for(vocab_size={vocab_size}, strategy={strategy!r}, "
@@ -232,16 +234,18 @@ def _train(vocab_size: int, corpus: Any, specials: list[str], min_frequency: int
                         fix="Pass corpus= (e.g. the TextDataset from load_text_dataset), or "
                         "strategy='byte'.")
     result = train_bpe(_texts(corpus), vocab_size, specials, min_frequency=min_frequency)
+    why = f"byte-level BPE trained on the corpus: {result.describe()}"
     if result.reached < min_fill * vocab_size:
-        raise UserError(
-            f"The corpus is too small for a {vocab_size:,}-token BPE vocabulary: training "
-            f"stopped at {result.reached:,} tokens ({result.documents:,} documents, "
-            f"{result.characters:,} characters).",
-            why=f"BPE only merges pairs seen at least {min_frequency} times; this text runs out "
-            f"of them below {min_fill:.0%} of the requested size.",
-            fix="Give more text; or accept the smaller vocabulary with min_fill=0 (the unused "
-            "rows stay untrained); or use strategy='byte'.")
-    return result.tokenizer, (f"byte-level BPE trained on the corpus: {result.describe()}")
+        # Smaller than the embedding is still valid (every id stays below the rows): use it,
+        # and say what it costs.
+        unused = vocab_size - result.reached
+        short = (f"the corpus ({result.documents:,} documents, {result.characters:,} "
+                 f"characters) ran out of pairs seen {min_frequency}+ times at "
+                 f"{result.reached:,} tokens, so {unused:,} of the model's {vocab_size:,} rows "
+                 "stay unused (untrained); more text would fill them")
+        warnings.warn(f"Tokenizer smaller than the model's embedding: {short}.", stacklevel=3)
+        why = f"{why}; {short}"
+    return result.tokenizer, why
 
 
 def _texts(corpus: Any) -> Iterator[str] | None:

@@ -163,8 +163,10 @@ class TextDataModule(L.LightningDataModule):
         sampler = ResumableBatchSampler(len(rows), self.batch_size, shuffle=shuffle,
                                         seed=self.seed, rank=rank, world_size=world)
         workers = self.num_workers
+        # its own generator: iter() must not draw from the global RNG (dropout's)
+        generator = torch.Generator().manual_seed(self.seed + (split == "validation"))
         return ResumableDataLoader(_Batches(rows, self.builder), sampler, num_workers=workers,
-                                   persistent_workers=workers > 0,
+                                   persistent_workers=workers > 0, generator=generator,
                                    pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> ResumableDataLoader:

@@ -78,25 +78,42 @@ class ResumableDataLoader(DataLoader):
     """A DataLoader over a :class:`ResumableBatchSampler` with ``state_dict``/``load_state_dict``.
 
     The position counts batches *handed out by this loader*. A loop that fetches ahead (Lightning
-    prefetches one batch) has trained on one batch fewer than that when it saves.
+    prefetches one batch) has trained on one batch fewer than that when it saves, so the trainer
+    calls :meth:`mark_trained` after each batch and the state then holds the position of the
+    batch last trained. A state taken after an epoch's last batch points at the next epoch's
+    first batch, so a resume never runs an empty epoch.
+
+    Give it a ``generator``: ``iter()`` of a DataLoader without one draws its base seed from
+    the global RNG, which would shift every random number the model draws afterwards.
     """
 
     def __init__(self, dataset: Any, sampler: ResumableBatchSampler, **kwargs: Any) -> None:
         super().__init__(dataset, sampler=sampler, batch_size=None, collate_fn=_as_batch,
                          **kwargs)
         self._position = 0
+        self._trained: int | None = None
 
     def __iter__(self) -> Iterator[Any]:
         sampler: ResumableBatchSampler = self.sampler  # type: ignore[assignment]
         self._position = sampler.start
+        self._trained = None
         for batch in super().__iter__():
             self._position += 1
             yield batch
 
+    def mark_trained(self, batches_in_epoch: int) -> None:
+        """Record that the model has trained on the first ``batches_in_epoch`` batches of
+        the current epoch (the saved position follows this, not the prefetching)."""
+        self._trained = batches_in_epoch
+
     def state_dict(self) -> dict[str, int]:
-        """Where the next batch would come from: ``{"epoch", "position", "seed"}``."""
+        """Where training continues: ``{"epoch", "position", "seed"}``."""
         sampler: ResumableBatchSampler = self.sampler  # type: ignore[assignment]
-        return {"epoch": sampler.epoch, "position": self._position, "seed": sampler.seed}
+        position = self._trained if self._trained is not None else self._position
+        epoch = sampler.epoch
+        if position >= len(sampler):  # the epoch is done: continue at the next one
+            epoch, position = epoch + 1, 0
+        return {"epoch": epoch, "position": position, "seed": sampler.seed}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Make the next pass start at ``state["position"]`` of epoch ``state["epoch"]``."""

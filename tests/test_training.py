@@ -1,0 +1,156 @@
+"""The training core in-process: every task of the public zoo learns, the loss guard, the Tier 1
+gate, the run folder and what it leaves behind."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from training.tiny_lm import CONFIG, MODEL_PY, corpus
+
+import utils
+from utils.errors import UserError
+
+pytest.importorskip("lightning")
+
+from utils.training.config import TrainingConfig
+from utils.training.training_core import GateFailed, train
+
+ZOO = Path(__file__).parent / "zoo"
+QUIET = {"say": lambda m: None, "progress": False}
+
+
+def tiny_config(tmp_path: Path, **changes) -> TrainingConfig:
+    base = dict(max_steps=30, batch_size=4, seq_len=32, lr=3e-3, warmup_steps=2, val_every=10,
+                val_batches=2, checkpoint_every=10, log_every=5, out_dir=str(tmp_path / "run"))
+    return TrainingConfig(**{**base, **changes})
+
+
+@pytest.fixture
+def tiny_lm(tmp_path):
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    (folder / "model.py").write_text(MODEL_PY)
+    (folder / "config.json").write_text(json.dumps(CONFIG))
+    return folder
+
+
+def _labelled(tmp_path: Path, task: str) -> Path:
+    """A small learnable dataset: the class is the first word; the target is the text reversed."""
+    rng = random.Random(0)
+    words = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "theta"]
+    rows = []
+    for _ in range(160):
+        text = " ".join(rng.choice(words) for _ in range(8))
+        if task == "classification":
+            rows.append({"text": text, "label": words.index(text.split()[0]) % 5})
+        else:
+            rows.append({"source": text, "target": " ".join(reversed(text.split()))})
+    path = tmp_path / f"{task}.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("case,task", [("flat_gpt", "causal_lm"), ("masked_lm_encoder", "masked_lm"),
+                                       ("encoder_classifier", "classification"),
+                                       ("torch_seq2seq", "seq2seq")])
+def test_each_task_of_the_zoo_learns(tmp_path, case, task):
+    from utils.training.dataset_utilities import load_text_dataset
+
+    loaded = utils.load_model(ZOO / case, say=lambda m: None)
+    if task in ("classification", "seq2seq"):
+        data = load_text_dataset(_labelled(tmp_path, task), task=task)
+    else:
+        data = load_text_dataset(None, task=task, max_documents=400)  # shipped Shakespeare
+    result = train(loaded, data, tiny_config(tmp_path, max_steps=40, val_every=8), **QUIET)
+    val = result.history.dropna(subset=["val_loss"])
+    assert len(val) == 5
+    first, last = float(val["val_loss"].iloc[0]), float(val["val_loss"].iloc[-1])
+    assert last < first, f"{case}: validation loss did not fall ({first:.3f} -> {last:.3f})"
+    assert result.steps == 40 and result.skipped_steps == 0
+    keys = {"train_loss", "val_loss", "lr", "tokens_per_second"}
+    assert keys <= result.metrics.keys()
+    if task in ("causal_lm", "masked_lm", "seq2seq"):
+        assert result.metrics["val_perplexity"] == pytest.approx(
+            math.exp(result.metrics["val_loss"]), rel=0.05)
+    assert 0 <= result.metrics["val_accuracy"] <= 1
+
+
+def test_run_folder_final_rebuilds_and_samples(tmp_path, tiny_lm):
+    loaded = utils.load_model(tiny_lm, say=lambda m: None)
+    result = train(loaded, corpus(40), tiny_config(tmp_path), **QUIET)
+    run = result.run_dir
+    for name in ("checkpoints/latest.json", "tokenizer/tokenizer.json", "metrics.csv",
+                 "summary.json", "tier1.json", "config.json", "fingerprint.json",
+                 "final/model.safetensors", "final/config.json", "final/model.py",
+                 "final/tokenizer.json"):
+        assert (run / name).is_file(), name
+    latest = json.loads((run / "checkpoints" / "latest.json").read_text())
+    assert latest["step"] == 30 and (run / "checkpoints" / latest["file"]).is_file()
+    rebuilt = utils.load_model(run / "final", say=lambda m: None)
+    for key, tensor in loaded.model.state_dict().items():
+        assert torch.equal(tensor, rebuilt.model.state_dict()[key]), key
+    assert rebuilt.model.head.weight is rebuilt.model.tok.weight  # the tie survives
+    text = result.sample("the king", n_tokens=12)
+    assert isinstance(text, str) and len(text) > 0
+    fig = result.plot()
+    assert [ax.get_title() for ax in fig.axes] == ["Loss", "Validation perplexity",
+                                                  "Learning rate"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 30 and summary["final_dir"] == str(run / "final")
+
+
+def test_running_again_resumes_and_a_longer_budget_continues(tmp_path, tiny_lm):
+    loaded = utils.load_model(tiny_lm, say=lambda m: None)
+    config = tiny_config(tmp_path, max_steps=20)
+    train(loaded, corpus(40), config, **QUIET)
+    again = train(utils.load_model(tiny_lm, say=lambda m: None), corpus(40),
+                  config.replace(max_steps=30, lr=1e-2), **QUIET)
+    assert again.resumed_from["step"] == 20 and again.steps == 30
+    assert again.config.lr == 3e-3  # the stored config wins
+    assert any("lr" in note for note in again.notes)
+
+
+def test_a_checkpoint_of_another_model_is_refused(tmp_path, tiny_lm):
+    config = tiny_config(tmp_path, max_steps=10)
+    train(utils.load_model(tiny_lm, say=lambda m: None), corpus(40), config, **QUIET)
+    wider = utils.load_model(tiny_lm, config={**CONFIG, "d_model": 48}, say=lambda m: None)
+    with pytest.raises(UserError, match=r"do not belong to this model.*reshaped"):
+        train(wider, corpus(40), config.replace(max_steps=20), **QUIET)
+
+
+def test_resume_never_refuses_to_overwrite_a_run(tmp_path, tiny_lm):
+    config = tiny_config(tmp_path, max_steps=10)
+    train(utils.load_model(tiny_lm, say=lambda m: None), corpus(40), config, **QUIET)
+    with pytest.raises(UserError, match="resume='never' would overwrite it"):
+        train(utils.load_model(tiny_lm, say=lambda m: None), corpus(40),
+              config.replace(resume="never"), **QUIET)
+
+
+def test_nan_steps_are_skipped_then_rolled_back_at_a_lower_lr(tmp_path, tiny_lm):
+    faulty = {**CONFIG, "nan_at_call": 14}  # training calls 14, 15, 16 return NaN
+    loaded = utils.load_model(tiny_lm, config=faulty, say=lambda m: None)
+    result = train(loaded, corpus(40), tiny_config(tmp_path, max_steps=24, max_bad_steps=3),
+                   gate=False, **QUIET)
+    assert result.skipped_steps == 3 and result.rollbacks == 1
+    assert any("rolled back to the checkpoint of step 10" in n for n in result.notes)
+    for p in loaded.model.parameters():
+        assert torch.isfinite(p).all()
+    assert math.isfinite(result.metrics["val_loss"])
+    summary = result.summary()
+    assert summary["skipped_steps"] == 3 and summary["rollbacks"] == 1
+
+
+def test_the_tier1_gate_stops_a_causal_leak_before_training(tmp_path):
+    loaded = utils.load_model(ZOO / "no_causal_mask", say=lambda m: None)
+    config = tiny_config(tmp_path)
+    with pytest.raises(GateFailed, match="causal_masking") as info:
+        train(loaded, corpus(20), config, **QUIET)
+    assert not info.value.report.passed
+    assert (Path(config.out_dir) / "tier1.json").is_file()
+    assert not (Path(config.out_dir) / "checkpoints").exists() or not any(
+        (Path(config.out_dir) / "checkpoints").glob("*.ckpt"))

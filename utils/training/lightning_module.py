@@ -1,0 +1,200 @@
+"""The LightningModule over a :class:`~utils.adapters.ModelAdapter`: any task, one loss.
+
+The module owns no model logic: the loss is ``adapter.loss_from_logits`` (the same one every
+tier uses), so causal LM, masked LM, seq2seq and classification train through one path. It
+adds what training needs around it: AdamW with no decay on biases, norms and embeddings, a
+linear warmup then cosine schedule stepped per optimizer step, validation perplexity and
+token accuracy (torchmetrics, labels ``IGNORE_INDEX`` ignored), and the guard that skips a
+non-finite or spiking loss instead of letting it ruin the run.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from typing import Any
+
+import torch
+from torch import nn
+
+from utils.environment import require
+from utils.tasks import IGNORE_INDEX
+
+__all__ = ["AdapterModule", "cosine_with_warmup", "parameter_groups"]
+
+L = require("lightning", "Training")
+
+_NO_DECAY_TYPES = (nn.LayerNorm, nn.Embedding, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d,
+                   *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()))
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on weight matrices only — not on biases, norms or embeddings.
+
+    A parameter is exempt when it is 1-D (biases, norm gains, whatever the module's class —
+    hand-written RMSNorms included) or belongs to an embedding or norm module. Tied weights
+    appear once.
+    """
+    exempt: set[int] = set()
+    for module in model.modules():
+        is_norm = isinstance(module, _NO_DECAY_TYPES) or "norm" in type(module).__name__.lower()
+        if is_norm or isinstance(module, nn.Embedding):
+            exempt.update(id(p) for p in module.parameters(recurse=False))
+    decay, no_decay, seen = [], [], set()
+    for p in model.parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (no_decay if p.ndim < 2 or id(p) in exempt else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def cosine_with_warmup(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
+    """The learning-rate multiplier at optimizer step ``step``: linear from 1/warmup up to 1
+    over ``warmup`` steps, then cosine down to ``min_ratio`` at ``total``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    span = max(total - warmup, 1)
+    progress = min(max(step - warmup, 0) / span, 1.0)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class _Schedule:
+    """A picklable-free LambdaLR multiplier (LambdaLR stores no function state)."""
+
+    def __init__(self, warmup: int, total: int, min_ratio: float) -> None:
+        self.warmup, self.total, self.min_ratio = warmup, total, min_ratio
+
+    def __call__(self, step: int) -> float:
+        return cosine_with_warmup(step, warmup=self.warmup, total=self.total,
+                                  min_ratio=self.min_ratio)
+
+
+class AdapterModule(L.LightningModule):
+    """Train ``adapter.model`` on batches in the standard dict format.
+
+    Args:
+        adapter: The model's adapter (task, loss, output shapes).
+        config: The run's :class:`~utils.training.config.TrainingConfig`.
+        total_steps: Optimizer steps the schedule spans (the run's max_steps, resolved).
+    """
+
+    def __init__(self, adapter: Any, config: Any, total_steps: int) -> None:
+        super().__init__()
+        self.adapter = adapter
+        self.model = adapter.model  # registered, so state_dict keys are "model.<name>"
+        self.config = config
+        self.total_steps = total_steps
+        self.lr_scale = 1.0  # lowered by the guard after a rollback
+        self.skipped_steps = 0
+        self.bad_in_a_row = 0
+        self._recent: deque[float] = deque(maxlen=64)
+        self.tokens_seen = 0
+        self._val_metrics: dict[str, Any] | None = None
+
+    # ---- optimisation -----------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        c = self.config
+        opt = torch.optim.AdamW(parameter_groups(self.model, c.weight_decay), lr=float(c.lr),
+                                betas=tuple(c.betas), eps=c.eps,
+                                fused=None if self.device.type == "cuda" else False)
+        warmup = min(c.warmup_steps, max(self.total_steps - 1, 0))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, _Schedule(warmup, self.total_steps, c.min_lr_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---- the guard --------------------------------------------------------------------
+    def _is_bad(self, loss: torch.Tensor) -> str | None:
+        """Why this loss must not be stepped on (non-finite, or a spike), else None."""
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            return f"non-finite loss {value}"
+        if len(self._recent) >= 8:
+            median = statistics.median(self._recent)
+            if median > 0 and value > self.config.spike_factor * median:
+                return (f"loss {value:.4g} above {self.config.spike_factor:g}× the running "
+                        f"median {median:.4g}")
+        self._recent.append(value)
+        return None
+
+    # ---- steps ------------------------------------------------------------------------
+    def _count_tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        mask = batch.get("attention_mask")
+        return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int):
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        loss = self.adapter.loss_from_logits(self.adapter.logits(**inputs), batch)
+        self.tokens_seen += self._count_tokens(batch)
+        reason = self._is_bad(loss)
+        if reason is not None:
+            self.skipped_steps += 1
+            self.bad_in_a_row += 1
+            self.last_bad_reason = reason
+            self.log("skipped_steps", float(self.skipped_steps), on_step=True)
+            return None  # Lightning skips backward and the optimizer's update for this batch
+        self.bad_in_a_row = 0
+        self.log("train_loss", loss.detach(), on_step=True, prog_bar=True, batch_size=1)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        tm = require("torchmetrics", "Validation metrics")
+        self._val_metrics = {"loss_sum": 0.0, "n": 0}
+        if self.adapter.task in ("causal_lm", "masked_lm", "seq2seq"):
+            from torchmetrics.classification import MulticlassAccuracy
+            from torchmetrics.text import Perplexity
+
+            vocab = self.adapter.output_size
+            self._val_metrics["perplexity"] = Perplexity(ignore_index=IGNORE_INDEX).to(
+                self.device)
+            self._val_metrics["accuracy"] = MulticlassAccuracy(
+                num_classes=vocab, ignore_index=IGNORE_INDEX, average="micro").to(self.device)
+        elif self.adapter.task == "classification":
+            classes = self.adapter.num_classes or self.adapter.output_size
+            self._val_metrics["accuracy"] = tm.classification.MulticlassAccuracy(
+                num_classes=classes, average="micro").to(self.device)
+
+    def _aligned(self, logits: torch.Tensor, batch: dict[str, torch.Tensor],
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the labels they predict: shifted for causal LM, padding ignored."""
+        labels = batch["labels"]
+        if self.adapter.task == "causal_lm":
+            logits, labels = logits[:, :-1], labels[:, 1:]
+            mask = batch.get("attention_mask")
+            if mask is not None:
+                labels = labels.masked_fill(mask[:, 1:] == 0, IGNORE_INDEX)
+        return logits, labels
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits = self.adapter.logits(**inputs)
+        loss = self.adapter.loss_from_logits(logits, batch)
+        m = self._val_metrics
+        # weight by rows so the epoch value is the mean over all rows, not over batches
+        rows = batch["input_ids"].shape[0]
+        m["loss_sum"] += float(loss) * rows
+        m["n"] += rows
+        if "labels" not in batch or self.adapter.task == "encoder":
+            return
+        logits, labels = self._aligned(logits.float(), batch)
+        if "perplexity" in m:
+            m["perplexity"].update(logits, labels)
+            m["accuracy"].update(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+        elif "accuracy" in m:
+            m["accuracy"].update(logits, labels)
+
+    def on_validation_epoch_end(self) -> None:
+        m = self._val_metrics
+        if not m or not m["n"]:
+            return
+        values = {"val_loss": m["loss_sum"] / m["n"]}
+        if "perplexity" in m:
+            values["val_perplexity"] = float(m["perplexity"].compute())
+        if "accuracy" in m:
+            values["val_accuracy"] = float(m["accuracy"].compute())
+        for key, value in values.items():
+            self.log(key, value, prog_bar=key == "val_loss", sync_dist=True)
+        self._val_metrics = None

@@ -1,0 +1,471 @@
+"""``train()``: train any adapted model with Lightning, in a run folder that survives a
+disconnect.
+
+One call does what a person would otherwise wire by hand: the Tier 1 gate (the checks that
+catch silent bugs, so no GPU time goes to a model with a causal leak), the tokenizer that fits
+the model (saved in the run, so a resumed run tokenizes exactly as before), the data module,
+the LightningModule over the adapter, checkpoints through the one
+:class:`~utils.training.checkpoint_manager.CheckpointManager` (Drive mirror included), a
+bit-exact resume of the newest valid checkpoint, and at the end ``final/`` — a folder
+:func:`utils.load_model` rebuilds — plus ``summary.json``.
+
+Example:
+    >>> from utils.training import TrainingConfig, train
+    >>> result = train(utils.load_model("my_model/"), "my_texts/", TrainingConfig(max_steps=500))
+    >>> result.metrics["val_loss"], result.plot(), result.sample("Once upon a time")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from utils.errors import UserError
+from utils.training.config import TrainingConfig, merge_for_resume
+from utils.training.runs import (
+    check_fingerprint,
+    default_run_dir,
+    fingerprint,
+    read_json,
+    save_model_folder,
+    write_json,
+)
+
+__all__ = ["TIER1_GATE", "GateFailed", "TrainResult", "train"]
+
+SUMMARY_SCHEMA = 1
+# The Tier 1 checks that catch bugs training would hide: a model that runs but is wrong.
+TIER1_GATE: tuple[str, ...] = ("shape_robustness", "causal_masking", "batch_independence",
+                               "padding_invariance", "gradient_flow", "output_stability")
+
+
+class GateFailed(UserError):
+    """Tier 1's gate failed: training would spend compute on a model that is wrong.
+
+    ``report`` holds the gate's :class:`~utils.report.Report`.
+    """
+
+    def __init__(self, report: Any, run_dir: Path) -> None:
+        self.report = report
+        bad = [r for r in report.results if r.status in ("fail", "error")]
+        lines = "\n".join(f"  - {r.name} [{r.status}]: {r.summary}" for r in bad)
+        super().__init__(f"Tier 1's gate failed {len(bad)} check(s), so training did not "
+                         f"start:\n{lines}",
+                         why="These checks catch bugs that training hides (a model that "
+                         "peeks at later tokens learns fast and is useless). The report is "
+                         f"in {run_dir / 'tier1.json'}.",
+                         fix="Fix the model and run again, or pass force=True (--force) to "
+                         "train anyway.")
+
+
+@dataclass
+class TrainResult:
+    """What a run produced.
+
+    Attributes:
+        run_dir: The run folder. final_dir: ``run_dir/final`` (None when interrupted).
+        metrics: The final values of the documented keys (``train_loss``, ``val_loss``,
+            ``val_perplexity``, ``val_accuracy``, ``lr``, ``tokens_per_second``).
+        history: Every row of ``metrics.csv`` as a DataFrame.
+        tokens_per_second: Steady-state training throughput.
+        resumed_from: ``{"step", "file"}`` of the checkpoint this call continued, or None.
+        steps, tokens: Optimizer steps done in all (resumed included) and tokens trained on.
+        skipped_steps, rollbacks: What the loss guard did.
+        notes: Sentences for a person (resume merges, guard events, lr finder).
+        config: The config the run used (after resume merging and ``lr="auto"``).
+        gate: The Tier 1 gate's report (None on resume or when skipped).
+        interrupted: Training stopped on an interrupt; a checkpoint was saved.
+    """
+
+    run_dir: Path
+    final_dir: Path | None
+    metrics: dict[str, float]
+    history: Any
+    tokens_per_second: float | None
+    resumed_from: dict[str, Any] | None
+    steps: int
+    tokens: int
+    skipped_steps: int
+    rollbacks: int
+    config: TrainingConfig
+    notes: list[str] = field(default_factory=list)
+    gate: Any = None
+    interrupted: bool = False
+    adapter: Any = field(default=None, repr=False)
+    tokenizer: Any = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        shown = {k: round(v, 4) for k, v in self.metrics.items() if k.startswith("val_")}
+        resumed = f", resumed from step {self.resumed_from['step']}" if self.resumed_from else ""
+        return (f"TrainResult({self.steps} steps{resumed}, {shown or 'no validation'}, "
+                f"run_dir='{self.run_dir}')")
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON summary (``summary.json``, ``testbench train --json``)."""
+        m = self.metrics
+        return {"schema_version": SUMMARY_SCHEMA, "steps": self.steps, "tokens": self.tokens,
+                "train_loss": m.get("train_loss"), "val_loss": m.get("val_loss"),
+                "val_perplexity": m.get("val_perplexity"),
+                "val_accuracy": m.get("val_accuracy"),
+                "tokens_per_second": self.tokens_per_second,
+                "resumed_from_step": (self.resumed_from or {}).get("step"),
+                "skipped_steps": self.skipped_steps, "rollbacks": self.rollbacks,
+                "interrupted": self.interrupted, "run_dir": str(self.run_dir),
+                "final_dir": str(self.final_dir) if self.final_dir else None,
+                "notes": self.notes, "config": self.config.to_dict()}
+
+    def plot(self):
+        """Loss, perplexity and learning-rate curves over optimizer steps (a Figure)."""
+        from utils.training.plots import plot_history
+
+        return plot_history(self.history, title=f"Training — {self.run_dir.name}")
+
+    def sample(self, prompt: str = "", n_tokens: int = 40, *, temperature: float = 0.8,
+               top_k: int | None = 40, seed: int = 0) -> str:
+        """Text generated from ``prompt`` by the trained model (causal LMs)."""
+        from utils.training.sampling import generate
+
+        return generate(self.adapter, self.tokenizer, prompt, n_tokens,
+                        temperature=temperature, top_k=top_k, seed=seed)
+
+
+# ---- pieces of a run ---------------------------------------------------------------------
+def _as_adapter(model_or_adapter: Any):
+    from utils.adapters import LoadedModel
+    from utils.checks import as_adapter
+
+    loaded = model_or_adapter if isinstance(model_or_adapter, LoadedModel) else None
+    return as_adapter(model_or_adapter), loaded
+
+
+def _run_gate(adapter: Any, run_dir: Path, force: bool, say: Callable[[str], None]):
+    from utils.tier1_critical_validation import run_tier1
+
+    report = run_tier1(adapter, checks=TIER1_GATE, progress=False)
+    report.to_json(str(run_dir / "tier1.json"))
+    if not report.passed:
+        if not force:
+            raise GateFailed(report, run_dir)
+        say("Tier 1's gate failed; training anyway because force=True.")
+    return report
+
+
+def _data_module(adapter: Any, data: Any, config: TrainingConfig, run_dir: Path,
+                 tokenizer: Any, say: Callable[[str], None]):
+    from utils.tokenization import AdaptiveTokenizer, TextDataModule, tokenizer_for_model
+    from utils.training.dataset_utilities import load_text_dataset
+
+    if isinstance(data, TextDataModule):
+        return data, data.tokenizer
+    dataset = data if hasattr(data, "train") and hasattr(data, "validation") else \
+        load_text_dataset(data, task=adapter.task)
+    tok_dir = run_dir / "tokenizer"
+    if tokenizer is None and (tok_dir / "tokenizer.json").is_file():
+        tokenizer = AdaptiveTokenizer.load(tok_dir)  # the run's own: tokenize as before
+        say(f"Tokenizer: the run's own ({tokenizer.strategy}, {tokenizer.vocab_size:,} ids).")
+    elif tokenizer is None:
+        tokenizer = tokenizer_for_model(adapter, dataset)
+        say(f"Tokenizer: {tokenizer.strategy}, {tokenizer.vocab_size:,} ids — "
+            f"{tokenizer.reason.split(';')[0]}.")
+    dm = TextDataModule(dataset, tokenizer, adapter, seq_len=config.seq_len_for(
+                        adapter.max_seq_len),
+                        batch_size=config.batch_size, seed=config.seed,
+                        num_workers=config.num_workers)
+    return dm, tokenizer
+
+
+def _precision(config: TrainingConfig) -> str:
+    import torch
+
+    cuda = torch.cuda.is_available() and config.accelerator in ("auto", "gpu", "cuda")
+    return config.effective_precision("cuda" if cuda else "cpu",
+                                      cuda and torch.cuda.is_bf16_supported())
+
+
+def _resume_point(config: TrainingConfig, manager: Any, run_dir: Path):
+    """The checkpoint to continue from, or None."""
+    if config.resume == "never":
+        found = manager.latest_valid()
+        if found is not None:
+            raise UserError(f"{run_dir} already holds a run (checkpoint of step {found.step}), "
+                            "and resume='never' would overwrite it.",
+                            why="Starting from scratch in a folder with checkpoints would mix "
+                            "two runs.", fix="Pass resume='auto' to continue it, or out_dir="
+                            "<another folder> (--out) to start a new run beside it.")
+        return None
+    if config.resume == "auto":
+        return manager.latest_valid()
+    path = Path(config.resume)
+    if path.is_dir():
+        from utils.training.checkpoint_manager import CheckpointManager
+
+        found = CheckpointManager(path, keep_last=config.keep_last).latest_valid()
+        if found is None:
+            raise UserError(f"resume={config.resume!r}: no valid checkpoint in that folder.",
+                            fix="Point resume at a run folder with checkpoints/, or a .ckpt.")
+        return found
+    if not path.is_file():
+        raise UserError(f"resume={config.resume!r}: no such checkpoint file or run folder.",
+                        fix="Use resume='auto' (the newest valid checkpoint of the run), "
+                        "'never', or an existing path.")
+    return path
+
+
+def _lr_find(trainer_kwargs: dict, module: Any, dm: Any, config: TrainingConfig,
+             say: Callable[[str], None]) -> TrainingConfig:
+    """Lightning's learning-rate finder on a throwaway trainer; the config stays the single
+    source of truth (the finder's own attribute update is off)."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.tuner import Tuner
+
+    finder_kwargs = {k: v for k, v in trainer_kwargs.items()
+                     if k not in ("callbacks", "plugins", "max_steps", "max_epochs")}
+    module.config = config.replace(lr=1e-3)
+    trainer = pl.Trainer(**finder_kwargs, max_steps=100, enable_progress_bar=False,
+                         enable_checkpointing=False, logger=False)
+    found = Tuner(trainer).lr_find(module, datamodule=dm, min_lr=1e-6, max_lr=1.0,
+                                   num_training=min(100, max(20, config.max_steps)),
+                                   update_attr=False)
+    suggestion = found.suggestion() if found is not None else None
+    if suggestion is None or not math.isfinite(suggestion):
+        suggestion = 3e-4
+        say("lr='auto': the finder found no clear slope; using lr=3e-4.")
+    else:
+        say(f"lr='auto': the learning-rate finder suggests {suggestion:.2e}.")
+    config = config.replace(lr=float(suggestion))
+    module.config = config
+    return config
+
+
+@contextlib.contextmanager
+def _quiet_lightning():
+    """Lightning's start-up banners ("GPU available…", "Trainer already configured…") are
+    noise in a notebook: keep warnings and errors only."""
+    names = ("lightning.pytorch", "lightning.fabric", "lightning")
+    levels = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+            yield
+    finally:
+        for n, level in levels.items():
+            logging.getLogger(n).setLevel(level)
+
+
+# ---- the entry point ---------------------------------------------------------------------
+def train(model_or_adapter: Any, data: Any = None, config: TrainingConfig | None = None, *,
+          callbacks: Iterable[Any] = (), tokenizer: Any = None, force: bool = False,
+          gate: bool = True, progress: bool | None = None,
+          say: Callable[[str], None] = print) -> TrainResult:
+    """Train a model, resuming its run when there is one.
+
+    Args:
+        model_or_adapter: A ``LoadedModel`` (its code and config go into ``final/``), a
+            ``ModelAdapter`` or a bare ``nn.Module``.
+        data: What :func:`~utils.training.dataset_utilities.load_text_dataset` takes (None:
+            the shipped Shakespeare corpus), a ``TextDataset``, or a ``TextDataModule``.
+        config: The run's settings (default ``TrainingConfig()``).
+        callbacks: Extra Lightning callbacks (the HPO pruner, tests).
+        tokenizer: An ``AdaptiveTokenizer`` to use instead of choosing one.
+        force: Train even when the Tier 1 gate fails.
+        gate: Run the Tier 1 gate at the start of a new run.
+        progress: Lightning's progress bar (default: when stderr is a terminal or a notebook).
+        say: Where notices go.
+
+    Raises:
+        GateFailed: the Tier 1 gate failed (and ``force`` is False).
+        UserError: bad data, a run folder that belongs to another model, a corrupt checkpoint.
+    """
+    from utils.training.checkpoint_manager import CheckpointManager
+
+    config = config or TrainingConfig()
+    adapter, loaded = _as_adapter(model_or_adapter)
+    run_dir = Path(config.out_dir) if config.out_dir else default_run_dir(adapter, config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manager = CheckpointManager(run_dir, config.mirror_dir, keep_last=config.keep_last, say=say)
+    try:
+        return _train(adapter, loaded, data, config, run_dir, manager, list(callbacks),
+                      tokenizer, force, gate, progress, say)
+    finally:
+        manager.close()
+
+
+def _train(adapter, loaded, data, config, run_dir, manager, extra_callbacks, tokenizer, force,
+           gate, progress, say) -> TrainResult:
+    import lightning.pytorch as pl
+
+    from utils.training.callbacks import ManagerIO, MetricsLog, RunState
+    from utils.training.lightning_module import AdapterModule
+
+    notes: list[str] = []
+    start = _resume_point(config, manager, run_dir)
+    if start is not None and getattr(start, "location", "local") == "mirror":
+        manager.restore_local()
+        notes.append("Resumed from the mirror: the local run folder had no valid checkpoint.")
+    if start is not None:
+        stored = read_json(run_dir / "config.json")
+        if stored is None and manager.mirror_dir is not None:
+            stored = read_json(Path(manager.mirror_dir) / "config.json")
+        if stored:
+            config, changes = merge_for_resume(TrainingConfig.from_dict(stored), config)
+            notes += changes
+    report = None
+    if start is None and gate:
+        report = _run_gate(adapter, run_dir, force, say)
+    dm, tokenizer = _data_module(adapter, data, config, run_dir, tokenizer, say)
+    current = fingerprint(adapter.model, tokenizer)
+    if start is not None:
+        stored_fp = read_json(run_dir / "fingerprint.json")
+        if stored_fp is None and manager.mirror_dir is not None:
+            stored_fp = read_json(Path(manager.mirror_dir) / "fingerprint.json")
+        check_fingerprint(stored_fp, current, run_dir)
+    else:
+        write_json(run_dir / "fingerprint.json", current)
+    if not (run_dir / "tokenizer" / "tokenizer.json").is_file():
+        tokenizer.save(run_dir / "tokenizer")
+    for name in ("tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json",
+                 "fingerprint.json"):
+        manager.mirror_file(name)
+
+    if config.dropout is not None:
+        from torch import nn
+
+        for m in adapter.model.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = config.dropout
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    if config.compile:
+        adapter.model.compile()
+    dm.setup("fit")
+    batches = len(dm.train_dataloader())
+    steps_per_epoch = max(1, math.ceil(batches / config.grad_accum))
+    total = config.max_steps if config.max_steps > 0 else steps_per_epoch * (config.epochs or 1)
+    module = AdapterModule(adapter, config, total_steps=total)
+    plain = progress is False or (progress is None and not _interactive())
+    metrics_log = MetricsLog(run_dir / "metrics.csv", log_every=max(1, config.log_every),
+                             plain=plain, say=say)
+
+    def after_save() -> None:
+        metrics_log.mark_interrupted()
+        manager.mirror_file("metrics.csv")
+
+    state = RunState(manager, config, on_save=after_save, say=say)
+    callbacks = [state, metrics_log, *extra_callbacks]
+    if config.early_stopping_patience and config.val_every:
+        from lightning.pytorch.callbacks import EarlyStopping
+
+        callbacks.append(EarlyStopping(monitor="val_loss", mode="min",
+                                       patience=config.early_stopping_patience))
+    val_every = config.val_every * config.grad_accum
+    kwargs: dict[str, Any] = dict(
+        accelerator=config.accelerator, devices=config.devices, num_nodes=config.num_nodes,
+        strategy=config.strategy, precision=_precision(config),
+        accumulate_grad_batches=config.grad_accum,
+        gradient_clip_val=config.grad_clip or None,
+        limit_val_batches=(config.val_batches if config.val_batches else 1.0)
+        if config.val_every else 0,
+        check_val_every_n_epoch=None if config.val_every else 1,
+        num_sanity_val_steps=0, use_distributed_sampler=False, enable_model_summary=False,
+        default_root_dir=str(run_dir), logger=_logger(config, run_dir),
+        enable_checkpointing=False, deterministic=False)
+    if config.val_every:
+        kwargs["val_check_interval"] = val_every
+    if config.lr == "auto" and start is None:
+        with _quiet_lightning():
+            config = _lr_find(kwargs, module, dm, config, say)
+        notes.append(f"lr='auto' chose lr={config.lr:.3g} (Lightning's learning-rate finder).")
+    write_json(run_dir / "config.json", config.to_dict())
+    manager.mirror_file("config.json")
+    with _quiet_lightning():
+        trainer = pl.Trainer(**kwargs, max_steps=config.max_steps if config.max_steps > 0 else -1,
+                             max_epochs=config.epochs if config.max_steps <= 0 else -1,
+                             callbacks=callbacks, plugins=[ManagerIO(manager)],
+                             enable_progress_bar=not plain)
+    resumed = None
+    if start is not None:
+        path = getattr(start, "path", start)
+        resumed = {"step": getattr(start, "step", None), "file": str(path)}
+        say(f"Resuming from step {resumed['step']} ({Path(path).name}).")
+    began = time.perf_counter()
+    interrupted = False
+    with _quiet_lightning():
+        try:
+            trainer.fit(module, datamodule=dm, ckpt_path=str(path) if start is not None else None)
+        except SystemExit:  # Lightning's answer to Ctrl-C, after on_exception saved
+            if not trainer.interrupted:
+                raise
+            interrupted = True
+    if resumed is not None and resumed["step"] is None:
+        resumed["step"] = state.resumed_step
+    notes += state.events
+    if module.skipped_steps:
+        notes.append(f"{module.skipped_steps} step(s) skipped by the loss guard "
+                     "(non-finite or spiking loss).")
+    if not interrupted:
+        state.save(trainer)  # the last step is always a checkpoint
+    final_dir = None
+    if not interrupted and trainer.is_global_zero:
+        final_dir = save_model_folder(adapter.model, loaded, run_dir / "final",
+                                      tokenizer=tokenizer, extra={
+                                          "source": adapter.source, "steps": trainer.global_step,
+                                          "metrics": metrics_log.final})
+        for file in sorted(final_dir.iterdir()):
+            manager.mirror_file(f"final/{file.name}")
+    result = _result(run_dir, final_dir, metrics_log, resumed, trainer, module, state, config,
+                     notes, report, interrupted, adapter, tokenizer, time.perf_counter() - began)
+    if trainer.is_global_zero:
+        write_json(run_dir / "summary.json", result.summary())
+        manager.mirror_file("summary.json")
+        manager.mirror_file("metrics.csv")
+        manager.drain()
+    return result
+
+
+def _result(run_dir, final_dir, metrics_log, resumed, trainer, module, state, config, notes,
+            report, interrupted, adapter, tokenizer, seconds) -> TrainResult:
+    import pandas as pd
+
+    csv = run_dir / "metrics.csv"
+    history = pd.read_csv(csv) if csv.is_file() else pd.DataFrame()
+    keys = ("train_loss", "val_loss", "val_perplexity", "val_accuracy", "lr")
+    metrics = {k: float(metrics_log.final[k]) for k in keys if k in metrics_log.final}
+    tps = metrics_log.tokens_per_second()
+    if tps is not None:
+        metrics["tokens_per_second"] = tps
+    metrics["seconds"] = seconds
+    return TrainResult(run_dir=run_dir, final_dir=final_dir, metrics=metrics, history=history,
+                       tokens_per_second=tps, resumed_from=resumed, steps=trainer.global_step,
+                       tokens=module.tokens_seen, skipped_steps=module.skipped_steps,
+                       rollbacks=state.rollbacks, config=config, notes=notes, gate=report,
+                       interrupted=interrupted, adapter=adapter, tokenizer=tokenizer)
+
+
+def _logger(config: TrainingConfig, run_dir: Path):
+    if config.logger in ("csv", "none"):
+        return False  # metrics.csv is written by MetricsLog, the record of truth
+    raise UserError(f"logger={config.logger!r} is not available in this version.",
+                    why="Weights & Biases tracking comes with the export/tracking feature.",
+                    fix="Use logger='csv' (metrics.csv in the run folder).")
+
+
+def _interactive() -> bool:
+    """A terminal or a notebook: somewhere a progress bar redraws instead of scrolling."""
+    try:
+        from IPython import get_ipython
+
+        if get_ipython() is not None and "IPKernelApp" in get_ipython().config:
+            return True
+    except ImportError:
+        pass
+    return sys.stderr.isatty()
