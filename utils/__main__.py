@@ -1,4 +1,4 @@
-"""Command line: ``testbench validate [SOURCE] [options]``.
+"""Command line: ``testbench validate|train [SOURCE] [options]``.
 
 ``testbench`` is the console script the package installs. ``python -m utils`` runs the same
 commands as a fallback, with one caveat: Python looks in the current folder first, so where a
@@ -88,7 +88,45 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which tier to run (default 1)")
     v.add_argument("--checks", type=_names, metavar="A,B", help="run only these checks")
     v.add_argument("--skip", type=_names, metavar="C,D", default=[], help="skip these checks")
+    _train_parser(sub)
     return parser
+
+
+def _lr(text: str) -> float | str:
+    return text if text == "auto" else float(text)
+
+
+def _train_parser(sub) -> None:
+    t = sub.add_parser("train", parents=[source_parser()],
+                       help="train the model (Tier 1 gate, checkpoints, resume)",
+                       description="Train the model on text with Lightning. The Tier 1 gate "
+                       "runs first; checkpoints go to the run folder (and --mirror, e.g. Google "
+                       "Drive); running the same command again resumes the run.")
+    t.add_argument("--data", metavar="PATH|NAME", help="a .txt/.csv/.jsonl/.parquet file or "
+                   "folder, or a Hugging Face dataset name (default: the shipped corpus)")
+    t.add_argument("--data-config", metavar="NAME", help="the Hub dataset's configuration")
+    t.add_argument("--preset", metavar="NAME", help="smoke, cpu, colab-t4 or colab-a100 "
+                   "(default: sized to this device's memory)")
+    t.add_argument("--force", action="store_true", help="train even if the Tier 1 gate fails")
+    t.add_argument("--samples", type=int, default=3, metavar="N",
+                   help="text samples to print at the end (causal LMs; default 3)")
+    cfg = t.add_argument_group("training settings (override the preset)")
+    for flag, kind, help_ in (
+            ("--max-steps", int, "optimizer steps"), ("--batch-size", int, "micro-batch"),
+            ("--grad-accum", int, "micro-batches per step"), ("--seq-len", int, "tokens per row"),
+            ("--lr", _lr, "peak learning rate, or auto"),
+            ("--checkpoint-every", int, "steps between checkpoints (0: off)"),
+            ("--val-every", int, "steps between validations (0: off)"),
+            ("--keep-last", int, "checkpoints kept besides the best"),
+            ("--precision", str, "auto, 32, 16-mixed or bf16-mixed"),
+            ("--devices", str, "devices (an int, or auto)"),
+            ("--num-nodes", int, "machines"), ("--strategy", str, "auto, ddp, fsdp…"),
+            ("--logger", str, "csv or none")):
+        cfg.add_argument(flag, type=kind, help=help_)
+    cfg.add_argument("--out", metavar="DIR", help="the run folder (default: derived from the "
+                     "source, under $TESTBENCH_HOME/runs)")
+    cfg.add_argument("--mirror", metavar="DIR", help="a second copy of the run (Google Drive)")
+    cfg.add_argument("--resume", metavar="auto|never|PATH", help="default auto")
 
 
 def requested_source(args: argparse.Namespace, loaded=None) -> dict[str, Any]:
@@ -184,10 +222,103 @@ def validate(args: argparse.Namespace) -> int:
     return EXIT_OK if report.passed else EXIT_FAILED
 
 
+_SETTINGS = {"max_steps": "max_steps", "batch_size": "batch_size", "grad_accum": "grad_accum",
+             "seq_len": "seq_len", "lr": "lr", "checkpoint_every": "checkpoint_every",
+             "val_every": "val_every", "keep_last": "keep_last", "precision": "precision",
+             "devices": "devices", "num_nodes": "num_nodes", "strategy": "strategy",
+             "logger": "logger", "out": "out_dir", "mirror": "mirror_dir", "resume": "resume",
+             "seed": "seed"}
+
+
+def _train_config(args: argparse.Namespace, adapter: Any):
+    from utils.ui.presets import preset, preset_for
+
+    given = {field: getattr(args, flag) for flag, field in _SETTINGS.items()
+             if getattr(args, flag) is not None}
+    if args.device != "auto":
+        given.setdefault("accelerator", "cpu" if args.device == "cpu" else "gpu")
+    if args.preset:
+        return preset(args.preset, **given)
+    return preset_for(adapter, None if args.device == "auto" else args.device, **given)
+
+
+def _print_run(result: Any, samples: list[str]) -> None:
+    m = result.metrics
+    resumed = (f" (resumed from step {result.resumed_from['step']})" if result.resumed_from
+               else "")
+    print(f"Run      {result.run_dir}{resumed}")
+    tps = f", {result.tokens_per_second:,.0f} tokens/s" if result.tokens_per_second else ""
+    print(f"Steps    {result.steps:,} ({result.tokens:,} tokens{tps})")
+    parts = [f"{label} {m[k]:.4g}" for k, label in (
+        ("train_loss", "train loss"), ("val_loss", "val loss"),
+        ("val_perplexity", "perplexity"), ("val_accuracy", "accuracy")) if k in m]
+    print("Metrics  " + " · ".join(parts))
+    for note in result.notes:
+        print(f"  note: {note}")
+    if result.final_dir:
+        print(f"Final    {result.final_dir}   (testbench validate {result.final_dir})")
+    if samples:
+        print("Samples")
+        for text in samples:
+            print("  > " + " ".join(text.split())[:300])
+
+
+def train(args: argparse.Namespace) -> int:
+    from utils.environment import versions
+
+    source = requested_source(args)
+    doc: dict[str, Any] = {}
+    model = None
+
+    def record(loaded) -> None:
+        source.update(requested_source(args, loaded))
+
+    def finish(code: int, error: UserError | None = None) -> int:
+        if args.json:
+            from utils.training.runs import write_json
+
+            write_json(args.json, {**envelope(source, model, error.to_dict() if error else
+                                              None), "command": "train", **doc,
+                                   "environment": versions()})
+        return code
+
+    try:
+        loaded, adapter = load_and_adapt(args, on_load=record)
+        model = adapter.describe()
+        from utils.training.training_core import GateFailed
+        from utils.training.training_core import train as run_training
+
+        config = _train_config(args, adapter)
+        data = args.data
+        if data is not None and args.data_config:
+            from utils.training.dataset_utilities import load_text_dataset
+
+            data = load_text_dataset(data, config=args.data_config, task=adapter.task)
+        result = run_training(loaded, data, config, force=args.force, say=_stderr)
+    except GateFailed as err:
+        print(f"error: {err.message}", file=sys.stderr)
+        doc["gate"] = err.report.to_dict()
+        return finish(EXIT_FAILED, err)
+    except UserError as err:
+        print(f"error: {err.message}", file=sys.stderr)
+        return finish(EXIT_SOURCE, err)
+    samples = []
+    if adapter.task == "causal_lm" and not result.interrupted:
+        samples = [result.sample("", n_tokens=60, seed=i) for i in range(max(args.samples, 0))]
+    doc.update(result.summary())
+    doc["samples"] = samples
+    _print_run(result, samples)
+    if result.interrupted:
+        print("Interrupted: a checkpoint was saved; run the same command again to resume.",
+              file=sys.stderr)
+        return finish(130)
+    return finish(EXIT_OK)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"validate": validate}[args.command](args)
+        return {"validate": validate, "train": train}[args.command](args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

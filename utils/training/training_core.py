@@ -323,6 +323,12 @@ def _train(adapter, loaded, data, config, run_dir, manager, extra_callbacks, tok
     report = None
     if start is None and gate:
         report = _run_gate(adapter, run_dir, force, say)
+    plain = progress is False or (progress is None and not _interactive())
+    if plain:  # datasets' bars become hundreds of lines in a log; one line per phase instead
+        with contextlib.suppress(ImportError):
+            import datasets
+
+            datasets.disable_progress_bars()
     dm, tokenizer = _data_module(adapter, data, config, run_dir, tokenizer, say)
     current = fingerprint(adapter.model, tokenizer)
     if start is not None:
@@ -352,7 +358,6 @@ def _train(adapter, loaded, data, config, run_dir, manager, extra_callbacks, tok
     steps_per_epoch = max(1, math.ceil(batches / config.grad_accum))
     total = config.max_steps if config.max_steps > 0 else steps_per_epoch * (config.epochs or 1)
     module = AdapterModule(adapter, config, total_steps=total)
-    plain = progress is False or (progress is None and not _interactive())
     metrics_log = MetricsLog(run_dir / "metrics.csv", log_every=max(1, config.log_every),
                              plain=plain, say=say)
 
@@ -401,7 +406,8 @@ def _train(adapter, loaded, data, config, run_dir, manager, extra_callbacks, tok
     interrupted = False
     with _quiet_lightning():
         try:
-            trainer.fit(module, datamodule=dm, ckpt_path=str(path) if start is not None else None)
+            trainer.fit(module, datamodule=dm, weights_only=True,
+                        ckpt_path=str(path) if start is not None else None)
         except SystemExit:  # Lightning's answer to Ctrl-C, after on_exception saved
             if not trainer.interrupted:
                 raise
@@ -439,7 +445,9 @@ def _result(run_dir, final_dir, metrics_log, resumed, trainer, module, state, co
     csv = run_dir / "metrics.csv"
     history = pd.read_csv(csv) if csv.is_file() else pd.DataFrame()
     keys = ("train_loss", "val_loss", "val_perplexity", "val_accuracy", "lr")
-    metrics = {k: float(metrics_log.final[k]) for k in keys if k in metrics_log.final}
+    # the last value of each, over the whole run (a resumed call may not validate again)
+    metrics = {k: float(history[k].dropna().iloc[-1]) for k in keys
+               if k in history and history[k].notna().any()}
     tps = metrics_log.tokens_per_second()
     if tps is not None:
         metrics["tokens_per_second"] = tps

@@ -1,0 +1,106 @@
+"""``testbench train``: exit codes, the JSON summary on success, on a failed gate and on a
+``UserError``, resume by running the same command again."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from training.tiny_lm import CONFIG, MODEL_PY, corpus
+
+from utils.__main__ import main
+
+pytest.importorskip("lightning")
+
+ROOT = Path(__file__).resolve().parent.parent
+ZOO = ROOT / "tests" / "zoo"
+SUMMARY_KEYS = {"schema_version", "tool_version", "source", "model", "error", "steps",
+                "tokens", "train_loss", "val_loss", "val_perplexity", "tokens_per_second",
+                "resumed_from_step", "skipped_steps", "run_dir", "final_dir", "samples"}
+FAST = ["--preset", "smoke", "--max-steps", "6", "--val-every", "3", "--checkpoint-every", "3",
+        "--seq-len", "32"]
+
+
+@pytest.fixture
+def model_and_data(tmp_path):
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    (folder / "model.py").write_text(MODEL_PY)
+    (folder / "config.json").write_text(json.dumps(CONFIG))
+    data = tmp_path / "corpus.txt"
+    data.write_text("\n\n".join(corpus(30)))
+    return folder, data
+
+
+def test_train_writes_the_summary_and_running_again_resumes(tmp_path, model_and_data, capsys):
+    folder, data = model_and_data
+    out, report = tmp_path / "run", tmp_path / "train.json"
+    args = ["train", str(folder), "--data", str(data), *FAST, "--out", str(out),
+            "--json", str(report)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert f"Run      {out}" in printed and "Samples" in printed
+    doc = json.loads(report.read_text())
+    assert SUMMARY_KEYS <= doc.keys() and doc["error"] is None and doc["steps"] == 6
+    assert doc["resumed_from_step"] is None and len(doc["samples"]) == 3
+    assert doc["final_dir"] == str(out / "final") and Path(doc["final_dir"]).is_dir()
+    assert doc["source"]["kind"] == "folder" and doc["model"]["class"] == "TinyLM"
+
+    assert main([*args[:-4], "--max-steps", "9", "--out", str(out), "--json", str(report)]) == 0
+    doc = json.loads(report.read_text())
+    assert doc["resumed_from_step"] == 6 and doc["steps"] == 9
+    assert "resumed from step 6" in capsys.readouterr().out
+
+
+def test_a_failed_gate_exits_1_with_the_report_in_the_json(tmp_path, capsys):
+    report = tmp_path / "train.json"
+    code = main(["train", str(ZOO / "no_causal_mask"), *FAST, "--out", str(tmp_path / "r"),
+                 "--json", str(report)])
+    assert code == 1
+    assert "causal_masking [fail]" in capsys.readouterr().err
+    doc = json.loads(report.read_text())
+    assert doc["error"]["type"] == "GateFailed" and doc["gate"]["passed"] is False
+    assert [c["name"] for c in doc["gate"]["checks"] if c["status"] == "fail"] == [
+        "causal_masking"]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--preset", "smok"], "Unknown preset 'smok'. Did you mean 'smoke'"),
+    (["--preset", "smoke", "--batch-size", "0", "--lr", "-1"], "batch_size.*lr"),
+    (["--preset", "smoke", "--data", "no/such/file.txt"], "no/such/file.txt"),
+])
+def test_bad_input_exits_2_with_the_message_and_json(tmp_path, model_and_data, capsys, flags,
+                                                     message):
+    folder, _ = model_and_data
+    report = tmp_path / "train.json"
+    assert main(["train", str(folder), *flags, "--out", str(tmp_path / "r"),
+                 "--json", str(report)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    import re
+
+    assert re.search(message, err, re.S), err
+    doc = json.loads(report.read_text())
+    assert doc["error"]["type"] in ("UserError", "ConfigError") and doc["model"] is not None
+
+
+def test_bad_flags_exit_64(tmp_path):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--max-steps", "many"])
+    assert info.value.code == 64
+
+
+@pytest.mark.slow
+def test_the_console_script_trains_from_a_fresh_process(tmp_path, model_and_data):
+    folder, data = model_and_data
+    script = shutil.which("testbench", path=str(Path(sys.executable).parent))
+    proc = subprocess.run([script, "train", str(folder), "--data", str(data), *FAST,
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Final    " in proc.stdout and "Traceback" not in proc.stderr
