@@ -154,3 +154,82 @@ def test_the_tier1_gate_stops_a_causal_leak_before_training(tmp_path):
     assert (Path(config.out_dir) / "tier1.json").is_file()
     assert not (Path(config.out_dir) / "checkpoints").exists() or not any(
         (Path(config.out_dir) / "checkpoints").glob("*.ckpt"))
+
+
+def test_lr_auto_runs_the_finder_and_the_config_stays_the_source_of_truth(tmp_path, tiny_lm):
+    loaded = utils.load_model(tiny_lm, say=lambda m: None)
+    result = train(loaded, corpus(40), tiny_config(tmp_path, lr="auto", max_steps=10), **QUIET)
+    assert isinstance(result.config.lr, float) and 1e-6 <= result.config.lr <= 1.0
+    stored = json.loads((result.run_dir / "config.json").read_text())
+    assert stored["lr"] == result.config.lr  # a resumed run trains at the same rate
+    assert any("learning-rate finder" in n for n in result.notes)
+    assert result.config.batch_size == 4  # the finder did not resize the batch
+
+
+def test_early_stopping_ends_a_run_that_stopped_improving(tmp_path, tiny_lm):
+    loaded = utils.load_model(tiny_lm, say=lambda m: None)
+    config = tiny_config(tmp_path, max_steps=60, val_every=3, early_stopping_patience=2,
+                         lr=1e-9, warmup_steps=0)  # nothing is learnt: no improvement
+    result = train(loaded, corpus(40), config, **QUIET)
+    assert result.steps < 60
+    assert result.final_dir is not None
+
+
+def test_the_default_run_folder_names_the_source_and_config(tmp_path, monkeypatch):
+    from utils.training.runs import default_run_dir
+
+    adapter = utils.adapt(utils.load_model(ZOO / "flat_gpt", say=lambda m: None))
+    config = TrainingConfig()
+    first = default_run_dir(adapter, config)
+    assert first.parent.name == "runs" and first.name.startswith(type(adapter.model).__name__)
+    assert default_run_dir(adapter, config.replace(max_steps=5, val_every=1)) == first
+    assert default_run_dir(adapter, config.replace(lr=1e-3)) != first
+    gist = dict(adapter.source, kind="gist", gist_id="a" * 32, revision="1" * 40)
+    monkeypatch.setattr(adapter, "source", gist)
+    a = default_run_dir(adapter, config)
+    assert a.name.startswith("a" * 32) and a != first
+    monkeypatch.setattr(adapter, "source", {**gist, "revision": "2" * 40})
+    assert default_run_dir(adapter, config) != a  # a new revision starts a new run
+
+
+def test_final_folder_of_a_multi_file_model_rebuilds(tmp_path):
+    loaded = utils.load_model(ZOO / "multi_file", say=lambda m: None)
+    result = train(loaded, corpus(40), tiny_config(tmp_path, max_steps=4, val_every=2,
+                                                   checkpoint_every=2), **QUIET)
+    assert sorted(p.name for p in result.final_dir.glob("*.py")) == ["layers.py", "model.py"]
+    rebuilt = utils.load_model(result.final_dir, say=lambda m: None)
+    assert rebuilt.source["weights"]["file"] == "model.safetensors"
+    for key, tensor in loaded.model.state_dict().items():
+        assert torch.equal(tensor, rebuilt.model.state_dict()[key]), key
+
+
+def test_the_gradient_scaler_state_survives_a_checkpoint(tmp_path):
+    """fp16 + GradScaler is what a T4 runs; on CPU Lightning turns 16-mixed into bf16, so the
+    scaler's save/restore is tested here, at unit level."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from utils.training.checkpoint_manager import CheckpointManager
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=3)
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=scaler)
+    weight = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([weight], lr=0.1)
+    for _ in range(4):  # three good steps double the scale; the fourth counts towards more
+        scaler.scale((weight * 2).sum()).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad()
+    with CheckpointManager(tmp_path / "run") as manager:
+        manager.save({"precision": plugin.state_dict(), "global_step": 1}, 1)
+        state = manager.load(manager.latest_valid())
+    fresh = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    fresh.load_state_dict(state["precision"])
+    assert fresh.scaler.get_scale() == scaler.get_scale() == 2048.0
+    assert fresh.scaler.state_dict() == scaler.state_dict()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 with a scaler needs a GPU")
+def test_fp16_with_a_scaler_trains_on_a_gpu(tmp_path, tiny_lm):
+    loaded = utils.load_model(tiny_lm, say=lambda m: None)
+    result = train(loaded, corpus(40), tiny_config(tmp_path, precision="16-mixed"), **QUIET)
+    assert math.isfinite(result.metrics["val_loss"])

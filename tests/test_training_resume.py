@@ -124,3 +124,20 @@ def test_resume_from_the_mirror_alone_after_the_vm_is_gone(workspace, straight):
     assert_identical(straight[0], out)
     assert (mirror / "final" / "model.safetensors").is_file()
     assert (mirror / "checkpoints" / "latest.json").is_file()
+
+
+def test_an_interrupt_saves_a_checkpoint_and_the_run_resumes(workspace, straight):
+    out = workspace / "interrupted"
+    args = [sys.executable, str(SCRIPT), str(workspace / "model"),
+            str(workspace / "corpus.txt"), str(out),
+            json.dumps({**SETTINGS, "checkpoint_every": 100})]  # only the interrupt saves
+    env = {**os.environ, "TB_INTERRUPT_AT": "6"}  # the script raises SIGINT at step 6
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env,
+                          cwd=Path(__file__).parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["interrupted"] is True and summary["final_dir"] is None
+    assert json.loads((out / "checkpoints" / "latest.json").read_text())["step"] == 6
+    resumed = run(workspace, out)
+    assert resumed["resumed_from_step"] == 6
+    assert_identical(straight[0], out)

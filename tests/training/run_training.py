@@ -19,6 +19,17 @@ from utils.training.config import TrainingConfig
 from utils.training.training_core import train
 
 
+class InterruptAt(pl.Callback):
+    """Ctrl-C (Colab's "Interrupt execution") at a chosen step, between two batches."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
 class KillAt(pl.Callback):
     def __init__(self, step: int) -> None:
         self.step = step
@@ -34,6 +45,8 @@ def main() -> None:
     torch.manual_seed(0)  # the same initial weights in every process
     loaded = utils.load_model(model_dir, say=lambda m: None)
     callbacks = [KillAt(int(kill[0]))] if kill else []
+    if os.environ.get("TB_INTERRUPT_AT"):
+        callbacks.append(InterruptAt(int(os.environ["TB_INTERRUPT_AT"])))
     result = train(loaded, corpus, config, callbacks=callbacks, progress=False, gate=False,
                    say=lambda m: print(m, file=sys.stderr))
     print(json.dumps(result.summary()))

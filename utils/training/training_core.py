@@ -227,7 +227,8 @@ def _lr_find(trainer_kwargs: dict, module: Any, dm: Any, config: TrainingConfig,
     from lightning.pytorch.tuner import Tuner
 
     finder_kwargs = {k: v for k, v in trainer_kwargs.items()
-                     if k not in ("callbacks", "plugins", "max_steps", "max_epochs")}
+                     if k not in ("callbacks", "plugins", "max_steps", "max_epochs", "logger",
+                                  "enable_checkpointing")}
     module.config = config.replace(lr=1e-3)
     trainer = pl.Trainer(**finder_kwargs, max_steps=100, enable_progress_bar=False,
                          enable_checkpointing=False, logger=False)
