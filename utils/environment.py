@@ -41,7 +41,7 @@ EXTRA_OF: dict[str, str] = {
     "onnx": "export",
     "onnxruntime": "export",
     "onnxscript": "export",
-    "safetensors": "export",
+    "safetensors": "train",
     "ipywidgets": "notebook",
     "nbclient": "notebook",
 }
