@@ -382,7 +382,7 @@ def test_resume_from_the_mirror_alone_when_the_run_folder_is_gone(make, tmp_path
     info = fresh.latest_valid()
     assert (info.step, info.location) == (20, "mirror")
     assert fresh.load(info)["step"] == 20
-    local = fresh.restore_local()
+    local = fresh.restore_local(info)
     assert (local.step, local.location, local.sha256) == (20, "local", info.sha256)
     assert tokenizer.read_text() == '{"vocab": 256}'
     assert read_json(fresh.checkpoints_dir / "latest.json")["step"] == 20
@@ -483,3 +483,20 @@ def test_a_step_saved_again_while_its_copy_waits_is_mirrored_once_newest(make, m
     copy = manager.mirror_checkpoints_dir / "step-00000010.ckpt"
     assert atomic.sha256_file(copy) == again.sha256
     assert_complete(manager, manager.mirror_checkpoints_dir)
+
+
+def test_a_dropped_mirror_does_not_stop_the_search_of_the_run_folder(make, monkeypatch):
+    manager = make()
+    manager.save(state_at(10), 10)
+    assert manager.drain(10)
+    real_iterdir = type(manager.checkpoints_dir).iterdir
+
+    def dropped(self):
+        if "drive" in self.parts:
+            raise OSError(107, "Transport endpoint is not connected")
+        return real_iterdir(self)
+
+    monkeypatch.setattr(type(manager.checkpoints_dir), "iterdir", dropped)
+    with pytest.warns(RuntimeWarning, match=r"Cannot search .*drive.*Transport endpoint"):
+        info = manager.latest_valid()
+    assert (info.step, info.location) == (10, "local")

@@ -96,7 +96,7 @@ class CheckpointManager:
         self._mirror = (MirrorQueue(retries=retries, backoff=backoff, say=self._say)
                         if self.mirror_dir is not None else None)
         self._executor: ThreadPoolExecutor | None = None
-        self._saving: Future | None = None
+        self._saving: tuple[int, Future] | None = None  # the background save, until waited
         self._buffers: dict = {}  # the last snapshot's tensors, reused by the next one
         self._failed: tuple[int, BaseException] | None = None
         self._local_errors: list[str] = []
@@ -110,12 +110,13 @@ class CheckpointManager:
     @property
     def pending(self) -> int:
         """Work not done yet: a background local save, plus mirror copies queued or running."""
-        saving = self._saving is not None and not self._saving.done()
+        saving = self._saving is not None and not self._saving[1].done()
         return int(saving) + (self._mirror.pending if self._mirror else 0)
 
     @property
     def errors(self) -> list[str]:
         """Background failures: local saves, and mirror copies that exhausted their retries."""
+        self._wait_local(0, raise_failure=False)  # collect a background save that failed
         return [*self._local_errors, *(self._mirror.errors if self._mirror else [])]
 
     # -- saving ---------------------------------------------------------------------------
@@ -146,8 +147,7 @@ class CheckpointManager:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-save")
         future = self._executor.submit(self._write, snapshot, step, val_loss)
-        future.add_done_callback(lambda f: self._note_failure(step, f))
-        self._saving = future
+        self._saving = (step, future)
         return future
 
     def _write(self, state: dict, step: int, val_loss) -> CheckpointInfo:
@@ -167,21 +167,21 @@ class CheckpointManager:
                          lambda p: p.unlink(missing_ok=True), started)
             return info
 
-    def _note_failure(self, step: int, future: Future) -> None:
-        exc = future.exception()
-        if exc is not None:
-            self._failed = (step, exc)
-            self._local_errors.append(f"saving step {step} failed: {type(exc).__name__}: {exc}")
-            self._say(f"Checkpoint: saving step {step} failed: {exc}")
-
     def _wait_local(self, timeout: float | None = None, *, raise_failure: bool = True) -> bool:
-        """Wait for the background save; a failed one is raised (once) as a UserError."""
-        saving = self._saving
-        if saving is not None:
+        """Wait for the background save; a failed one is raised (once) as a UserError by the
+        first wait that may raise."""
+        if self._saving is not None:
+            step, future = self._saving
             try:
-                saving.exception(timeout)
+                exc = future.exception(timeout)
             except FutureTimeout:  # TimeoutError itself only from Python 3.11
                 return False
+            self._saving = None
+            if exc is not None:
+                self._failed = (step, exc)
+                self._local_errors.append(f"saving step {step} failed: "
+                                          f"{type(exc).__name__}: {exc}")
+                self._say(f"Checkpoint: saving step {step} failed: {exc}")
         if raise_failure and self._failed is not None:
             (step, exc), self._failed = self._failed, None
             raise UserError(
@@ -280,19 +280,26 @@ class CheckpointManager:
         places = [("local", self.checkpoints_dir)]
         if self.mirror_checkpoints_dir is not None:
             places.append(("mirror", self.mirror_checkpoints_dir))
-        found = {(loc, s) for loc, folder in places if folder.is_dir()
-                 for s in map(step_of, folder.iterdir()) if s is not None}
-        for step in sorted({s for _loc, s in found}, reverse=True):
-            for location, folder in places:
-                if (location, step) not in found or (location == "mirror" and step in busy):
-                    continue
-                result = verify(folder, step, location)
-                if isinstance(result, CheckpointInfo):
-                    return result
-                message = f"Skipping checkpoint {folder / ckpt_name(step)}: {result}."
-                self._say(message)
-                warnings.warn(message, RuntimeWarning, stacklevel=2)
-        return None
+        candidates, notes = [], []
+        for rank, (location, folder) in enumerate(places):
+            try:
+                steps = {step_of(p) for p in folder.iterdir()} if folder.is_dir() else set()
+            except OSError as exc:  # Drive not mounted or dropped: search the other place
+                notes.append(f"Cannot search {folder} for checkpoints ({exc}).")
+                continue
+            candidates += [(-step, rank, location, folder) for step in steps - {None}
+                           if not (location == "mirror" and step in busy)]
+        found = None
+        for neg_step, _rank, location, folder in sorted(candidates):  # newest first, local first
+            result = verify(folder, -neg_step, location)
+            if isinstance(result, CheckpointInfo):
+                found = result
+                break
+            notes.append(f"Skipping checkpoint {folder / ckpt_name(-neg_step)}: {result}.")
+        for message in notes:
+            self._say(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+        return found
 
     def load(self, info: CheckpointInfo | str | Path, map_location="cpu") -> dict:
         """``torch.load(weights_only=True)`` of a checkpoint; a file that will not load is a
@@ -318,12 +325,12 @@ class CheckpointManager:
                 if refused else "Resume with resume='auto', which falls back to the previous "
                 "valid checkpoint, or delete the file.") from exc
 
-    def restore_local(self) -> CheckpointInfo | None:
+    def restore_local(self, info: CheckpointInfo | None = None) -> CheckpointInfo | None:
         """Make the run folder complete again from the mirror (a recycled Colab VM): copy the
-        newest valid checkpoint and its manifest if only the mirror has it, write
-        ``latest.json``, and copy every other mirrored file the run folder lacks (tokenizer,
-        metrics). Returns the local checkpoint to resume from, or None."""
-        info = self.latest_valid()
+        checkpoint to resume from (``info``, default :meth:`latest_valid`) and its manifest if
+        only the mirror has it, write ``latest.json``, and copy every other mirrored file the
+        run folder lacks (tokenizer, metrics). Returns the local checkpoint, or None."""
+        info = info if info is not None else self.latest_valid()
         if self._mirror is None:
             return info
         mirror, root = self._mirror, self.mirror_dir
@@ -386,9 +393,13 @@ class CheckpointManager:
 
 
 def _copy_verified(src: Path, dst: Path, sha: str | None) -> None:
-    """Copy through a temp name, then read back what landed; a mismatch is removed and retried."""
-    digest = atomic.copy_atomic(src, dst, expect_sha256=sha)
-    if atomic.sha256_file(dst) != digest:
+    """Copy through a temp name, then read back what landed; a mismatch is removed (and the
+    caller retries). With the manifest's ``sha`` the copy itself is hashed only when it would
+    replace an existing file (hashing is most of a copy's CPU, and the read-back checks it)."""
+    replacing = sha is not None and dst.exists()  # never swap a good copy for wrong bytes
+    sent = atomic.copy_atomic(src, dst, expect_sha256=sha if replacing else None,
+                              digest=sha is None)
+    if atomic.sha256_file(dst) != (sha or sent):
         dst.unlink(missing_ok=True)
         raise OSError(errno.EIO, f"the copy of {src.name} in {dst.parent} does not match what "
                       "was sent")
