@@ -1,19 +1,15 @@
 """Checkpoints: where they live, which are valid, and their copy on Google Drive.
 
-A run folder holds (and the mirror, when there is one, receives the same relative layout)::
-
-    checkpoints/step-00000050.ckpt   torch.save of the training state
-    checkpoints/step-00000050.json   its manifest: step, file, size, sha256, val_loss, created
-    checkpoints/latest.json          {"step": 50, "file": "step-00000050.ckpt"}
-
-A save goes to the local run folder first (temp → fsync → ``os.replace``, see ``utils.atomic``),
-then its manifest, then ``latest.json`` — so ``latest.json`` only ever names a complete
-checkpoint and nothing half-written has a final name. A background thread then copies it to the
-mirror the same way and verifies what landed (``mirror.py``: retries, newest copy wins). Rotation
-keeps the last ``keep_last`` plus the best by validation loss, in both places. Resuming never
-trusts a name: :meth:`CheckpointManager.latest_valid` checks size and sha256 against the
-manifest, locally and in the mirror, and falls back past a truncated or corrupt file with a
-warning naming it. This module never imports lightning; the trainer wraps it in a CheckpointIO.
+A run folder's ``checkpoints/`` holds ``step-XXXXXXXX.ckpt`` files, a manifest beside each and
+``latest.json`` (the layout: ``checkpoint_files``); the mirror gets the same relative layout.
+A save goes to the local folder first (temp → fsync → ``os.replace``: ``utils.atomic``), then
+its manifest, then ``latest.json`` — which so only ever names a complete checkpoint; nothing
+half-written has a final name. A background thread then copies it to the mirror the same way
+and verifies what landed (``mirror``: retries, newest copy wins). Rotation keeps the last
+``keep_last`` plus the best by validation loss, in both places. Resuming never trusts a name:
+:meth:`CheckpointManager.latest_valid` checks size and sha256 against the manifest, locally
+and in the mirror, and falls back past a damaged file with a warning naming it. No lightning
+here; the trainer wraps this in a CheckpointIO.
 
 Example:
     >>> manager = CheckpointManager("runs/gpt", "/content/drive/MyDrive/runs/gpt")
