@@ -268,8 +268,11 @@ def test_warnings_during_checks_are_one_note_and_never_printed(model, said, capf
 
     hf_logging.get_logger("transformers.modeling_toy")  # installs transformers' stderr handler
     library = logging.getLogger("transformers")
-    streams = [h.stream for h in library.handlers]
-    for h in library.handlers:  # print where capfd reads (setStream would flush a closed one)
+    # print where capfd reads (setStream would flush a closed one); only stream handlers —
+    # pytest's own (live logging) has no stream
+    streamed = [h for h in library.handlers if hasattr(h, "stream")]
+    streams = [h.stream for h in streamed]
+    for h in streamed:
         h.stream = sys.stderr
     try:
         with warnings.catch_warnings():  # the adapter's probing forward runs outside checks
@@ -295,7 +298,7 @@ def test_warnings_during_checks_are_one_note_and_never_printed(model, said, capf
         logging.getLogger("transformers.modeling_toy").warning("printed again")
         assert "printed again" in capfd.readouterr().err
     finally:
-        for handler, stream in zip(library.handlers, streams, strict=True):
+        for handler, stream in zip(streamed, streams, strict=True):
             handler.stream = stream
 
 

@@ -41,9 +41,12 @@ class ManagerIO(_io.CheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
                         storage_options: Any | None = None) -> None:
+        # Returns once the tensors are copied to host memory; the file is written (and then
+        # mirrored) in the background, so a checkpoint costs the step almost nothing. A later
+        # save, latest_valid() and close() wait for it.
         options = storage_options or {}
-        self.manager.save(checkpoint, int(checkpoint["global_step"]),
-                          val_loss=options.get("val_loss"))
+        self.manager.save_async(checkpoint, int(checkpoint["global_step"]),
+                                val_loss=options.get("val_loss"))
 
     def load_checkpoint(self, path: Any, map_location: Any | None = None,
                         weights_only: bool | None = None) -> dict[str, Any]:
@@ -183,6 +186,7 @@ class MetricsLog(L.Callback):
                  warmup_steps: int = 3) -> None:
         self.path, self.log_every, self.plain, self.say = Path(path), log_every, plain, say
         self.warmup_steps = warmup_steps
+        self._writes = True  # global rank 0 only: under DDP every rank runs these callbacks
         self._seen_step = -1
         self._last_end: float | None = None
         self._interrupted = False  # validation or a checkpoint ran since the last step
@@ -193,6 +197,8 @@ class MetricsLog(L.Callback):
 
     # ---- the file -----------------------------------------------------------------------
     def _write(self, row: dict[str, Any]) -> None:
+        if not self._writes:
+            return
         new = not self.path.is_file()
         with self.path.open("a", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=METRIC_FIELDS)
@@ -212,10 +218,11 @@ class MetricsLog(L.Callback):
         write_atomic(self.path, "\n".join(lines) + "\n")
 
     def on_train_start(self, trainer, pl_module) -> None:
+        self._writes = trainer.is_global_zero
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if trainer.global_step > 0:
+        if self._writes and trainer.global_step > 0:
             self._truncate_after(trainer.global_step)
-        elif self.path.is_file():
+        elif self._writes and self.path.is_file():
             self.path.unlink()
         self._seen_step = trainer.global_step
         self._tokens_at_step = pl_module.tokens_seen
@@ -224,7 +231,9 @@ class MetricsLog(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         now = time.perf_counter()
         loss = None
-        if isinstance(outputs, dict) and outputs.get("loss") is not None:
+        if isinstance(outputs, dict) and outputs.get("skipped"):
+            pass  # the loss guard's zero loss under DDP (see AdapterModule.training_step)
+        elif isinstance(outputs, dict) and outputs.get("loss") is not None:
             loss = float(outputs["loss"].detach())
         elif isinstance(outputs, torch.Tensor):
             loss = float(outputs.detach())
@@ -268,7 +277,7 @@ class MetricsLog(L.Callback):
             return
         self._write(row)
         self.final.update(row)
-        if self.plain:
+        if self.plain and self._writes:
             parts = [f"{k}={row[k]:.4g}" for k in ("val_loss", "val_perplexity", "val_accuracy")
                      if k in row]
             self.say(f"step {trainer.global_step}: " + ", ".join(parts))

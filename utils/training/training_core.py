@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import sys
 import time
 import warnings
@@ -101,6 +102,7 @@ class TrainResult:
     interrupted: bool = False
     adapter: Any = field(default=None, repr=False)
     tokenizer: Any = field(default=None, repr=False)
+    report: Any = None  # Tier 3's learning-sanity Report, set by fine_tune
 
     def __repr__(self) -> str:
         shown = {k: round(v, 4) for k, v in self.metrics.items() if k.startswith("val_")}
@@ -207,7 +209,8 @@ def _resume_point(config: TrainingConfig, manager: Any, run_dir: Path):
     if path.is_dir():
         from utils.training.checkpoint_manager import CheckpointManager
 
-        found = CheckpointManager(path, keep_last=config.keep_last).latest_valid()
+        with CheckpointManager(path, keep_last=config.keep_last) as other:
+            found = other.latest_valid()
         if found is None:
             raise UserError(f"resume={config.resume!r}: no valid checkpoint in that folder.",
                             fix="Point resume at a run folder with checkpoints/, or a .ckpt.")
@@ -294,7 +297,10 @@ def train(model_or_adapter: Any, data: Any = None, config: TrainingConfig | None
     adapter, loaded = _as_adapter(model_or_adapter)
     run_dir = Path(config.out_dir) if config.out_dir else default_run_dir(adapter, config)
     run_dir.mkdir(parents=True, exist_ok=True)
-    manager = CheckpointManager(run_dir, config.mirror_dir, keep_last=config.keep_last, say=say)
+    # ranks >= 1 of Lightning's ddp re-run this script: they read the run folder rank 0 has
+    # prepared, and only rank 0 writes it and its mirror
+    mirror = config.mirror_dir if _primary_process() else None
+    manager = CheckpointManager(run_dir, mirror, keep_last=config.keep_last, say=say)
     try:
         return _train(adapter, loaded, data, config, run_dir, manager, list(callbacks),
                       tokenizer, force, gate, progress, say)
@@ -322,7 +328,8 @@ def _train(adapter, loaded, data, config, run_dir, manager, extra_callbacks, tok
             config, changes = merge_for_resume(TrainingConfig.from_dict(stored), config)
             notes += changes
     report = None
-    if start is None and gate:
+    primary = _primary_process()
+    if start is None and gate and primary:
         report = _run_gate(adapter, run_dir, force, say)
     plain = progress is False or (progress is None and not _interactive())
     if plain:  # datasets' bars become hundreds of lines in a log; one line per phase instead
@@ -337,9 +344,9 @@ def _train(adapter, loaded, data, config, run_dir, manager, extra_callbacks, tok
         if stored_fp is None and manager.mirror_dir is not None:
             stored_fp = read_json(Path(manager.mirror_dir) / "fingerprint.json")
         check_fingerprint(stored_fp, current, run_dir)
-    else:
+    elif primary:
         write_json(run_dir / "fingerprint.json", current)
-    if not (run_dir / "tokenizer" / "tokenizer.json").is_file():
+    if primary and not (run_dir / "tokenizer" / "tokenizer.json").is_file():
         tokenizer.save(run_dir / "tokenizer")
     for name in ("tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json",
                  "fingerprint.json"):
@@ -391,7 +398,8 @@ def _train(adapter, loaded, data, config, run_dir, manager, extra_callbacks, tok
         with _quiet_lightning():
             config = _lr_find(kwargs, module, dm, config, say)
         notes.append(f"lr='auto' chose lr={config.lr:.3g} (Lightning's learning-rate finder).")
-    write_json(run_dir / "config.json", config.to_dict())
+    if primary:
+        write_json(run_dir / "config.json", config.to_dict())
     manager.mirror_file("config.json")
     with _quiet_lightning():
         trainer = pl.Trainer(**kwargs, max_steps=config.max_steps if config.max_steps > 0 else -1,
@@ -466,6 +474,12 @@ def _logger(config: TrainingConfig, run_dir: Path):
     raise UserError(f"logger={config.logger!r} is not available in this version.",
                     why="Weights & Biases tracking comes with the export/tracking feature.",
                     fix="Use logger='csv' (metrics.csv in the run folder).")
+
+
+def _primary_process() -> bool:
+    """False in the processes Lightning's ``ddp`` launcher starts for ranks 1…N-1 (and on
+    nodes after the first): they run the whole script again, from before ``fit``."""
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
 def _interactive() -> bool:
