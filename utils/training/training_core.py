@@ -103,7 +103,6 @@ class TrainResult:
     adapter: Any = field(default=None, repr=False)
     tokenizer: Any = field(default=None, repr=False)
     report: Any = None  # Tier 3's learning-sanity Report, set by fine_tune
-    report: Any = None  # Tier 3's learning-sanity Report, set by fine_tune
 
     def __repr__(self) -> str:
         shown = {k: round(v, 4) for k, v in self.metrics.items() if k.startswith("val_")}
