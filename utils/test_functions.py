@@ -6,6 +6,12 @@ too) — and returns a :class:`~utils.report.CheckResult` or :class:`~utils.repo
 ``options`` is a :class:`~utils.checks.CheckOptions`; ``fields`` are its fields as keywords
 (``seed``, ``device``, ``batch_size``, ``thresholds``, …), which override those of ``options``.
 
+The Tier 3 names train, so they take data and a ``TrainingConfig`` instead:
+``test_fine_tuning(model, data, config=None, **overrides)``,
+``test_benchmark_comparison(model, data, steps=...)`` and
+``test_hyperparameter_search(model, data, n_trials=...)`` (the training extras are imported when
+one is called).
+
 None of these is a test of yours: each carries ``__test__ = False``, so importing one into a
 test file does not make pytest collect it.
 
@@ -29,8 +35,9 @@ from utils.tier2_advanced_analysis import run_tier2
 
 __test__ = False  # pytest: this module holds no tests
 __all__ = ["run_all_tier1_tests", "run_all_tier2_tests", "test_attention_patterns",
-           "test_attribution_analysis", "test_batch_independence", "test_causal_masking",
-           "test_determinism", "test_generation_consistency", "test_gradient_flow",
+           "test_attribution_analysis", "test_batch_independence", "test_benchmark_comparison",
+           "test_causal_masking", "test_determinism", "test_fine_tuning",
+           "test_generation_consistency", "test_gradient_flow", "test_hyperparameter_search",
            "test_inference_speed", "test_initial_loss", "test_memory_footprint",
            "test_mixed_precision", "test_output_stability", "test_overfit_one_batch",
            "test_padding_invariance", "test_parameter_initialization", "test_robustness",
@@ -207,3 +214,32 @@ def run_all_tier2_tests(model, config: dict | None = None, *,
                         options: CheckOptions | None = None, **fields) -> Report:
     """Every Tier 2 analysis; ``report.plots()`` draws heatmaps, attribution bars and curves."""
     return run_tier2(as_adapter(model, config), options=_options(options, fields))
+
+
+# ---- Tier 3: training (the extras are imported when one is called) ------------------------
+@_not_a_test
+def test_fine_tuning(model, data: Any = None, config: Any = None, **kwargs) -> Any:
+    """Fine-tune behind the Tier 1 gate; ``result.report`` holds the learning-sanity checks.
+    See :func:`utils.tier3.fine_tune.fine_tune`."""
+    from utils.tier3.fine_tune import fine_tune
+
+    return fine_tune(model, data, config, **kwargs)
+
+
+@_not_a_test
+def test_benchmark_comparison(model, data: Any = None, baseline: str = "gpt", *, steps: int,
+                              config: Any = None, **kwargs) -> Any:
+    """Train the model and a baseline of matched size on the same data and budget; compare.
+    See :func:`utils.tier3.benchmark.benchmark_comparison`."""
+    from utils.tier3.benchmark import benchmark_comparison
+
+    return benchmark_comparison(model, data, baseline, steps=steps, config=config, **kwargs)
+
+
+@_not_a_test
+def test_hyperparameter_search(model, data: Any = None, space: Any = None, **kwargs) -> Any:
+    """An Optuna study over the training hyperparameters.
+    See :func:`utils.tier3.search.hyperparameter_search`."""
+    from utils.tier3.search import hyperparameter_search
+
+    return hyperparameter_search(model, data, space, **kwargs)
