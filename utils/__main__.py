@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--checks", type=_names, metavar="A,B", help="run only these checks")
     v.add_argument("--skip", type=_names, metavar="C,D", default=[], help="skip these checks")
     _train_parser(sub)
+    _benchmark_parser(sub)
     return parser
 
 
@@ -315,10 +316,107 @@ def train(args: argparse.Namespace) -> int:
     return finish(EXIT_OK)
 
 
+def _benchmark_parser(sub) -> None:
+    b = sub.add_parser("benchmark", parents=[source_parser()],
+                       help="train the model and a baseline of matched size; compare",
+                       description="Train the model (after the Tier 1 gate) and a plain pre-LN "
+                       "transformer whose parameter count is within 10%% of it — a GPT for a "
+                       "causal LM, an encoder for masked LM and classification — on the same "
+                       "data, tokenizer, steps, seed and optimizer settings; print a table and "
+                       "which is better, against the seed-to-seed noise of the baseline. "
+                       "Exit 0 when the benchmark ran, whichever model won.")
+    b.add_argument("--data", metavar="PATH|NAME", help="a .txt/.csv/.jsonl/.parquet file or "
+                   "folder, or a Hugging Face dataset name (default: the shipped corpus)")
+    b.add_argument("--data-config", metavar="NAME", help="the Hub dataset's configuration")
+    b.add_argument("--steps", type=int, default=300, metavar="N",
+                   help="optimizer steps per model (default 300)")
+    b.add_argument("--seeds", type=int, default=2, metavar="N",
+                   help="baseline runs with different seeds, to measure the noise (default 2)")
+    b.add_argument("--preset", metavar="NAME", help="smoke, cpu, colab-t4 or colab-a100 "
+                   "(default: sized to this device's memory)")
+    b.add_argument("--force", action="store_true", help="train even if the Tier 1 gate fails")
+    cfg = b.add_argument_group("training settings (override the preset)")
+    for flag, kind, help_ in (("--batch-size", int, "micro-batch"),
+                              ("--grad-accum", int, "micro-batches per step"),
+                              ("--seq-len", int, "tokens per row"),
+                              ("--lr", _lr, "peak learning rate, or auto"),
+                              ("--precision", str, "auto, 32, 16-mixed or bf16-mixed")):
+        cfg.add_argument(flag, type=kind, help=help_)
+    cfg.add_argument("--out", metavar="DIR", help="the benchmark's folder (default: beside the "
+                     "model's training run, under $TESTBENCH_HOME/runs)")
+
+
+_BENCHMARK_SETTINGS = {"batch_size": "batch_size", "grad_accum": "grad_accum",
+                       "seq_len": "seq_len", "lr": "lr", "precision": "precision",
+                       "out": "out_dir", "seed": "seed"}
+
+
+def benchmark(args: argparse.Namespace) -> int:
+    from utils.environment import versions
+
+    if args.steps < 1 or args.seeds < 1:
+        print(f"usage error: --steps and --seeds must be >= 1 (got {args.steps} and "
+              f"{args.seeds}).", file=sys.stderr)
+        return EXIT_USAGE
+    source = requested_source(args)
+    doc: dict[str, Any] = {}
+    model = None
+
+    def record(loaded) -> None:
+        source.update(requested_source(args, loaded))
+
+    def finish(code: int, error: UserError | None = None) -> int:
+        if args.json:
+            from utils.training.runs import write_json
+
+            write_json(args.json, {**envelope(source, model, error.to_dict() if error else
+                                              None), "command": "benchmark", **doc,
+                                   "environment": versions()})
+        return code
+
+    try:
+        loaded, adapter = load_and_adapt(args, on_load=record)
+        model = adapter.describe()
+        from utils.tier3.benchmark import benchmark_comparison
+        from utils.tier3.fine_tune import default_config
+        from utils.training.training_core import GateFailed
+        from utils.ui.presets import preset
+
+        given = {field: getattr(args, flag) for flag, field in _BENCHMARK_SETTINGS.items()
+                 if getattr(args, flag) is not None}
+        if args.device != "auto":
+            given.setdefault("accelerator", "cpu" if args.device == "cpu" else "gpu")
+        if args.preset:
+            config = preset(args.preset, **given)
+            if args.seq_len is None and adapter.max_seq_len and config.seq_len and \
+                    config.seq_len > adapter.max_seq_len:  # the preset's length, not the user's
+                config = config.replace(seq_len=adapter.max_seq_len)
+        else:
+            config = default_config(adapter, None if args.device == "auto" else args.device,
+                                    **given)
+        data = args.data
+        if data is not None and args.data_config:
+            from utils.training.dataset_utilities import load_text_dataset
+
+            data = load_text_dataset(data, config=args.data_config, task=adapter.task)
+        result = benchmark_comparison(loaded, data, steps=args.steps, config=config,
+                                      seeds=args.seeds, force=args.force, say=_stderr)
+    except GateFailed as err:
+        print(f"error: {err.message}", file=sys.stderr)
+        doc["gate"] = err.report.to_dict()
+        return finish(EXIT_FAILED, err)
+    except UserError as err:
+        print(f"error: {err.message}", file=sys.stderr)
+        return finish(EXIT_SOURCE, err)
+    doc.update(result.to_dict())
+    print(result.to_text())
+    return finish(EXIT_OK)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"validate": validate, "train": train}[args.command](args)
+        return {"validate": validate, "train": train, "benchmark": benchmark}[args.command](args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
