@@ -11,9 +11,9 @@ user's model (same vocab, same maximum length), preferring the user's own depth 
 model's blocks can be counted.
 
 Example:
-    >>> spec = baseline_for(adapter)
+    >>> spec = baseline_for(utils.adapt(utils.load_model("tests/zoo/flat_gpt")))
     >>> spec.describe()
-    'pre-LN GPT, 2 layers × 64 wide, 2 heads: 108,992 parameters (+0.1% of yours)'
+    'pre-LN GPT, 2 layers × 56 wide, 2 heads: 109,088 parameters (+0.2% of yours)'
     >>> baseline_adapter = spec.adapter_for(adapter, seed=0)
 """
 
