@@ -114,6 +114,7 @@ CASES = [
     (_run(FALLING, resumed_from=20), {}, "first_loss", "skip", "resumed at step 20"),
     (_run([20.0, *FALLING]), {}, "first_loss", "fail", "×3.21"),
     (_run([2.0, *FALLING]), {}, "first_loss", "warn", "leak"),
+    (_run([math.inf, *FALLING]), {}, "first_loss", "fail", "overflows before any update"),
     (_run(FALLING, history=_history([4.0, 3.0, 2.0, 1.5], [4.1, 3.2, 2.8, 2.9])), {},
      "train_val_gap", "fail", "overfitting"),
     (_run(FALLING, history=_history([4.0, 3.0], [4.1, 3.25])), {}, "train_val_gap", "pass",

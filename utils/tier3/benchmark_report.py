@@ -59,6 +59,16 @@ class Arm:
         return {k: v for k, v in self.__dict__.items() if k != "history"}
 
 
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
@@ -138,12 +148,12 @@ class BenchmarkResult:
         return frame.dropna(axis=1, how="all")
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form (``testbench benchmark --json``)."""
-        return {"verdict": self.verdict, "difference": self.difference, "noise": self.noise,
+        """The JSON form (``testbench benchmark --json``); NaN/Inf as strings, as in reports."""
+        return _json_safe({"verdict": self.verdict, "difference": self.difference, "noise": self.noise,
                 "baseline": self.baseline.to_dict(), "rows": [a.row() for a in self.arms],
                 "runs": {a.name: a.run_dir for a in self.arms}, "steps": self.config.max_steps,
                 "config": self.config.to_dict(), "run_dir": str(self.run_dir),
-                "notes": list(self.notes)}
+                "notes": list(self.notes)})
 
     def to_text(self) -> str:
         table = self.table.to_string(float_format=lambda v: f"{v:,.4g}")

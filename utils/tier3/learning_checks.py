@@ -111,7 +111,12 @@ def check_first_loss(run: LearningRun, options: CheckOptions) -> CheckResult:
     threshold = {"fail_above_ratio": high, "warn_above_ratio": warn, "warn_below_ratio": low}
     measured = (f"First training loss {loss:.3f} vs chance {formula} = {expected:.3f} "
                 f"(×{ratio:.2f})")
-    if not math.isfinite(loss) or ratio > high:
+    if not math.isfinite(loss):
+        return CheckResult("first_loss", 3, "fail",
+                           f"The first training loss is {loss}: the forward overflows before "
+                           "any update (or the loss guard skipped the first step). Look for "
+                           "unclamped exp/log and the initial output scale.", metrics, threshold)
+    if ratio > high:
         return CheckResult("first_loss", 3, "fail",
                            f"{measured}, above ×{high:g}: the model is confidently wrong before "
                            "training — its outputs start far too large. Initialise weights "
