@@ -108,6 +108,43 @@ def test_output_stability_warns_on_huge_but_finite_logits():
     assert result.status == "warn" and result.metrics["max_abs_logit"] > 1e3
 
 
+class Counted(LM):
+    """Records the input shape of every forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def forward(self, input_ids):
+        self.shapes.append(tuple(input_ids.shape))
+        return super().forward(input_ids)
+
+
+def test_output_stability_reuses_the_forwards_shape_robustness_ran():
+    model = Counted()
+    adapter = adapt(model)
+    alone = run(adapter, "output_stability").results[0]
+    run(adapter, "shape_robustness")
+    model.shapes.clear()
+    after = run(adapter, "output_stability").results[0]
+    # its random probes (batch 4, as in shape_robustness's grid) were not run again; the
+    # extreme-id probes, one forward of 2 rows per length, were
+    assert not [s for s in model.shapes if s[0] == 4]
+    assert sum(s[0] == 2 for s in model.shapes) == len(after.metrics["lengths_tested"])
+    assert after.status == alone.status == "pass" and after.rows == alone.rows
+
+
+def test_remembered_forwards_are_forgotten_when_the_weights_change():
+    model = Counted()
+    adapter = adapt(model)
+    run(adapter, "shape_robustness")
+    with torch.no_grad():
+        model.head.bias.add_(1.0)  # in place, as an optimizer step or load_state_dict writes
+    model.shapes.clear()
+    run(adapter, "output_stability")
+    assert [s for s in model.shapes if s[0] == 4]
+
+
 class SeqFirstOutput(LM):
     def forward(self, input_ids):
         out = super().forward(input_ids)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import math
+import weakref
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -33,6 +38,97 @@ def eval_logits(adapter, batch: dict[str, torch.Tensor], seed: int | None = None
         return adapter.logits(**inputs)
 
 
+@dataclass(frozen=True)
+class OutputStats:
+    """What output_stability needs from one eval-mode forward, small enough to keep.
+
+    Attributes:
+        finite: Every output is finite.
+        max_abs: Largest finite |output| (inf when none is finite).
+        std: Standard deviation of the outputs when all are finite, else None.
+        loss_finite: The task loss on the batch's labels is finite; None when the batch has
+            no target (no labels, or a causal LM at length 1).
+    """
+
+    finite: bool
+    max_abs: float
+    std: float | None
+    loss_finite: bool | None
+
+
+# Summaries of eval forwards already run, per model: one check's forwards (shape_robustness's
+# grid) serve a later one (output_stability) instead of being run again. A key holds the
+# model's state (each parameter's and buffer's storage and in-place version counter, which
+# every optimizer step and load_state_dict bumps) and the batch's bytes, so a hit is the same
+# forward of the same weights on the same inputs.
+_SEEN: weakref.WeakKeyDictionary[nn.Module, dict[tuple, OutputStats]] = \
+    weakref.WeakKeyDictionary()
+_SEEN_PER_MODEL = 64
+
+
+def _forward_key(adapter, batch: dict[str, torch.Tensor]) -> tuple:
+    model = adapter.model
+    state = tuple((t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
+    digest = hashlib.blake2b(digest_size=16)
+    for name in sorted(batch):
+        v = batch[name]
+        digest.update(f"{name}{v.dtype}{tuple(v.shape)}".encode())
+        digest.update(v.detach().reshape(-1).cpu().view(torch.uint8).numpy().tobytes())
+    return id(adapter), adapter.task, state, digest.digest()
+
+
+def summarise(adapter, batch: dict[str, torch.Tensor], out: torch.Tensor) -> OutputStats:
+    """The :class:`OutputStats` of ``out``, the eval-mode outputs for ``batch``."""
+    out = out.float()
+    if not out.numel():
+        finite, max_abs, std = True, math.inf, None
+    else:  # one pass: NaN propagates to both ends, ±inf shows at one
+        low, high = (float(v) for v in torch.aminmax(out))
+        finite = math.isfinite(low) and math.isfinite(high)
+        if finite:
+            max_abs, std = max(-low, high), float(out.std())
+        else:  # the rare case: a masked copy of the finite values
+            kept = out[torch.isfinite(out)]
+            max_abs, std = (float(kept.abs().max()) if kept.numel() else math.inf), None
+    t = batch["input_ids"].shape[1]
+    # a causal LM at length 1 has no next-token target: no loss to compute
+    has_targets = "labels" in batch and not (adapter.task == "causal_lm" and t < 2)
+    loss_finite = bool(torch.isfinite(adapter.loss_from_logits(out, batch))) if has_targets \
+        else None
+    return OutputStats(finite, max_abs, std, loss_finite)
+
+
+def eval_logits_remembered(adapter, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """:func:`eval_logits`, keeping a summary of the outputs for :func:`output_stats`.
+
+    For a check whose own forwards a later check would otherwise repeat. A summary that cannot
+    be made (the loss does not fit these outputs) is left for the check that needs it to meet.
+    """
+    try:
+        key = _forward_key(adapter, batch)
+    except Exception:  # e.g. tensors without storage: nothing to remember them by
+        return eval_logits(adapter, batch)
+    out = eval_logits(adapter, batch)
+    try:
+        stats = summarise(adapter, batch, out)
+    except Exception:
+        return out
+    seen = _SEEN.setdefault(adapter.model, {})
+    if len(seen) >= _SEEN_PER_MODEL:
+        seen.pop(next(iter(seen)))
+    seen[key] = stats
+    return out
+
+
+def output_stats(adapter, batch: dict[str, torch.Tensor]) -> OutputStats:
+    """The summary of the eval-mode forward on ``batch``: remembered, or run now."""
+    try:
+        hit = _SEEN.get(adapter.model, {}).get(_forward_key(adapter, batch))
+    except Exception:
+        hit = None
+    return hit if hit is not None else summarise(adapter, batch, eval_logits(adapter, batch))
+
+
 def eval_randomness(adapter, batch: dict[str, torch.Tensor], seed: int,
                     first: torch.Tensor) -> float:
     """Relative difference between ``first`` (``eval_logits(adapter, batch, seed)``, which the
@@ -52,6 +148,12 @@ def where(exc: BaseException, adapter) -> str:
     """``model.py, line 53: <text>`` for the user's line that raised, or ''."""
     loc = locate_in_files(exc.__traceback__, adapter.model_files)
     return f" at {loc}" if loc else ""
+
+
+def grid_batch(adapter, options) -> int:
+    """The larger batch of shape_robustness's grid. output_stability's random probes use it
+    too, so the summaries of those forwards are remembered instead of run twice."""
+    return options.batch(adapter, 4)
 
 
 def lengths(adapter, options, *, include_one: bool = True) -> list[int]:

@@ -8,38 +8,46 @@ import torch
 
 from utils.checks import register
 from utils.report import CheckResult
-from utils.tier1._common import eval_logits, first_failing_length, lengths
+from utils.tier1._common import (
+    eval_logits,
+    first_failing_length,
+    grid_batch,
+    lengths,
+    output_stats,
+    summarise,
+)
 
 # Above this |logit| softmax saturates and fp16 (max 65504) is one bad layer from overflow.
 _LOGIT_WARN = 1e3
 
 
-def _extreme_batches(adapter, t: int, options):
-    """Random ids, then the lowest and highest valid id everywhere (extreme token ids)."""
-    batch = adapter.make_inputs(options.batch(adapter, 2), t, seed=options.seed)
-    yield "random", batch
-    for value in (0, adapter.id_limit - 1):
-        yield f"all id {value}", {**batch, "input_ids": torch.full_like(batch["input_ids"], value)}
+def _probes(adapter, t: int, options):
+    """``(label, OutputStats)`` at length ``t``: random ids — the batch shape_robustness runs at
+    this length, so its forward is not repeated — then the lowest and the highest valid id
+    everywhere (extreme token ids), one row each, in one forward."""
+    random = adapter.make_inputs(grid_batch(adapter, options), t, seed=options.seed)
+    yield "random", output_stats(adapter, random)
+    values = (0, adapter.id_limit - 1)
+    template = adapter.make_inputs(len(values), t, seed=options.seed)
+    ids = torch.stack([torch.full_like(template["input_ids"][0], v) for v in values])
+    extremes = {**template, "input_ids": ids}
+    out = eval_logits(adapter, extremes)
+    for i, value in enumerate(values):
+        row = {k: v[i : i + 1] for k, v in extremes.items()}
+        yield f"all id {value}", summarise(adapter, row, out[i : i + 1])
 
 
 @register("output_stability", tier=1, thresholds=("max_abs_logit",))
 def check_output_stability(adapter, options) -> CheckResult:
     rows, first_bad, scale = [], None, 0.0
     for t in lengths(adapter, options):
-        for label, batch in _extreme_batches(adapter, t, options):
-            out = eval_logits(adapter, batch).float()
-            finite = bool(torch.isfinite(out).all())
-            # a causal LM at length 1 has no next-token target: no loss to compute
-            has_targets = "labels" in batch and not (adapter.task == "causal_lm" and t < 2)
-            loss = adapter.loss_from_logits(out, batch) if has_targets else None
-            loss_ok = loss is None or bool(torch.isfinite(loss))
-            biggest = float(out[torch.isfinite(out)].abs().max()) if out.numel() and bool(
-                torch.isfinite(out).any()) else math.inf
-            scale = max(scale, biggest)
-            rows.append({"seq_len": t, "input": label, "finite": finite, "loss_finite": loss_ok,
-                         "max_abs_logit": biggest, "logit_std": float(out[torch.isfinite(out)]
-                                                                      .std()) if finite else None})
-            if (not finite or not loss_ok) and first_bad is None:
+        for label, stats in _probes(adapter, t, options):
+            loss_ok = stats.loss_finite is not False
+            scale = max(scale, stats.max_abs)
+            rows.append({"seq_len": t, "input": label, "finite": stats.finite,
+                         "loss_finite": loss_ok, "max_abs_logit": stats.max_abs,
+                         "logit_std": stats.std})
+            if (not stats.finite or not loss_ok) and first_bad is None:
                 first_bad = rows[-1]
     metrics = {"max_abs_logit": scale, "lengths_tested": sorted({r["seq_len"] for r in rows})}
     threshold = {"non_finite": 0, "max_abs_logit_warn": _LOGIT_WARN}
@@ -70,7 +78,7 @@ def _onset(adapter, options, good: int, bad: int) -> int:
     """The shortest non-finite length in (good, bad], on random inputs."""
 
     def finite(t: int) -> bool:
-        batch = adapter.make_inputs(options.batch(adapter, 2), t, seed=options.seed)
+        batch = adapter.make_inputs(grid_batch(adapter, options), t, seed=options.seed)
         return bool(torch.isfinite(eval_logits(adapter, batch)).all())
 
     return first_failing_length(finite, good, bad)

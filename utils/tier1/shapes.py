@@ -6,8 +6,10 @@ from utils.checks import register
 from utils.report import CheckResult
 from utils.tier1._common import (
     eval_logits,
+    eval_logits_remembered,
     expected_shape,
     first_failing_length,
+    grid_batch,
     lengths,
     where,
 )
@@ -38,15 +40,18 @@ def runnable_max_len(adapter, options) -> int | None:
 @register("shape_robustness", tier=1, length_probe=runnable_max_len)
 def check_shape_robustness(adapter, options) -> CheckResult:
     top = options.max_len(adapter)
-    batches = sorted({1, options.batch(adapter, 4)})
+    wide = grid_batch(adapter, options)
+    batches = sorted({1, wide})
     grid = [(b, t) for t in lengths(adapter, options) for b in batches]
     grid += [(1, top)] if (1, top) not in grid else []
     rows, failures = [], []
     for b, t in grid:
         batch = adapter.make_inputs(b, t, seed=options.seed)
         want = expected_shape(adapter, b, t)
+        # output_stability reads the wide forwards' summaries instead of running them again
+        forward = eval_logits_remembered if b == wide else eval_logits
         try:
-            got = tuple(eval_logits(adapter, batch).shape)
+            got = tuple(forward(adapter, batch).shape)
         except Exception as exc:
             rows.append({"batch": b, "seq_len": t, "ok": False, "output_shape": None,
                          "problem": f"{type(exc).__name__}: {exc}{where(exc, adapter)}"})
