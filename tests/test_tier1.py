@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import pytest
 import torch
@@ -352,6 +353,19 @@ def test_inference_speed_reports_percentiles():
     m = result.metrics
     assert result.status == "pass" and m["runs"] >= 5 and len(result.rows) == m["runs"]
     assert 0 < m["p50_ms"] <= m["p90_ms"] <= m["p99_ms"] and m["tokens_per_s"] > 0
+
+
+def test_inference_speed_times_until_its_median_is_stable():
+    from utils.tier1.resources import _until_stable
+
+    steady = iter([0.010] * 100)
+    times, why = _until_stable(lambda: next(steady), 10.0)
+    assert len(times) == 5 and "stable" in why  # the minimum, once the median stops moving
+    swinging = itertools.cycle([0.010, 0.030, 0.012, 0.050])  # the median keeps jumping
+    times, why = _until_stable(lambda: next(swinging), 10.0)
+    assert len(times) == 30 and "at most 30" in why
+    times, why = _until_stable(lambda: next(swinging), 0.05)  # a slow model: time runs out
+    assert len(times) == 5 and "s of runs" in why
 
 
 def test_a_length_limit_is_found_exactly_and_caps_the_later_checks():

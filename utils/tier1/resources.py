@@ -71,6 +71,29 @@ def check_memory_footprint(adapter, options) -> CheckResult:
         f"≈ {fit16} with fp16 autocast.", metrics, threshold, rows)
 
 
+# The stopping rule: at least _MIN_RUNS timed runs; stop once each of the last _CALM runs moved
+# the running median by at most _P50_RTOL (relative), or after _MAX_RUNS, or when the timed
+# runs have used the time allowed (a slow model is not timed for long).
+_MIN_RUNS, _MAX_RUNS, _P50_RTOL, _CALM = 5, 30, 0.02, 2
+
+
+def _until_stable(once, seconds: float) -> tuple[list[float], str]:
+    """Durations of ``once()`` calls until their median is stable, and why it stopped."""
+    times, medians = [], []
+    while True:
+        times.append(once())
+        medians.append(statistics.median(times))
+        calm = len(medians) > _CALM and all(
+            abs(medians[-i] - medians[-i - 1]) <= _P50_RTOL * medians[-i]
+            for i in range(1, _CALM + 1))
+        if len(times) >= _MIN_RUNS and calm:
+            return times, f"p50 stable to {_P50_RTOL:.0%}"
+        if len(times) >= _MAX_RUNS:
+            return times, f"at most {_MAX_RUNS} runs"
+        if len(times) >= _MIN_RUNS and sum(times) >= seconds:
+            return times, f"{seconds:g} s of runs"
+
+
 @register("inference_speed", tier=1)
 def check_inference_speed(adapter, options) -> CheckResult:
     seq, size = min(options.max_len(adapter), 128), options.batch(adapter)
@@ -87,15 +110,14 @@ def check_inference_speed(adapter, options) -> CheckResult:
             torch.cuda.synchronize(adapter.device)
         return time.perf_counter() - start
 
-    warmup = [once() for _ in range(2)]
-    budget = min(options.time_budget, 1.0)  # ~10 timed runs give a stable p50
-    runs = max(5, min(30, int(budget / max(warmup[-1], 1e-4))))
-    times = sorted(once() for _ in range(runs))
-    p50 = statistics.median(times)
-    pct = {q: times[min(len(times) - 1, math.ceil(q / 100 * len(times)) - 1)] for q in (90, 99)}
+    once()  # warm-up: allocations, lazy initialisation at this shape
+    times, reason = _until_stable(once, min(options.time_budget, 1.0))
+    runs, p50 = len(times), statistics.median(times)
+    ordered = sorted(times)
+    pct = {q: ordered[min(runs - 1, math.ceil(q / 100 * runs) - 1)] for q in (90, 99)}
     tokens = size * seq
     params = sum(p.numel() for p in adapter.model.parameters())
-    metrics = {"batch": size, "seq_len": seq, "runs": runs,
+    metrics = {"batch": size, "seq_len": seq, "runs": runs, "stopped": reason,
                "p50_ms": p50 * 1e3, "p90_ms": pct[90] * 1e3, "p99_ms": pct[99] * 1e3,
                "tokens_per_s": tokens / p50, "approx_gflop_per_forward": 2 * params * tokens / 1e9}
     where = "CPU"
@@ -105,11 +127,12 @@ def check_inference_speed(adapter, options) -> CheckResult:
         if gpu is not None:
             achieved = 2 * params * tokens / p50 / 1e12
             metrics["utilisation_of_fp32_peak"] = achieved / gpu.fp32_tflops
-    rows = [{"run": i, "ms": t * 1e3} for i, t in enumerate(times)]
+    rows = [{"run": i, "ms": t * 1e3} for i, t in enumerate(times)]  # in the order run
     share = (f"; {metrics['utilisation_of_fp32_peak']:.0%} of the card's fp32 peak"
              if "utilisation_of_fp32_peak" in metrics else "")
     return CheckResult(
         "inference_speed", 1, "pass",
         f"Forward at batch {size} × {seq} on {where}: p50 {p50 * 1e3:.1f} ms, p90 "
-        f"{pct[90] * 1e3:.1f} ms ({runs} runs after warm-up), {tokens / p50:,.0f} tokens/s{share}.",
+        f"{pct[90] * 1e3:.1f} ms ({runs} runs after warm-up, {reason}), {tokens / p50:,.0f} "
+        f"tokens/s{share}.",
         metrics, {"informational": True}, rows)
