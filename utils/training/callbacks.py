@@ -141,8 +141,9 @@ class RunState(L.Callback):
         if trainer.global_step == self.last_saved:
             return
         val = trainer.callback_metrics.get("val_loss")
-        trainer.save_checkpoint(f"step-{trainer.global_step}", storage_options={
-            "val_loss": float(val) if val is not None else None})
+        trainer.save_checkpoint(f"step-{trainer.global_step}", weights_only=False,
+                                storage_options={"val_loss": float(val) if val is not None
+                                                 else None})
         self.last_saved = trainer.global_step
         if self.on_save is not None:
             self.on_save()

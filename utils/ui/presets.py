@@ -23,7 +23,7 @@ from utils.gpu_table import usable_bytes
 from utils.memory import activation_fit, estimate_train_memory, max_batch_size
 from utils.training.config import TrainingConfig
 
-__all__ = ["CPU_MEMORY_SHARE", "PRESETS", "device_budget", "preset", "preset_for"]
+__all__ = ["CPU_MEMORY_SHARE", "PRESETS", "device_budget", "fit_length", "preset", "preset_for"]
 
 PRESETS: MappingProxyType[str, TrainingConfig] = MappingProxyType({
     # Tests and demos: a few seconds on one CPU core, with a validation and a checkpoint.
@@ -64,6 +64,15 @@ def preset(name: str, **overrides: Any) -> TrainingConfig:
                         why=f"The presets are: {', '.join(PRESETS)}.",
                         fix="Pass one of those names (--preset NAME), or build a TrainingConfig.")
     return PRESETS[name].replace(**overrides)
+
+
+def fit_length(config: TrainingConfig, adapter, *, explicit: bool = False) -> TrainingConfig:
+    """A preset's ``seq_len`` capped at the model's ``max_seq_len`` (a preset does not know
+    the model); a length the caller gave explicitly is left for the config to refuse."""
+    top = adapter.max_seq_len
+    if explicit or not config.seq_len or not top or config.seq_len <= top:
+        return config
+    return config.replace(seq_len=top)
 
 
 def device_budget(device: torch.device) -> int | None:
@@ -109,6 +118,7 @@ def preset_for(adapter, device: str | torch.device | None = None, *, name: str |
     """
     dev = resolve_device(None if device is None else str(device))
     config = preset(name or ("colab-t4" if dev.type == "cuda" else "cpu"), **overrides)
+    config = fit_length(config, adapter, explicit="seq_len" in overrides)
     budget = memory_bytes if memory_bytes is not None else device_budget(dev)
     if budget is None:
         return config
