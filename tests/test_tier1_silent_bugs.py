@@ -242,9 +242,15 @@ def test_weights_and_buffers_are_restored_in_memory_or_through_a_file(monkeypatc
                                            "SGD (Adam's state would not fit)")
 
 
-def test_in_house_adam_matches_torch_optim():
+@pytest.mark.parametrize("fused", [True, False])
+def test_in_house_adam_matches_torch_optim(monkeypatch, fused):
     from utils.tier1.learning import _Adam
 
+    if not fused:  # a build or device without the fused kernel: the op-by-op update
+        def missing(*args, **kwargs):
+            raise RuntimeError("no fused Adam kernel here")
+
+        monkeypatch.setattr(torch, "_fused_adam_", missing, raising=False)
     torch.manual_seed(0)
     a, b = nn.Linear(5, 3), nn.Linear(5, 3)
     b.load_state_dict(a.state_dict())
@@ -258,6 +264,7 @@ def test_in_house_adam_matches_torch_optim():
         theirs.step()
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(p, q)
+    assert ours.fused == (fused and hasattr(torch, "_fused_adam_"))
 
 
 def test_encoders_have_nothing_to_overfit():

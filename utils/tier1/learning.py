@@ -52,7 +52,10 @@ class _Adam:
 
     ``torch.optim`` imports ``torch._dynamo`` when the first optimizer is built — about a
     second, a seventh of Tier 1's whole budget — for a check that needs two dozen plain steps.
-    With ``moments=False`` it is plain SGD, which keeps no state at all.
+    The update is PyTorch's own fused Adam kernel when the build has it (what
+    ``torch.optim.Adam(fused=True)`` calls: one pass over each tensor instead of seven ops),
+    else the same arithmetic op by op. With ``moments=False`` it is plain SGD, which keeps no
+    state at all.
     """
 
     def __init__(self, params: list[torch.nn.Parameter], lr: float, moments: bool = True,
@@ -60,22 +63,46 @@ class _Adam:
         self.params, self.lr, self.betas, self.eps, self.t = params, lr, betas, eps, 0
         self.state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params] if moments \
             else None
+        self.fused = moments and hasattr(torch, "_fused_adam_")
+        # per-tensor step counts, as the fused kernel wants them (float32, beside the tensor)
+        self.steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in params] \
+            if self.fused else []
 
     @torch.no_grad()
     def step(self) -> None:
         self.t += 1
+        live = [i for i, p in enumerate(self.params) if p.grad is not None]
+        if self.state is None:
+            for i in live:
+                self.params[i].add_(self.params[i].grad, alpha=-self.lr)
+            return
+        groups: dict[tuple, list[int]] = {}  # the fused kernel takes one device and dtype
+        for i in live:
+            groups.setdefault((self.params[i].device, self.params[i].dtype), []).append(i)
         b1, b2 = self.betas
-        for i, p in enumerate(self.params):
-            if p.grad is None:
-                continue
-            if self.state is None:
-                p.add_(p.grad, alpha=-self.lr)
-                continue
-            m, v = self.state[i]
-            m.lerp_(p.grad, 1 - b1)
-            v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-            denom = (v / (1 - b2**self.t)).sqrt_().add_(self.eps)
-            p.addcdiv_(m, denom, value=-self.lr / (1 - b1**self.t))
+        for idx in groups.values():
+            if self.fused:
+                try:
+                    self._fused_step(idx)
+                    continue
+                except (RuntimeError, TypeError):  # checked before any tensor is written
+                    self.fused = False
+            for i in idx:
+                p, (m, v) = self.params[i], self.state[i]
+                m.lerp_(p.grad, 1 - b1)
+                v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+                denom = (v / (1 - b2**self.t)).sqrt_().add_(self.eps)
+                p.addcdiv_(m, denom, value=-self.lr / (1 - b1**self.t))
+
+    def _fused_step(self, idx: list[int]) -> None:
+        steps = torch._foreach_add([self.steps[i] for i in idx], 1)  # kept once it has run
+        torch._fused_adam_(
+            [self.params[i] for i in idx], [self.params[i].grad for i in idx],
+            [self.state[i][0] for i in idx], [self.state[i][1] for i in idx], [], steps,
+            lr=self.lr, beta1=self.betas[0], beta2=self.betas[1], weight_decay=0.0,
+            eps=self.eps, amsgrad=False, maximize=False, grad_scale=None, found_inf=None)
+        for i, step in zip(idx, steps, strict=True):
+            self.steps[i] = step
 
 
 def _optimizer(params: list[torch.nn.Parameter], device: torch.device, lr: float):
