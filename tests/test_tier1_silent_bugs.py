@@ -200,14 +200,14 @@ class Detached(MixLM):
 class Diverges(MixLM):
     """Fine until it has trained a little, then NaN (as when a learning rate is too high)."""
 
-    def __init__(self):
+    def __init__(self, after=3):
         super().__init__()
-        self.train_calls = 0
+        self.train_calls, self.after = 0, after
 
     def forward(self, input_ids):
         self.train_calls += self.training
         out = super().forward(input_ids)
-        return out * float("nan") if self.train_calls > 3 else out
+        return out * float("nan") if self.train_calls > self.after else out
 
 
 @pytest.mark.parametrize(("model", "status", "pattern"), [
@@ -219,6 +219,17 @@ class Diverges(MixLM):
 def test_overfit_verdicts(model, status, pattern):
     result = run(adapt(model, task="causal_lm"), "overfit_one_batch")
     assert result.status == status and pattern in result.summary, result.summary
+
+
+def test_overfit_stops_once_passed_but_never_before_min_steps():
+    fast = {"overfit_one_batch.lr": 1e-2}  # MixLM then loses 30% within 3 steps
+    passed = run(adapt(MixLM(), task="causal_lm"), "overfit_one_batch", thresholds=fast)
+    m = passed.metrics
+    assert passed.status == "pass" and m["steps"] == m["min_steps"] < m["max_steps"]
+    assert "within the 24-step limit" in passed.summary
+    # past the margin already, but a divergence within min_steps is still seen
+    late = run(adapt(Diverges(after=7), task="causal_lm"), "overfit_one_batch", thresholds=fast)
+    assert late.status == "fail" and "NaN/Inf after 7 of" in late.summary, late.summary
 
 
 def _state(model):

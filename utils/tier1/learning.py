@@ -1,8 +1,10 @@
-"""``overfit_one_batch``: can the model learn at all? A few dozen steps on one tiny batch.
+"""``overfit_one_batch``: can the model learn at all? Up to two dozen steps on one tiny batch.
 
 A healthy model memorises two short random sequences quickly; a loss that does not fall means
 the outputs cannot move (detached, squashed, saturated, or a learning signal cut somewhere),
-which no shape or gradient check sees. The weights are put back afterwards — in memory when
+which no shape or gradient check sees. Training stops early once the pass is certain — the loss
+has fallen by the pass margin and a minimum number of steps ran without NaN/Inf (Adam's first
+steps, the largest relative to the weights, are where a too-high learning rate diverges). The weights are put back afterwards — in memory when
 a copy fits easily, else through a temporary file, so a big model is never held twice — and
 Adam falls back to plain SGD when its two moment buffers would not fit.
 """
@@ -114,7 +116,7 @@ def _optimizer(params: list[torch.nn.Parameter], device: torch.device, lr: float
     return _Adam(params, lr), "Adam"
 
 
-@register("overfit_one_batch", tier=1, thresholds=("steps", "lr", "min_drop"))
+@register("overfit_one_batch", tier=1, thresholds=("steps", "min_steps", "lr", "min_drop"))
 def check_overfit_one_batch(adapter, options) -> CheckResult:
     if adapter.task == "encoder":
         return CheckResult("overfit_one_batch", 1, "skip",
@@ -125,6 +127,7 @@ def check_overfit_one_batch(adapter, options) -> CheckResult:
         return CheckResult("overfit_one_batch", 1, "fail", "No parameter requires a gradient: "
                            "nothing can be trained. Unfreeze the weights (requires_grad=True).")
     steps = int(options.threshold("overfit_one_batch.steps", 24))
+    min_steps = min(steps, int(options.threshold("overfit_one_batch.min_steps", 8)))
     lr = options.threshold("overfit_one_batch.lr", 3e-3)
     need = options.threshold("overfit_one_batch.min_drop", 0.3)
     batch = adapter.make_inputs(2, min(options.max_len(adapter), 16), seed=options.seed)
@@ -134,20 +137,24 @@ def check_overfit_one_batch(adapter, options) -> CheckResult:
     detached = False
     try:
         train_without_dropout(model)
-        for _ in range(steps):
+        for i in range(steps + 1):  # the last pass only measures the loss after `steps`
             model.zero_grad(set_to_none=True)
+            if i == steps:
+                with torch.no_grad():
+                    losses.append(float(adapter.loss(batch)))
+                break
             loss = adapter.loss(batch)
             losses.append(float(loss.detach()))
+            first = losses[0]
             if not math.isfinite(losses[-1]):
                 break
             if not loss.requires_grad:
                 detached = True
                 break
+            if i >= min_steps and 0 < first and first - losses[-1] >= need * first:
+                break  # passed: fell by the margin after at least min_steps finite steps
             loss.backward()
             optimizer.step()
-        if not detached and math.isfinite(losses[-1]):
-            with torch.no_grad():
-                losses.append(float(adapter.loss(batch)))
     finally:
         del optimizer
         model.zero_grad(set_to_none=True)
@@ -155,7 +162,8 @@ def check_overfit_one_batch(adapter, options) -> CheckResult:
     rows = [{"step": i, "loss": v} for i, v in enumerate(losses)]
     first, last = losses[0], losses[-1]
     drop = (first - min(losses)) / first if first > 0 and math.isfinite(first) else 0.0
-    metrics = {"steps": len(losses) - 1, "optimizer": opt_name, "lr": lr, "initial_loss": first,
+    metrics = {"steps": len(losses) - 1, "max_steps": steps, "min_steps": min_steps,
+               "optimizer": opt_name, "lr": lr, "initial_loss": first,
                "final_loss": last, "relative_drop": drop,
                "weights_restored_via": "memory" if snapshot.in_memory else "temporary file"}
     threshold = {"pass_relative_drop": need, "fail_relative_drop_below": 0.1}
@@ -186,6 +194,7 @@ def check_overfit_one_batch(adapter, options) -> CheckResult:
             "overfit_one_batch", 1, "warn",
             f"{summary}, below {need:.0%}): it learns, but slowly for one tiny batch. Check the "
             "output scale, normalisation and residual paths.", metrics, threshold, rows)
+    early = f", reached within the {steps}-step limit" if len(losses) - 1 < steps else ""
     return CheckResult("overfit_one_batch", 1, "pass",
-                       f"{summary}, ≥ {need:.0%}); weights restored afterwards.", metrics,
+                       f"{summary}, ≥ {need:.0%}{early}); weights restored afterwards.", metrics,
                        threshold, rows)
