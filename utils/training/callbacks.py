@@ -151,7 +151,11 @@ class RunState(L.Callback):
     # ---- the guard's rollback -----------------------------------------------------------
     def _rollback(self, trainer, pl_module) -> None:
         factor = self.config.rollback_lr_factor
-        info = self.manager.latest_valid()
+        info = self.manager.latest_valid() if trainer.is_global_zero else None
+        if trainer.world_size > 1:
+            # only rank 0 saves, in the background: its latest_valid() waits for that write,
+            # another rank's could find an older file and leave the ranks' weights apart
+            info = trainer.strategy.broadcast(info, src=0)
         where = "no checkpoint yet, so the weights stay as they are"
         if info is not None:
             ckpt = self.manager.load(info)

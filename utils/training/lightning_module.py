@@ -93,6 +93,7 @@ class AdapterModule(L.LightningModule):
         self.bad_in_a_row = 0
         self._recent: deque[float] = deque(maxlen=64)
         self.tokens_seen = 0
+        self._good_in_step = False  # a micro-batch of the current optimizer step was stepped on
         self._val_metrics: dict[str, Any] | None = None
 
     # ---- optimisation -----------------------------------------------------------------
@@ -130,15 +131,37 @@ class AdapterModule(L.LightningModule):
         loss = self.adapter.loss_from_logits(self.adapter.logits(**inputs), batch)
         self.tokens_seen += self._count_tokens(batch)
         reason = self._is_bad(loss)
+        distributed = self._trainer is not None and self._trainer.world_size > 1
+        # every rank must skip the same batches: DDP all-reduces in backward, and the guard's
+        # counters (and so its rollback) must stay equal across ranks
+        if distributed and self.trainer.strategy.reduce_boolean_decision(
+                reason is not None, all=False) and reason is None:
+            reason = "a non-finite or spiking loss on another rank"
         if reason is not None:
             self.skipped_steps += 1
             self.bad_in_a_row += 1
             self.last_bad_reason = reason
             self.log("skipped_steps", float(self.skipped_steps), on_step=True)
+            if distributed:
+                # Lightning refuses None under DDP: a zero loss gives every parameter a zero
+                # gradient (the all-reduce runs); on_before_optimizer_step drops the update
+                zero = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
+                return {"loss": zero, "skipped": True}  # not a training loss to log
             return None  # Lightning skips backward and the optimizer's update for this batch
         self.bad_in_a_row = 0
+        self._good_in_step = True
         self.log("train_loss", loss.detach(), on_step=True, prog_bar=True, batch_size=1)
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Under DDP, a step whose every micro-batch was skipped must not update (AdamW would
+        still move the weights on zero gradients, by momentum and decay): drop its gradients,
+        as a single process that returned None has none."""
+        if not self._good_in_step and self._trainer is not None and self.trainer.world_size > 1:
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad = None
+        self._good_in_step = False
 
     def on_validation_epoch_start(self) -> None:
         tm = require("torchmetrics", "Validation metrics")

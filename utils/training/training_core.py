@@ -371,7 +371,8 @@ def _train(adapter, loaded, data, config, run_dir, manager, extra_callbacks, tok
 
     def after_save() -> None:
         metrics_log.mark_interrupted()
-        manager.mirror_file("metrics.csv")
+        if (run_dir / "metrics.csv").is_file():  # not before the first row (log_every)
+            manager.mirror_file("metrics.csv")
 
     state = RunState(manager, config, on_save=after_save, say=say)
     callbacks = [state, metrics_log, *extra_callbacks]
