@@ -232,14 +232,14 @@ _SETTINGS = {"max_steps": "max_steps", "batch_size": "batch_size", "grad_accum":
 
 
 def _train_config(args: argparse.Namespace, adapter: Any):
-    from utils.ui.presets import preset, preset_for
+    from utils.ui.presets import fit_length, preset, preset_for
 
     given = {field: getattr(args, flag) for flag, field in _SETTINGS.items()
              if getattr(args, flag) is not None}
     if args.device != "auto":
         given.setdefault("accelerator", "cpu" if args.device == "cpu" else "gpu")
     if args.preset:
-        return preset(args.preset, **given)
+        return fit_length(preset(args.preset, **given), adapter, explicit="seq_len" in given)
     return preset_for(adapter, None if args.device == "auto" else args.device, **given)
 
 
