@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--checks", type=_names, metavar="A,B", help="run only these checks")
     v.add_argument("--skip", type=_names, metavar="C,D", default=[], help="skip these checks")
     _train_parser(sub)
+    _search_parser(sub)
     _benchmark_parser(sub)
     return parser
 
@@ -128,6 +129,52 @@ def _train_parser(sub) -> None:
                      "source, under $TESTBENCH_HOME/runs)")
     cfg.add_argument("--mirror", metavar="DIR", help="a second copy of the run (Google Drive)")
     cfg.add_argument("--resume", metavar="auto|never|PATH", help="default auto")
+
+
+def _search_parser(sub) -> None:
+    s = sub.add_parser("search", parents=[source_parser()],
+                       help="search hyperparameters with Optuna (pruning, shared studies)",
+                       description="Search the learning rate, warm-up, weight decay, batch size "
+                       "and dropout with Optuna's TPE: every trial trains from the same initial "
+                       "weights and is scored by its validation loss; lagging trials are "
+                       "pruned. Running the same command again continues the study; processes "
+                       "on several machines given the same --storage and --study-name share it.")
+    s.add_argument("--data", metavar="PATH|NAME", help="a .txt/.csv/.jsonl/.parquet file or "
+                   "folder, or a Hugging Face dataset name (default: the shipped corpus)")
+    s.add_argument("--data-config", metavar="NAME", help="the Hub dataset's configuration")
+    s.add_argument("--trials", type=int, required=True, metavar="N",
+                   help="the study's total number of trials, across all its workers")
+    s.add_argument("--steps-per-trial", type=int, metavar="M",
+                   help="optimizer steps per trial (default: the preset's max_steps)")
+    s.add_argument("--storage", metavar="URL", help="journal:PATH, sqlite:///PATH or "
+                   "postgresql://user:password@host/db (default: a SQLite file in the search "
+                   "folder, copied to --mirror after each trial)")
+    s.add_argument("--study-name", metavar="NAME", help="the study to create or join "
+                   "(default: named after the model and the settings)")
+    s.add_argument("--pruner", choices=["hyperband", "halving", "median", "none"],
+                   default="hyperband", help="how lagging trials are stopped (default "
+                   "hyperband; halving is its most aggressive bracket alone)")
+    s.add_argument("--heartbeat", type=int, default=60, metavar="SECONDS",
+                   help="database storages: a trial silent for twice this long is marked "
+                   "failed and run again (default 60)")
+    s.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="start no trial after this long")
+    s.add_argument("--preset", metavar="NAME", help="smoke, cpu, colab-t4 or colab-a100 "
+                   "(default: sized to this device's memory)")
+    s.add_argument("--force", action="store_true", help="search even if the Tier 1 gate fails")
+    cfg = s.add_argument_group("training settings (override the preset)")
+    for flag, kind, help_ in (("--batch-size", int, "micro-batch (the middle of the searched "
+                               "choices)"), ("--grad-accum", int, "micro-batches per step"),
+                              ("--seq-len", int, "tokens per row"),
+                              ("--precision", str, "auto, 32, 16-mixed or bf16-mixed")):
+        cfg.add_argument(flag, type=kind, help=help_)
+    cfg.add_argument("--out", metavar="DIR", help="the search folder (default: "
+                     "$TESTBENCH_HOME/searches/<study>)")
+    cfg.add_argument("--mirror", metavar="DIR", help="where the study's database is copied "
+                     "after each trial (Google Drive); a new VM continues from it")
+    # train's settings that search does not take read as None in _train_config
+    mine = ("batch_size", "grad_accum", "seq_len", "precision", "out", "mirror", "seed")
+    s.set_defaults(**{dest: None for dest in _SETTINGS if dest not in mine})
 
 
 def requested_source(args: argparse.Namespace, loaded=None) -> dict[str, Any]:
@@ -262,6 +309,80 @@ def _print_run(result: Any, samples: list[str]) -> None:
         print("Samples")
         for text in samples:
             print("  > " + " ".join(text.split())[:300])
+
+
+def _print_search(result: Any) -> None:
+    counts = result.trials["state"].value_counts().to_dict() if len(result.trials) else {}
+    states = ", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items()))
+    print(f"Study    {result.study_name} in {result.storage}")
+    print(f"Trials   {len(result.trials)} of {result.n_trials} ({states or 'none'}); "
+          f"{result.steps_trained:,} steps trained, {result.steps_per_trial} per trial")
+    if result.best_value is not None:
+        shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in result.best_params.items())
+        print(f"Best     val loss {result.best_value:.4g} (trial {result.best_trial}): {shown}")
+    if result.best_run_dir is not None:
+        print(f"Final    {result.best_run_dir / 'final'}")
+    for note in result.notes:
+        print(f"  note: {note}")
+
+
+def search(args: argparse.Namespace) -> int:
+    from utils.environment import versions
+
+    if args.trials < 1 or args.heartbeat < 1:
+        print(f"usage error: --trials and --heartbeat must be >= 1 (got {args.trials} and "
+              f"{args.heartbeat}).", file=sys.stderr)
+        return EXIT_USAGE
+    source = requested_source(args)
+    doc: dict[str, Any] = {}
+    model = None
+
+    def record(loaded) -> None:
+        source.update(requested_source(args, loaded))
+
+    def finish(code: int, error: UserError | None = None) -> int:
+        if args.json:
+            from utils.training.runs import write_json
+
+            write_json(args.json, {**envelope(source, model, error.to_dict() if error else
+                                              None), "command": "search", **doc,
+                                   "environment": versions()})
+        return code
+
+    try:
+        loaded, adapter = load_and_adapt(args, on_load=record)
+        model = adapter.describe()
+        from utils.tier3.search import hyperparameter_search
+        from utils.training.training_core import GateFailed
+
+        config = _train_config(args, adapter)
+        data = args.data
+        if data is not None and args.data_config:
+            from utils.training.dataset_utilities import load_text_dataset
+
+            data = load_text_dataset(data, config=args.data_config, task=adapter.task)
+        result = hyperparameter_search(
+            loaded, data, n_trials=args.trials, storage=args.storage,
+            study_name=args.study_name, pruner=args.pruner, timeout=args.timeout,
+            config=config, steps_per_trial=args.steps_per_trial, heartbeat=args.heartbeat,
+            force=args.force, progress=sys.stderr.isatty(), say=_stderr)
+    except GateFailed as err:
+        print(f"error: {err.message}", file=sys.stderr)
+        doc["gate"] = err.report.to_dict()
+        return finish(EXIT_FAILED, err)
+    except UserError as err:
+        print(f"error: {err.message}", file=sys.stderr)
+        return finish(EXIT_SOURCE, err)
+    except KeyboardInterrupt:
+        print("Interrupted: run the same command again to continue the study.", file=sys.stderr)
+        return finish(130)
+    doc.update(result.to_dict())
+    _print_search(result)
+    if result.best_value is None:
+        print("No trial completed, so there is no best configuration.", file=sys.stderr)
+        return finish(EXIT_FAILED)
+    return finish(EXIT_OK)
 
 
 def train(args: argparse.Namespace) -> int:
@@ -416,7 +537,8 @@ def benchmark(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"validate": validate, "train": train, "benchmark": benchmark}[args.command](args)
+        return {"validate": validate, "train": train, "search": search,
+                "benchmark": benchmark}[args.command](args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
