@@ -1,4 +1,4 @@
-"""Command line: ``testbench validate|train [SOURCE] [options]``.
+"""Command line: ``testbench validate|train|search|benchmark [SOURCE] [options]``.
 
 ``testbench`` is the console script the package installs. ``python -m utils`` runs the same
 commands as a fallback, with one caveat: Python looks in the current folder first, so where a
