@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from training.tiny_lm import CONFIG, MODEL_PY, corpus
+from training.tiny_lm import corpus, write_tiny_lm
 
 from utils.__main__ import main
 
@@ -28,10 +28,7 @@ FAST = ["--preset", "smoke", "--max-steps", "6", "--val-every", "3", "--checkpoi
 
 @pytest.fixture
 def model_and_data(tmp_path):
-    folder = tmp_path / "tiny"
-    folder.mkdir()
-    (folder / "model.py").write_text(MODEL_PY)
-    (folder / "config.json").write_text(json.dumps(CONFIG))
+    folder = write_tiny_lm(tmp_path / "tiny")
     data = tmp_path / "corpus.txt"
     data.write_text("\n\n".join(corpus(30)))
     return folder, data

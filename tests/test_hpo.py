@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from training.tiny_lm import CONFIG, MODEL_PY, corpus
+from training.tiny_lm import corpus, write_tiny_lm
 
 import utils
 from utils.__main__ import main
@@ -40,10 +40,7 @@ FAST = ["--preset", "smoke", "--seq-len", "32", "--steps-per-trial", "8", "--hea
 
 @pytest.fixture
 def model_and_data(tmp_path):
-    folder = tmp_path / "tiny"
-    folder.mkdir()
-    (folder / "model.py").write_text(MODEL_PY)
-    (folder / "config.json").write_text(json.dumps(CONFIG))
+    folder = write_tiny_lm(tmp_path / "tiny")
     data = tmp_path / "corpus.txt"
     data.write_text("\n\n".join(corpus(40)))
     return folder, data

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from training.tiny_lm import CONFIG, MODEL_PY, corpus
+from training.tiny_lm import CONFIG, corpus, write_tiny_lm
 
 import utils
 from utils.errors import UserError
@@ -32,10 +32,7 @@ def tiny_config(tmp_path: Path, **changes) -> TrainingConfig:
 
 @pytest.fixture
 def tiny_lm(tmp_path):
-    folder = tmp_path / "tiny"
-    folder.mkdir()
-    (folder / "model.py").write_text(MODEL_PY)
-    (folder / "config.json").write_text(json.dumps(CONFIG))
+    folder = write_tiny_lm(tmp_path / "tiny")
     return folder
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from training.tiny_lm import CONFIG, MODEL_PY, corpus
+from training.tiny_lm import corpus, write_tiny_lm
 
 import utils
 
@@ -36,10 +36,7 @@ NAN_RANK, NAN_AT_CALL = 1, 4  # rank 1's model outputs NaN on its training calls
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
-    model = root / "model"
-    model.mkdir()
-    (model / "model.py").write_text(MODEL_PY)
-    (model / "config.json").write_text(json.dumps(CONFIG))
+    model = write_tiny_lm(root / "model")
     text = root / "corpus.txt"
     text.write_text("\n\n".join(corpus(n_docs=5)))
     out, record = root / "run", root / "record"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from training.tiny_lm import CONFIG, MODEL_PY, corpus
+from training.tiny_lm import corpus, write_tiny_lm
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("lightning")
@@ -28,10 +28,7 @@ SETTINGS = {"max_steps": 14, "batch_size": 4, "seq_len": 32, "lr": 3e-3, "warmup
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
-    model = root / "model"
-    model.mkdir()
-    (model / "model.py").write_text(MODEL_PY)
-    (model / "config.json").write_text(json.dumps(CONFIG))
+    write_tiny_lm(root / "model")
     text = root / "corpus.txt"
     text.write_text("\n\n".join(corpus(n_docs=5)))
     return root

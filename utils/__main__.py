@@ -172,9 +172,6 @@ def _search_parser(sub) -> None:
                      "$TESTBENCH_HOME/searches/<study>)")
     cfg.add_argument("--mirror", metavar="DIR", help="where the study's database is copied "
                      "after each trial (Google Drive); a new VM continues from it")
-    # train's settings that search does not take read as None in _train_config
-    mine = ("batch_size", "grad_accum", "seq_len", "precision", "out", "mirror", "seed")
-    s.set_defaults(**{dest: None for dest in _SETTINGS if dest not in mine})
 
 
 def requested_source(args: argparse.Namespace, loaded=None) -> dict[str, Any]:
@@ -270,24 +267,72 @@ def validate(args: argparse.Namespace) -> int:
     return EXIT_OK if report.passed else EXIT_FAILED
 
 
-_SETTINGS = {"max_steps": "max_steps", "batch_size": "batch_size", "grad_accum": "grad_accum",
-             "seq_len": "seq_len", "lr": "lr", "checkpoint_every": "checkpoint_every",
-             "val_every": "val_every", "keep_last": "keep_last", "precision": "precision",
-             "devices": "devices", "num_nodes": "num_nodes", "strategy": "strategy",
-             "logger": "logger", "out": "out_dir", "mirror": "mirror_dir", "resume": "resume",
-             "seed": "seed"}
+# settings flags (argparse dest) -> TrainingConfig field; each command has some of them
+_SETTINGS = {**{f: f for f in ("max_steps", "batch_size", "grad_accum", "seq_len", "lr",
+                               "checkpoint_every", "val_every", "keep_last", "precision",
+                               "devices", "num_nodes", "strategy", "logger", "resume", "seed")},
+             "out": "out_dir", "mirror": "mirror_dir"}
 
 
 def _train_config(args: argparse.Namespace, adapter: Any):
+    """The ``TrainingConfig`` the flags ask for: ``--preset`` (its length capped at the
+    model's), else a preset sized to the device, with every settings flag given on top."""
     from utils.ui.presets import fit_length, preset, preset_for
 
     given = {field: getattr(args, flag) for flag, field in _SETTINGS.items()
-             if getattr(args, flag) is not None}
+             if getattr(args, flag, None) is not None}
     if args.device != "auto":
         given.setdefault("accelerator", "cpu" if args.device == "cpu" else "gpu")
     if args.preset:
         return fit_length(preset(args.preset, **given), adapter, explicit="seq_len" in given)
     return preset_for(adapter, None if args.device == "auto" else args.device, **given)
+
+
+def _data(args: argparse.Namespace, adapter: Any) -> Any:
+    """``--data`` as ``train()`` takes it (a Hub configuration loads the dataset here)."""
+    if args.data is not None and args.data_config:
+        from utils.training.dataset_utilities import load_text_dataset
+
+        return load_text_dataset(args.data, config=args.data_config, task=adapter.task)
+    return args.data
+
+
+def _training_command(args: argparse.Namespace, command: str,
+                      work: Callable[[Any, Any, dict[str, Any]], int]) -> int:
+    """Load and adapt the source, then ``work(loaded, adapter, doc) -> exit code``.
+
+    One contract for every command that trains: a failed Tier 1 gate exits 1 with its report
+    in the JSON, a ``UserError`` exits 2 with the message on stderr, and ``--json`` gets the
+    shared envelope plus what ``work`` put into ``doc``, whatever the outcome.
+    """
+    from utils.environment import versions
+    from utils.training.training_core import GateFailed
+
+    source = requested_source(args)
+    doc: dict[str, Any] = {}
+    model = None
+    error: UserError | None = None
+
+    def record(loaded) -> None:
+        source.update(requested_source(args, loaded))
+
+    try:
+        loaded, adapter = load_and_adapt(args, on_load=record)
+        model = adapter.describe()
+        code = work(loaded, adapter, doc)
+    except GateFailed as err:
+        print(f"error: {err.message}", file=sys.stderr)
+        doc["gate"] = err.report.to_dict()
+        code, error = EXIT_FAILED, err
+    except UserError as err:
+        print(f"error: {err.message}", file=sys.stderr)
+        code, error = EXIT_SOURCE, err
+    if args.json:
+        from utils.training.runs import write_json
+
+        write_json(args.json, {**envelope(source, model, error.to_dict() if error else None),
+                               "command": command, **doc, "environment": versions()})
+    return code
 
 
 def _print_run(result: Any, samples: list[str]) -> None:
@@ -328,113 +373,55 @@ def _print_search(result: Any) -> None:
 
 
 def search(args: argparse.Namespace) -> int:
-    from utils.environment import versions
-
     if args.trials < 1 or args.heartbeat < 1:
         print(f"usage error: --trials and --heartbeat must be >= 1 (got {args.trials} and "
               f"{args.heartbeat}).", file=sys.stderr)
         return EXIT_USAGE
-    source = requested_source(args)
-    doc: dict[str, Any] = {}
-    model = None
 
-    def record(loaded) -> None:
-        source.update(requested_source(args, loaded))
-
-    def finish(code: int, error: UserError | None = None) -> int:
-        if args.json:
-            from utils.training.runs import write_json
-
-            write_json(args.json, {**envelope(source, model, error.to_dict() if error else
-                                              None), "command": "search", **doc,
-                                   "environment": versions()})
-        return code
-
-    try:
-        loaded, adapter = load_and_adapt(args, on_load=record)
-        model = adapter.describe()
+    def work(loaded: Any, adapter: Any, doc: dict[str, Any]) -> int:
         from utils.tier3.search import hyperparameter_search
-        from utils.training.training_core import GateFailed
 
-        config = _train_config(args, adapter)
-        data = args.data
-        if data is not None and args.data_config:
-            from utils.training.dataset_utilities import load_text_dataset
+        try:
+            result = hyperparameter_search(
+                loaded, _data(args, adapter), n_trials=args.trials, storage=args.storage,
+                study_name=args.study_name, pruner=args.pruner, timeout=args.timeout,
+                config=_train_config(args, adapter), steps_per_trial=args.steps_per_trial,
+                heartbeat=args.heartbeat, force=args.force, progress=sys.stderr.isatty(),
+                say=_stderr)
+        except KeyboardInterrupt:
+            print("Interrupted: run the same command again to continue the study.",
+                  file=sys.stderr)
+            return 130
+        doc.update(result.to_dict())
+        _print_search(result)
+        if result.best_value is None:
+            print("No trial completed, so there is no best configuration.", file=sys.stderr)
+            return EXIT_FAILED
+        return EXIT_OK
 
-            data = load_text_dataset(data, config=args.data_config, task=adapter.task)
-        result = hyperparameter_search(
-            loaded, data, n_trials=args.trials, storage=args.storage,
-            study_name=args.study_name, pruner=args.pruner, timeout=args.timeout,
-            config=config, steps_per_trial=args.steps_per_trial, heartbeat=args.heartbeat,
-            force=args.force, progress=sys.stderr.isatty(), say=_stderr)
-    except GateFailed as err:
-        print(f"error: {err.message}", file=sys.stderr)
-        doc["gate"] = err.report.to_dict()
-        return finish(EXIT_FAILED, err)
-    except UserError as err:
-        print(f"error: {err.message}", file=sys.stderr)
-        return finish(EXIT_SOURCE, err)
-    except KeyboardInterrupt:
-        print("Interrupted: run the same command again to continue the study.", file=sys.stderr)
-        return finish(130)
-    doc.update(result.to_dict())
-    _print_search(result)
-    if result.best_value is None:
-        print("No trial completed, so there is no best configuration.", file=sys.stderr)
-        return finish(EXIT_FAILED)
-    return finish(EXIT_OK)
+    return _training_command(args, "search", work)
 
 
 def train(args: argparse.Namespace) -> int:
-    from utils.environment import versions
-
-    source = requested_source(args)
-    doc: dict[str, Any] = {}
-    model = None
-
-    def record(loaded) -> None:
-        source.update(requested_source(args, loaded))
-
-    def finish(code: int, error: UserError | None = None) -> int:
-        if args.json:
-            from utils.training.runs import write_json
-
-            write_json(args.json, {**envelope(source, model, error.to_dict() if error else
-                                              None), "command": "train", **doc,
-                                   "environment": versions()})
-        return code
-
-    try:
-        loaded, adapter = load_and_adapt(args, on_load=record)
-        model = adapter.describe()
-        from utils.training.training_core import GateFailed
+    def work(loaded: Any, adapter: Any, doc: dict[str, Any]) -> int:
         from utils.training.training_core import train as run_training
 
-        config = _train_config(args, adapter)
-        data = args.data
-        if data is not None and args.data_config:
-            from utils.training.dataset_utilities import load_text_dataset
+        result = run_training(loaded, _data(args, adapter), _train_config(args, adapter),
+                              force=args.force, say=_stderr)
+        samples = []
+        if adapter.task == "causal_lm" and not result.interrupted:
+            samples = [result.sample("", n_tokens=60, seed=i)
+                       for i in range(max(args.samples, 0))]
+        doc.update(result.summary())
+        doc["samples"] = samples
+        _print_run(result, samples)
+        if result.interrupted:
+            print("Interrupted: a checkpoint was saved; run the same command again to resume.",
+                  file=sys.stderr)
+            return 130
+        return EXIT_OK
 
-            data = load_text_dataset(data, config=args.data_config, task=adapter.task)
-        result = run_training(loaded, data, config, force=args.force, say=_stderr)
-    except GateFailed as err:
-        print(f"error: {err.message}", file=sys.stderr)
-        doc["gate"] = err.report.to_dict()
-        return finish(EXIT_FAILED, err)
-    except UserError as err:
-        print(f"error: {err.message}", file=sys.stderr)
-        return finish(EXIT_SOURCE, err)
-    samples = []
-    if adapter.task == "causal_lm" and not result.interrupted:
-        samples = [result.sample("", n_tokens=60, seed=i) for i in range(max(args.samples, 0))]
-    doc.update(result.summary())
-    doc["samples"] = samples
-    _print_run(result, samples)
-    if result.interrupted:
-        print("Interrupted: a checkpoint was saved; run the same command again to resume.",
-              file=sys.stderr)
-        return finish(130)
-    return finish(EXIT_OK)
+    return _training_command(args, "train", work)
 
 
 def _benchmark_parser(sub) -> None:
@@ -467,71 +454,23 @@ def _benchmark_parser(sub) -> None:
                      "model's training run, under $TESTBENCH_HOME/runs)")
 
 
-_BENCHMARK_SETTINGS = {"batch_size": "batch_size", "grad_accum": "grad_accum",
-                       "seq_len": "seq_len", "lr": "lr", "precision": "precision",
-                       "out": "out_dir", "seed": "seed"}
-
-
 def benchmark(args: argparse.Namespace) -> int:
-    from utils.environment import versions
-
     if args.steps < 1 or args.seeds < 1:
         print(f"usage error: --steps and --seeds must be >= 1 (got {args.steps} and "
               f"{args.seeds}).", file=sys.stderr)
         return EXIT_USAGE
-    source = requested_source(args)
-    doc: dict[str, Any] = {}
-    model = None
 
-    def record(loaded) -> None:
-        source.update(requested_source(args, loaded))
-
-    def finish(code: int, error: UserError | None = None) -> int:
-        if args.json:
-            from utils.training.runs import write_json
-
-            write_json(args.json, {**envelope(source, model, error.to_dict() if error else
-                                              None), "command": "benchmark", **doc,
-                                   "environment": versions()})
-        return code
-
-    try:
-        loaded, adapter = load_and_adapt(args, on_load=record)
-        model = adapter.describe()
+    def work(loaded: Any, adapter: Any, doc: dict[str, Any]) -> int:
         from utils.tier3.benchmark import benchmark_comparison
-        from utils.tier3.fine_tune import default_config
-        from utils.training.training_core import GateFailed
-        from utils.ui.presets import preset
 
-        given = {field: getattr(args, flag) for flag, field in _BENCHMARK_SETTINGS.items()
-                 if getattr(args, flag) is not None}
-        if args.device != "auto":
-            given.setdefault("accelerator", "cpu" if args.device == "cpu" else "gpu")
-        if args.preset:
-            config = preset(args.preset, **given)
-            if args.seq_len is None and adapter.max_seq_len and config.seq_len and \
-                    config.seq_len > adapter.max_seq_len:  # the preset's length, not the user's
-                config = config.replace(seq_len=adapter.max_seq_len)
-        else:
-            config = default_config(adapter, None if args.device == "auto" else args.device,
-                                    **given)
-        data = args.data
-        if data is not None and args.data_config:
-            from utils.training.dataset_utilities import load_text_dataset
+        result = benchmark_comparison(loaded, _data(args, adapter), steps=args.steps,
+                                      config=_train_config(args, adapter), seeds=args.seeds,
+                                      force=args.force, say=_stderr)
+        doc.update(result.to_dict())
+        print(result.to_text())
+        return EXIT_OK
 
-            data = load_text_dataset(data, config=args.data_config, task=adapter.task)
-        result = benchmark_comparison(loaded, data, steps=args.steps, config=config,
-                                      seeds=args.seeds, force=args.force, say=_stderr)
-    except GateFailed as err:
-        print(f"error: {err.message}", file=sys.stderr)
-        doc["gate"] = err.report.to_dict()
-        return finish(EXIT_FAILED, err)
-    except UserError as err:
-        print(f"error: {err.message}", file=sys.stderr)
-        return finish(EXIT_SOURCE, err)
-    doc.update(result.to_dict())
-    print(result.to_text())
-    return finish(EXIT_OK)
+    return _training_command(args, "benchmark", work)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -100,6 +100,23 @@ class _HashingWriter:
         self._fh.flush()
 
 
+def _publish(path: Path, fill: Callable[[BinaryIO], object]) -> None:
+    """The one write path: ``fill(fh)`` writes a temporary file beside ``path``, which is
+    flushed, fsynced and renamed into place. ``fill`` may raise to refuse the rename; on any
+    failure the previous ``path`` is left as it was and no temporary file remains."""
+    fd, tmp = _temp_beside(path)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fill(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
 def write_atomic_stream(path: str | os.PathLike,
                         fill: Callable[[BinaryIO], object]) -> tuple[str, int]:
     """Let ``fill(fh)`` write ``path`` through a temporary file, fsync and an atomic rename.
@@ -108,19 +125,14 @@ def write_atomic_stream(path: str | os.PathLike,
     is hashed on the way, so no second read is needed. Returns ``(sha256, size)``. On any
     failure the previous ``path`` is left as it was and no temporary file remains.
     """
-    path = Path(path)
-    fd, tmp = _temp_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            writer = _HashingWriter(fh)
-            fill(writer)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    writer: _HashingWriter | None = None
+
+    def hashed(fh: BinaryIO) -> None:
+        nonlocal writer
+        writer = _HashingWriter(fh)
+        fill(writer)
+
+    _publish(Path(path), hashed)
     return writer.digest.hexdigest(), writer.size
 
 
@@ -128,19 +140,8 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     """Write ``data`` (text is UTF-8 encoded) to ``path`` through a temporary file, fsync and
     an atomic rename; on any failure the previous ``path`` is left as it was."""
     path = Path(path)
-    if isinstance(data, str):
-        data = data.encode()
-    fd, tmp = _temp_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    payload = data.encode() if isinstance(data, str) else data
+    _publish(path, lambda fh: fh.write(payload))
     return path
 
 
@@ -155,25 +156,19 @@ def copy_atomic(src: str | os.PathLike, dst: str | os.PathLike, *,
     itself: hashing is most of a copy's CPU time. A failure (Drive's ``Errno 107``, ``EIO``)
     leaves no file under ``dst``'s name other than the previous one.
     """
-    dst = Path(dst)
     hasher = hashlib.sha256() if digest or expect_sha256 is not None else None
-    fd, tmp = _temp_beside(dst)
-    try:
-        with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
+
+    def copy(fout: BinaryIO) -> None:
+        with open(src, "rb") as fin:
             while chunk := fin.read(CHUNK):
                 fout.write(chunk)
                 if hasher is not None:
                     hasher.update(chunk)
-            fout.flush()
-            os.fsync(fout.fileno())
         if expect_sha256 is not None and hasher.hexdigest() != expect_sha256:
             raise OSError(errno.EIO, f"{src} does not match its expected sha256 "
                           f"{expect_sha256[:12]}… (it changed or is corrupt)")
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(dst.parent)
+
+    _publish(Path(dst), copy)
     return hasher.hexdigest() if hasher is not None else None
 
 

@@ -64,3 +64,15 @@ def corpus(n_docs: int = 60, seed: int = 0) -> list[str]:
         start = rng.randrange(len(words))
         docs.append(" ".join(words[(start + i * 3) % len(words)] for i in range(30)))
     return docs
+
+
+def write_tiny_lm(folder, config: dict | None = None):
+    """A model folder (model.py + config.json) holding the tiny LM; returns the folder."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.py").write_text(MODEL_PY)
+    (folder / "config.json").write_text(json.dumps(config or CONFIG))
+    return folder

@@ -8,6 +8,7 @@ import torch
 
 from utils.checks import register
 from utils.report import CheckResult
+from utils.tasks import chance_loss
 from utils.tier1._common import (
     eval_logits,
     first_failing_length,
@@ -84,20 +85,9 @@ def _onset(adapter, options, good: int, bad: int) -> int:
     return first_failing_length(finite, good, bad)
 
 
-def _chance_loss(adapter) -> tuple[float, str] | None:
-    if adapter.task == "classification":
-        return math.log(adapter.num_classes or adapter.output_size), "ln(num_classes)"
-    if adapter.task in ("causal_lm", "masked_lm"):
-        return math.log(min(adapter.vocab_size, adapter.output_size)), "ln(vocab)"
-    if adapter.task == "seq2seq":
-        return math.log(min(adapter.target_vocab_size or adapter.vocab_size,
-                            adapter.output_size)), "ln(target vocab)"
-    return None
-
-
 @register("initial_loss", tier=1, thresholds=("ratio", "warn_ratio"))
 def check_initial_loss(adapter, options) -> CheckResult:
-    chance = _chance_loss(adapter)
+    chance = chance_loss(adapter)
     if chance is None:
         return CheckResult("initial_loss", 1, "skip",
                            f"Task '{adapter.task}' has no task loss to compare with chance.")

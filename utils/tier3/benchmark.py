@@ -184,9 +184,9 @@ def benchmark_comparison(model: Any, data: Any = None, baseline: str = "gpt", *,
     adapter = as_adapter(model)
     baseline_kind(adapter.task, baseline)  # seq2seq has none: say so before anything runs
     if config is None:
-        from utils.tier3.fine_tune import default_config
+        from utils.ui.presets import preset_for
 
-        config = default_config(adapter)
+        config = preset_for(adapter)
     config = config.replace(max_steps=steps, epochs=None, early_stopping_patience=0,
                             seq_len=config.seq_len_for(adapter.max_seq_len),
                             val_every=validation_interval(steps, config.val_every))

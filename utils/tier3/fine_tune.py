@@ -14,28 +14,16 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from torch import nn
 
+from utils.tasks import chance_loss
 from utils.tier3.learning_checks import LearningRun, run_learning_checks, validate_thresholds
 
-__all__ = ["chance_loss", "default_config", "fine_tune", "learning_run",
+__all__ = ["fine_tune", "learning_run",
            "training_flops_per_token"]
-
-
-def chance_loss(adapter: Any) -> tuple[float, str] | None:
-    """The loss of uniform predictions: ln(vocab) for LMs, ln(classes) for classifiers."""
-    if adapter.task == "classification":
-        return math.log(adapter.num_classes or adapter.output_size), "ln(num_classes)"
-    if adapter.task in ("causal_lm", "masked_lm"):
-        return math.log(min(adapter.vocab_size, adapter.output_size)), "ln(vocab)"
-    if adapter.task == "seq2seq":
-        return math.log(min(adapter.target_vocab_size or adapter.vocab_size,
-                            adapter.output_size)), "ln(target vocab)"
-    return None
 
 
 def training_flops_per_token(model: nn.Module) -> float:
@@ -91,25 +79,14 @@ def learning_run(result: Any, losses: list[tuple[int, float]],
                        precision=precision, peak_flops=peak)
 
 
-def default_config(adapter: Any, device: Any = None, **overrides: Any):
-    """The preset sized to the device's memory (``preset_for``), its length capped at the
-    model's ``max_seq_len`` unless ``overrides`` name a ``seq_len``."""
-    from utils.ui.presets import preset_for
-
-    config = preset_for(adapter, device, **overrides)
-    limit = adapter.max_seq_len
-    if "seq_len" not in overrides and limit and config.seq_len and config.seq_len > limit:
-        config = config.replace(seq_len=limit)
-    return config
-
-
 def _config(model: Any, config: Any, overrides: dict[str, Any]):
-    """``config`` with ``overrides``; with no config, :func:`default_config`."""
+    """``config`` with ``overrides``; with no config, the preset sized to the device."""
     if config is not None:
         return config.replace(**overrides) if overrides else config
     from utils.checks import as_adapter
+    from utils.ui.presets import preset_for
 
-    return default_config(as_adapter(model), **overrides)
+    return preset_for(as_adapter(model), **overrides)
 
 
 def fine_tune(model: Any, data: Any = None, config: Any = None, *, force: bool = False,

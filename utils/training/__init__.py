@@ -16,8 +16,8 @@ from typing import Any
 __all__ = ["TIER1_GATE", "CheckpointManager", "GateFailed", "TrainResult", "TrainingConfig",
            "load_text_dataset", "save_model_folder", "train"]
 
-_HOME = {"TrainingConfig": "config", "train": "training_core", "TrainResult": "training_core",
-         "GateFailed": "training_core", "TIER1_GATE": "training_core",
+_HOME = {"TrainingConfig": "config", "train": "training_core", "TrainResult": "result",
+         "GateFailed": "result", "TIER1_GATE": "training_core",
          "CheckpointManager": "checkpoint_manager", "save_model_folder": "runs",
          "load_text_dataset": "dataset_utilities"}
 
