@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _search_parser(sub)
     _benchmark_parser(sub)
+    from utils.training.hub import add_push_parser
+
+    add_push_parser(sub)
     return parser
 
 
@@ -473,11 +476,17 @@ def benchmark(args: argparse.Namespace) -> int:
     return _training_command(args, "benchmark", work)
 
 
+def _push(args: argparse.Namespace) -> int:
+    from utils.training.hub import run_push
+
+    return run_push(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {"validate": validate, "train": train, "search": search,
-                "benchmark": benchmark}[args.command](args)
+                "benchmark": benchmark, "push": _push}[args.command](args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

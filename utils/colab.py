@@ -2,8 +2,8 @@
 
 Everything here imports ``google.colab`` inside the function, so importing this module costs
 nothing anywhere. Outside Colab, :func:`page_url` returns None (it is best effort even inside
-Colab), and :func:`mount_drive` / :func:`upload_files` raise a :class:`UserError` saying they
-need Colab. Tests fake ``google.colab`` by putting a module into ``sys.modules`` — only here.
+Colab), :func:`secret` returns None, and :func:`mount_drive` / :func:`upload_files` raise a
+:class:`UserError` saying they need Colab. Tests fake ``google.colab`` by putting a module into ``sys.modules`` — only here.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from types import ModuleType
 
 from utils.errors import UserError
 
-__all__ = ["PAGE_URL_SCRIPTS", "mount_drive", "page_url", "upload_files"]
+__all__ = ["PAGE_URL_SCRIPTS", "mount_drive", "page_url", "secret", "upload_files"]
 
 # JavaScript read through Colab's frontend, first useful answer wins. Cell output runs in a
 # sandboxed iframe on another origin, so the notebook page's own URL may be unreadable; the
@@ -84,3 +84,20 @@ def upload_files(feature: str = "Uploading files",
     files = _colab("files", feature, "It opens Colab's file picker, and this is not a Colab "
                    "runtime.", fix)
     return dict(files.upload() or {})
+
+
+def secret(name: str) -> str | None:
+    """The Colab secret ``name`` (the key icon in Colab's sidebar), or None.
+
+    None outside Colab, when no such secret exists, or when this notebook was not granted
+    access to it. Never prints or logs the value.
+    """
+    try:
+        userdata = _colab("userdata", "Reading a secret", "", "")
+    except UserError:
+        return None
+    try:
+        value = userdata.get(name)
+    except Exception:  # SecretNotFoundError, NotebookAccessError, a frontend timeout
+        return None
+    return value.strip() if isinstance(value, str) and value.strip() else None
