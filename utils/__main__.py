@@ -126,7 +126,7 @@ def _train_parser(sub) -> None:
             ("--precision", str, "auto, 32, 16-mixed or bf16-mixed"),
             ("--devices", str, "devices (an int, or auto)"),
             ("--num-nodes", int, "machines"), ("--strategy", str, "auto, ddp, fsdp…"),
-            ("--logger", str, "csv or none")):
+            ("--logger", str, "csv, wandb (Weights & Biases) or none")):
         cfg.add_argument(flag, type=kind, help=help_)
     cfg.add_argument("--out", metavar="DIR", help="the run folder (default: derived from the "
                      "source, under $TESTBENCH_HOME/runs)")

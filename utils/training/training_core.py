@@ -222,6 +222,7 @@ def _train(adapter, loaded, data, config, run_dir, manager, extra_callbacks, tok
 
     from utils.training.callbacks import ManagerIO, MetricsLog, RunState
     from utils.training.lightning_module import AdapterModule
+    from utils.training.tracking import wandb_tracker
 
     notes: list[str] = []
     start = _resume_point(config, manager, run_dir)
@@ -284,6 +285,9 @@ def _train(adapter, loaded, data, config, run_dir, manager, extra_callbacks, tok
 
     state = RunState(manager, config, on_save=after_save, say=say)
     callbacks = [state, metrics_log, *extra_callbacks]
+    tracker = wandb_tracker(config, run_dir, manager=manager, say=say) if primary else None
+    if tracker is not None:  # right after MetricsLog: it logs the rows metrics.csv gains
+        callbacks.insert(2, tracker)
     if config.early_stopping_patience and config.val_every:
         from lightning.pytorch.callbacks import EarlyStopping
 
@@ -349,6 +353,8 @@ def _train(adapter, loaded, data, config, run_dir, manager, extra_callbacks, tok
     result = build_result(run_dir, final_dir, metrics_log, resumed, trainer, module, state,
                           config, notes, report, interrupted, adapter, tokenizer,
                           time.perf_counter() - began)
+    if tracker is not None:
+        tracker.finish(result)
     if trainer.is_global_zero:
         write_json(run_dir / "summary.json", result.summary())
         manager.mirror_file("summary.json")
@@ -358,11 +364,9 @@ def _train(adapter, loaded, data, config, run_dir, manager, extra_callbacks, tok
 
 
 def _logger(config: TrainingConfig, run_dir: Path):
-    if config.logger in ("csv", "none"):
-        return False  # metrics.csv is written by MetricsLog, the record of truth
-    raise UserError(f"logger={config.logger!r} is not available in this version.",
-                    why="Weights & Biases tracking comes with the export/tracking feature.",
-                    fix="Use logger='csv' (metrics.csv in the run folder).")
+    """Lightning itself logs nowhere: metrics.csv is written by MetricsLog, the record of
+    truth, and logger='wandb' feeds W&B from it (utils.training.tracking's callback)."""
+    return False
 
 
 def _primary_process() -> bool:
