@@ -53,8 +53,9 @@ def export_dir(root: Path, *, parity: str | None = None, card: bool = True) -> P
     if card:
         (folder / "README.md").write_text("---\nlibrary_name: pytorch\n---\n# TinyLM\n")
     if parity is not None:
-        (root / "export.json").write_text(json.dumps({"formats": {
-            "folder": {"status": "pass"}, "onnx": {"status": parity}}}))
+        (root / "export.json").write_text(json.dumps({  # as export_utilities writes it
+            "ok": False, "failed": ["onnx"], "formats": {
+                "folder": {"status": "ok"}, "onnx": {"status": parity}}}))
     return root
 
 
@@ -98,7 +99,7 @@ def outcomes(hub, tmp_path_factory):
     """Every push case below, run in one subprocess against the module's Hub; what the Hub
     recorded for each case is kept beside its outcome."""
     tmp = tmp_path_factory.mktemp("hub")
-    good, failed = export_dir(tmp / "good"), export_dir(tmp / "failed", parity="fail")
+    good, failed = export_dir(tmp / "good"), export_dir(tmp / "failed", parity="failed")
     cases = {
         "push": {"folder": good, "repo": "alice/tiny-lm"},
         "public": {"folder": good / "folder", "repo": "alice/pub", "private": False},
@@ -268,6 +269,16 @@ def test_an_export_that_failed_parity_is_refused_unless_forced(hub, outcomes):
     assert "alice/e" not in hub.repos
     assert "failed parity" in outcomes["forced"]["notes"][0]
     assert "model.safetensors" in hub.repos["alice/f"]["files"]
+
+
+def test_a_folder_marked_by_the_export_is_refused(tmp_path):
+    from utils.errors import UserError
+    from utils.training.hub import push_to_hub
+
+    folder = export_dir(tmp_path / "exp") / "folder"
+    (folder / "PARITY_FAILED.txt").write_text("parity failed")
+    with pytest.raises(UserError, match="failed parity: folder"):
+        push_to_hub(folder, "alice/x", token=TOKEN)
 
 
 def test_the_token_is_in_no_result(outcomes):

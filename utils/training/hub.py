@@ -34,6 +34,7 @@ __all__ = ["PushResult", "add_push_parser", "find_token", "push_to_hub", "resolv
 DEFAULT_ENDPOINT = "https://huggingface.co"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 FAILED = {"fail", "failed", "error", "mismatch"}
+PARITY_MARKER = "PARITY_FAILED.txt"  # the export's note beside an artifact that failed parity
 # the Hub's rule for a repo id: namespace/name, letters, digits, '-', '_', '.', at most 96
 _REPO_ID = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?")
 
@@ -126,8 +127,9 @@ def resolve_folder(path: str | Path, *, force: bool = False) -> tuple[Path, list
 
 
 def _failed_formats(path: Path, folder: Path) -> list[str]:
-    """Formats ``export.json`` (beside ``folder/``) marks as failed, read defensively: a
-    missing or unreadable file marks nothing."""
+    """Formats ``export.json`` (beside ``folder/``) marks as failed — ``{"formats": {name:
+    {"status": "ok"|"failed"}}, "failed": [...]}`` — read defensively (a missing or unreadable
+    file marks nothing), plus ``folder/`` itself when it holds the parity-failure note."""
     from utils.training.runs import read_json
 
     record = None
@@ -136,13 +138,14 @@ def _failed_formats(path: Path, folder: Path) -> list[str]:
         record = read_json(candidate)
         if isinstance(record, dict):
             break
+    marked = ["folder"] if (folder / PARITY_MARKER).is_file() else []
     if not isinstance(record, dict):
-        return []
+        return marked
     formats = record.get("formats", record.get("results", {}))
     if isinstance(formats, list):
         formats = {str(f.get("format") or f.get("name") or i): f
                    for i, f in enumerate(formats) if isinstance(f, dict)}
-    failed = []
+    failed = list(marked)
     for name, info in (formats.items() if isinstance(formats, dict) else ()):
         if not isinstance(info, dict):
             info = {"status": info}
@@ -151,7 +154,10 @@ def _failed_formats(path: Path, folder: Path) -> list[str]:
                 or info.get("ok") is False or (isinstance(parity, dict)
                                                and parity.get("passed") is False)):
             failed.append(str(name))
-    if not failed and (record.get("passed") is False or
+    listed = record.get("failed")
+    if isinstance(listed, list):
+        failed += [str(n) for n in listed if str(n) not in failed]
+    if not failed and (record.get("passed") is False or record.get("ok") is False or
                        str(record.get("status", "")).lower() in FAILED):
         failed.append("(the export as a whole)")
     return failed
