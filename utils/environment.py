@@ -41,6 +41,7 @@ EXTRA_OF: dict[str, str] = {
     "onnx": "export",
     "onnxruntime": "export",
     "onnxscript": "export",
+    "torchao": "export",
     "safetensors": "train",
     "ipywidgets": "notebook",
     "nbclient": "notebook",
