@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _search_parser(sub)
     _benchmark_parser(sub)
+    from utils.training.export.cli import add_parser as add_export_parser
+
+    add_export_parser(sub, source_parser())
     from utils.training.hub import add_push_parser
 
     add_push_parser(sub)
@@ -476,6 +479,12 @@ def benchmark(args: argparse.Namespace) -> int:
     return _training_command(args, "benchmark", work)
 
 
+def _export(args: argparse.Namespace) -> int:
+    from utils.training.export.cli import run
+
+    return run(args)
+
+
 def _push(args: argparse.Namespace) -> int:
     from utils.training.hub import run_push
 
@@ -486,7 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {"validate": validate, "train": train, "search": search,
-                "benchmark": benchmark, "push": _push}[args.command](args)
+                "benchmark": benchmark, "export": _export, "push": _push}[args.command](args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
