@@ -63,14 +63,16 @@ def execute(nb, monkeypatch, env: dict[str, str], *, timeout: int = 600):
 
     Returns ``(nb, error or None, seconds)``; the notebook is mutated in place with outputs.
     """
-    from jupyter_client.manager import KernelManager
+    from jupyter_client.manager import AsyncKernelManager
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
+    from nbclient.exceptions import CellExecutionError, DeadKernelError
 
     base = {"MPLBACKEND": "Agg", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
     for key, value in {**base, **env}.items():
         monkeypatch.setenv(key, value)
-    km = KernelManager(kernel_name="python3")
+    # The async manager: nbclient's check that the kernel is alive runs while a cell waits
+    # (with a blocking client it never does, and a dead kernel hangs the run).
+    km = AsyncKernelManager(kernel_name="python3")
     if km.kernel_spec.argv[0] not in ("python", "python3", sys.executable):
         # The python3 kernelspec points elsewhere: run this environment's interpreter instead.
         km.kernel_spec.argv = [sys.executable, "-m", "ipykernel_launcher", "-f",
@@ -81,7 +83,7 @@ def execute(nb, monkeypatch, env: dict[str, str], *, timeout: int = 600):
     try:
         client.execute()
         error = None
-    except CellExecutionError as exc:
+    except (CellExecutionError, DeadKernelError) as exc:
         error = exc
     return nb, error, time.perf_counter() - start
 

@@ -56,10 +56,12 @@ def _as_adapter(model_or_adapter: Any):
     return as_adapter(model_or_adapter), loaded
 
 
-def _run_gate(adapter: Any, run_dir: Path, force: bool, say: Callable[[str], None]):
+def _run_gate(adapter: Any, run_dir: Path, force: bool, say: Callable[[str], None],
+              report: Any = None):
     from utils.tier1_critical_validation import run_tier1
 
-    report = run_tier1(adapter, checks=TIER1_GATE, progress=False)
+    if report is None:
+        report = run_tier1(adapter, checks=TIER1_GATE, progress=False)
     report.to_json(str(run_dir / "tier1.json"))
     if not report.passed:
         if not force:
@@ -178,7 +180,7 @@ def _quiet_lightning():
 # ---- the entry point ---------------------------------------------------------------------
 def train(model_or_adapter: Any, data: Any = None, config: TrainingConfig | None = None, *,
           callbacks: Iterable[Any] = (), tokenizer: Any = None, force: bool = False,
-          gate: bool = True, progress: bool | None = None,
+          gate: bool | Any = True, progress: bool | None = None,
           say: Callable[[str], None] = print) -> TrainResult:
     """Train a model, resuming its run when there is one.
 
@@ -191,7 +193,8 @@ def train(model_or_adapter: Any, data: Any = None, config: TrainingConfig | None
         callbacks: Extra Lightning callbacks (the HPO pruner, tests).
         tokenizer: An ``AdaptiveTokenizer`` to use instead of choosing one.
         force: Train even when the Tier 1 gate fails.
-        gate: Run the Tier 1 gate at the start of a new run.
+        gate: Run the Tier 1 gate at the start of a new run; or the gate's ``Report`` when the
+            caller ran it already (training.ipynb shows it before the data is loaded).
         progress: Lightning's progress bar (default: when stderr is a terminal or a notebook).
         say: Where notices go.
 
@@ -239,7 +242,8 @@ def _train(adapter, loaded, data, config, run_dir, manager, extra_callbacks, tok
     report = None
     primary = _primary_process()
     if start is None and gate and primary:
-        report = _run_gate(adapter, run_dir, force, say)
+        report = _run_gate(adapter, run_dir, force, say,
+                           None if isinstance(gate, bool) else gate)
     plain = progress is False or (progress is None and not _interactive())
     if plain:  # datasets' bars become hundreds of lines in a log; one line per phase instead
         with contextlib.suppress(ImportError):
