@@ -235,3 +235,24 @@ def test_a_gist_that_fails_the_gate_stops_before_training(gist_server, monkeypat
     assert "Tier 1 gate FAILED" in load and "causal_masking" in load
     assert cell(nb, "train").execution_count is None
     assert TRACEBACK not in load
+
+
+def test_in_colab_the_run_is_mirrored_to_drive(monkeypatch, tmp_path, capsys):
+    """In Colab, Drive is mounted (through utils.colab, the edge) and the run's mirror lives
+    below it under the same name as the local run folder."""
+    import types
+
+    from test_template_notebook import fake_colab
+
+    mounted = []
+
+    def mount(mountpoint, force_remount=False):
+        mounted.append(mountpoint)
+
+    fake_colab(monkeypatch, drive=types.SimpleNamespace(mount=mount))
+    gist = tn.TrainingGist("0123456789abcdef0123456789abcdef", "c" * 40, "page URL")
+    out, mirror = tn.run_location(gist)
+    assert mounted == ["/content/drive"]
+    assert mirror == Path("/content/drive") / tn.DRIVE_FOLDER / out.name
+    assert out.name == "0123456789ab-ccccccc" and "mirrored to Google Drive" in capsys.readouterr().out
+    assert tn.run_location(gist, drive=False)[1] is None  # opted out: local only
