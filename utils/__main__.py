@@ -1,4 +1,5 @@
-"""Command line: ``testbench validate|train|search|benchmark [SOURCE] [options]``.
+"""Command line: ``testbench validate|train|search|benchmark|export [SOURCE] [options]`` and
+``testbench push DIR --repo user/name``.
 
 ``testbench`` is the console script the package installs. ``python -m utils`` runs the same
 commands as a fallback, with one caveat: Python looks in the current folder first, so where a
