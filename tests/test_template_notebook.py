@@ -213,19 +213,19 @@ def test_no_gist_id_says_where_to_paste_it(monkeypatch):
     assert cell(nb, "load").execution_count is None
 
 
-@pytest.mark.slow
-def test_setup_cell_fetches_utils_when_it_is_not_importable(tmp_path):
-    """Where `utils` cannot be imported (Colab), the setup cell downloads this repository's
-    tarball, extracts only utils/, puts it on sys.path and imports it — no pip install."""
+def run_setup_as_in_colab(tmp_path: Path, setup: str, files: tuple[str, ...] = ("utils",),
+                          after: str = "") -> tuple[subprocess.CompletedProcess, Path]:
+    """Run a notebook's setup cell where `utils` is importable only from what the cell fetches
+    (as in Colab): ``urlopen`` serves a tarball of this repository's ``files`` + README.md.
+    Returns the process and the folder the cell extracted to."""
     tarball = io.BytesIO()
     with tarfile.open(fileobj=tarball, mode="w:gz") as tar:
-        tar.add(ROOT / "utils", "repo-main/utils",
-                filter=lambda t: None if "__pycache__" in t.name else t)
-        tar.add(ROOT / "README.md", "repo-main/README.md")
+        for name in (*files, "README.md"):
+            tar.add(ROOT / name, f"repo-main/{name}",
+                    filter=lambda t: None if "__pycache__" in t.name else t)
     (tmp_path / "repo.tar.gz").write_bytes(tarball.getvalue())
     src = tmp_path / "content" / "testbench_src"
-    setup = cell(read_notebook(), "setup").source.replace('"/content/testbench_src"',
-                                                          repr(str(src)))
+    setup = setup.replace('"/content/testbench_src"', repr(str(src)))
     harness = textwrap.dedent(f"""
         import importlib.machinery, sys, urllib.request
         SRC = {str(src)!r}
@@ -248,14 +248,22 @@ def test_setup_cell_fetches_utils_when_it_is_not_importable(tmp_path):
     """) + setup + textwrap.dedent("""
         print("URLS", urls)
         print("FILE", utils.__file__)
-    """)
+    """) + after
     proc = subprocess.run([sys.executable, "-c", harness], cwd=tmp_path, capture_output=True,
                           text=True, timeout=300)
+    return proc, src / "repo-main"
+
+
+@pytest.mark.slow
+def test_setup_cell_fetches_utils_when_it_is_not_importable(tmp_path):
+    """Where `utils` cannot be imported (Colab), the setup cell downloads this repository's
+    tarball, extracts only utils/, puts it on sys.path and imports it — no pip install."""
+    proc, repo = run_setup_as_in_colab(tmp_path, cell(read_notebook(), "setup").source)
     assert proc.returncode == 0, proc.stderr
     assert "URLS ['https://codeload.github.com/transformer-testbench/" in proc.stdout
-    assert f"FILE {src / 'repo-main' / 'utils' / '__init__.py'}" in proc.stdout
+    assert f"FILE {repo / 'utils' / '__init__.py'}" in proc.stdout
     assert "Transformer Testbench 0.1.0 from" in proc.stdout
-    assert sorted(p.name for p in (src / "repo-main").iterdir()) == ["utils"]  # only utils/
+    assert sorted(p.name for p in repo.iterdir()) == ["utils"]  # only utils/
 
 
 # ---- the Colab edge ------------------------------------------------------------------------

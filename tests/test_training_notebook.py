@@ -256,3 +256,19 @@ def test_in_colab_the_run_is_mirrored_to_drive(monkeypatch, tmp_path, capsys):
     assert mirror == Path("/content/drive") / tn.DRIVE_FOLDER / out.name
     assert out.name == "0123456789ab-ccccccc" and "mirrored to Google Drive" in capsys.readouterr().out
     assert tn.run_location(gist, drive=False)[1] is None  # opted out: local only
+
+
+@pytest.mark.slow
+def test_setup_cell_in_colab_reads_the_extras_from_the_fetched_repository(tmp_path):
+    """Where `utils` is not importable, the setup cell fetches utils/ and pyproject.toml, and the
+    extras' requirements come from that fetched pyproject (the package is not on PyPI); here
+    everything is installed already, so nothing changes."""
+    from test_template_notebook import run_setup_as_in_colab
+
+    proc, repo = run_setup_as_in_colab(tmp_path, cell(read_notebook(), "setup").source,
+                                       ("utils", "pyproject.toml"),
+                                       after="print('SOURCE', installed.source)\n")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in repo.iterdir()) == ["pyproject.toml", "utils"]
+    assert f"SOURCE {repo / 'pyproject.toml'}" in proc.stdout
+    assert "were already installed; nothing changed" in proc.stdout
