@@ -190,6 +190,29 @@ def test_a_planted_mismatch_is_a_parity_failure_kept_marked_and_exit_1(tmp_path,
     assert on_disk["formats"]["pt2"]["status"] == "failed"
 
 
+class DataDependent(torch.nn.Module):
+    """Branches on a value: torch.export cannot trace it (a failed format, not a crash)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tok = torch.nn.Embedding(50, 8)
+        self.head = torch.nn.Linear(8, 50)
+
+    def forward(self, input_ids):
+        out = self.head(self.tok(input_ids))
+        return out if out.sum() > 0 else -out
+
+
+def test_a_model_that_cannot_be_exported_is_a_failed_format_with_the_error(tmp_path):
+    (tmp_path / "model.pt2").write_text("left by an earlier export")
+    adapter = utils.adapt(DataDependent(), task="causal_lm", max_seq_len=16)
+    result = export(adapter, "pt2", tmp_path)
+    assert not result.ok and result["pt2"].status == "failed" and result["pt2"].path is None
+    assert "data-dependent" in result["pt2"].error.lower() or "guard" in result["pt2"].error
+    assert "earlier export" in (tmp_path / "model.pt2.PARITY_FAILED.txt").read_text()
+    assert "exporting raised" in result.to_text()
+
+
 def _fake_run(tmp_path: Path) -> Path:
     """A run folder as training leaves it: final/ (save_model_folder), summary, Tier 1."""
     from utils.training.runs import save_model_folder, write_json

@@ -107,10 +107,15 @@ def _one(fmt: ModuleType, job: Any, feed: tuple, inputs: dict, expected: Any,
     except MissingExtraError:
         raise
     except Exception as exc:  # the model cannot be exported this way: a result, not a crash
-        if path.exists():
-            marker_of(path).unlink(missing_ok=True)
-        return FormatResult(fmt.NAME, None, "failed", summary="exporting raised",
-                            error=_error_text(exc), seconds=time.perf_counter() - start)
+        failed = FormatResult(fmt.NAME, None, "failed", summary="exporting raised",
+                              error=_error_text(exc), seconds=time.perf_counter() - start)
+        if path.exists():  # an earlier export's file: not this model's, so marked as well
+            from utils.atomic import write_atomic
+
+            write_atomic(marker_of(path), f"{path.name} is left from an earlier export; "
+                         f"exporting the model again failed, so do not ship it.\n\n"
+                         f"{failed.error}\n")
+        return failed
     job.artifacts[fmt.NAME] = path
     try:
         run = fmt.runner(path, job)

@@ -61,8 +61,9 @@ def _training(run: dict[str, Any]) -> list[str]:
     rows = [["steps", summary.get("steps", final.get("steps"))],
             ["tokens", summary.get("tokens")],
             ["data", summary.get("data") or config.get("data") or "not recorded in the run"],
-            *[[k, config.get(k)] for k in ("seq_len", "batch_size", "grad_accum", "lr",
-                                           "precision") if config.get(k) is not None],
+            *[[f"{k} (setting)", config.get(k)] for k in ("seq_len", "batch_size", "grad_accum",
+                                                          "lr", "precision")
+              if config.get(k) is not None],
             *[[k, v] for k, v in sorted(metrics.items())]]
     return ["## Training", "", *_table(["", ""], rows)]
 
@@ -85,7 +86,8 @@ def _parity(result: Any) -> list[str]:
             f"compared with the eager model{where} (a batch and length other than the "
             "exported example's; a padded row where the model takes a mask).", "",
             *_table(["format", "file", "bytes", "status", "mismatched", "max abs diff",
-                     "max rel diff", "tolerance", "top-1 agreement", "speed vs eager", "note"],
+                     "max rel diff", "tolerance", "top-1 agreement", "speed vs eager (x)",
+                     "note"],
                     rows)]
 
 

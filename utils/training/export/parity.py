@@ -9,7 +9,6 @@ to match elementwise and are judged by top-1 agreement instead.
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,8 +87,10 @@ def eager_runner(program: Program) -> Callable[[tuple[torch.Tensor, ...]], torch
 
 def time_pair(run: Callable[[Any], Any], baseline: Callable[[Any], Any], inputs: Any, *,
               repeats: int = 10) -> tuple[float, float]:
-    """Median seconds per call of ``run`` and of ``baseline``, timed in alternation after two
-    warm-up calls each (so a busy moment of the machine hits both)."""
+    """Best-of-``repeats`` seconds per call of ``run`` and of ``baseline``, timed in
+    alternation after two warm-up calls each. The minimum, not the median: on a shared 2-core
+    VM other processes stretch single calls by 10-100x (measured here), which says nothing
+    about either runtime."""
     for _ in range(2):
         run(inputs)
         baseline(inputs)
@@ -99,7 +100,7 @@ def time_pair(run: Callable[[Any], Any], baseline: Callable[[Any], Any], inputs:
             start = time.perf_counter()
             fn(inputs)
             out.append(time.perf_counter() - start)
-    return statistics.median(times[0]), statistics.median(times[1])
+    return min(times[0]), min(times[1])
 
 
 def _top1(actual: torch.Tensor, expected: torch.Tensor) -> float:

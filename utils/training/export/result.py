@@ -117,9 +117,9 @@ class ExportResult:
         for name, f in self.formats.items():
             file = f.path.name if f.path else "-"
             lines.append(f"{name:<11} {f.status:<7} {_mb(f.size_bytes):>10}  {file:<22} "
-                         f"{f.error or f.summary}")
+                         f"{f'{f.summary}: {f.error}' if f.error else f.summary}")
         lines += [f"  note: {n}" for n in self.notes]
         if not self.ok:
-            lines.append(f"FAILED: {', '.join(self.failed)} — kept for inspection, marked "
-                         f"with {MARKER}; do not ship them.")
+            lines.append(f"FAILED: {', '.join(self.failed)} — do not ship; what was written is "
+                         f"kept for inspection, marked with {MARKER}.")
         return "\n".join(lines)
