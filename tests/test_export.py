@@ -211,6 +211,7 @@ def test_a_model_that_cannot_be_exported_is_a_failed_format_with_the_error(tmp_p
     assert "data-dependent" in result["pt2"].error.lower() or "guard" in result["pt2"].error
     assert "earlier export" in (tmp_path / "model.pt2.PARITY_FAILED.txt").read_text()
     assert "exporting raised" in result.to_text()
+    assert "exporting raised" in result._repr_html_() and "color:red" in result._repr_html_()
 
 
 def _fake_run(tmp_path: Path) -> Path:

@@ -110,6 +110,19 @@ class ExportResult:
                 "formats": {n: f.to_dict() for n, f in self.formats.items()},
                 "notes": list(self.notes)}
 
+    def _repr_html_(self) -> str:  # the notebook's view
+        from html import escape
+
+        rows = "".join(
+            f"<tr><td>{escape(n)}</td><td style='color:{'green' if f.ok else 'red'}'>"
+            f"{f.status}</td><td>{_mb(f.size_bytes)}</td>"
+            f"<td>{escape(f.path.name if f.path else '-')}</td><td>{escape(f'{f.summary}: {f.error}' if f.error else f.summary)}</td></tr>"
+            for n, f in self.formats.items())
+        notes = "".join(f"<li>{escape(n)}</li>" for n in self.notes)
+        return (f"<p>Export in <code>{escape(str(self.out_dir))}</code></p><table><tr>"
+                "<th>format</th><th>status</th><th>size</th><th>file</th><th>parity</th></tr>"
+                f"{rows}</table>" + (f"<ul>{notes}</ul>" if notes else ""))
+
     def to_text(self) -> str:
         dims = ", ".join(f"{k} {lo}..{hi or ''}" for k, (lo, hi) in self.dims.items())
         lines = [f"Export   {self.out_dir}   (dynamic: {dims})",
