@@ -190,7 +190,9 @@ def _run_one(name: str, adapter, options: CheckOptions) -> CheckResult:
             + (f" (at {loc})" if loc else ""),
             error={"type": type(exc).__name__, "message": str(exc),
                    "file": loc.file if loc else (frames[-1].filename if frames else None),
-                   "line": loc.line if loc else (frames[-1].lineno if frames else None)})
+                   "line": loc.line if loc else (frames[-1].lineno if frames else None),
+                   "in_model": loc is not None, "code": loc.text.strip() if loc else "",
+                   "mode": "training" if adapter.model.training else "eval"})
     finally:
         adapter.model.train(was_training)
         adapter.model.zero_grad(set_to_none=True)
@@ -311,6 +313,46 @@ class _Collect(logging.Handler):
             self.handleError(record)
 
 
+# Known messages of exceptions models raise, and what they mean in the user's terms.
+_CRASH_HINTS = (
+    ("Explicit attn_mask should not be set when is_causal=True",
+     "SDPA takes a causal attn_mask or is_causal=True, never both: "
+     "drop the mask (is_causal=True builds it) or pass is_causal=False with the mask"),
+    ("mat1 and mat2 shapes cannot be multiplied",
+     "A Linear layer's in_features differs from the last dimension of what it receives"),
+    ("Expected all tensors to be on the same device",
+     "A tensor is created without device=: build it from the input (torch.arange(T, "
+     "device=x.device)) or register it as a buffer"),
+    ("must match the size of tensor",
+     "Two tensors of different shapes meet: a reshape, a mask or a position table of the "
+     "wrong length"),
+)
+
+
+def _crash_finding(result: CheckResult, first_of: dict[tuple, str]) -> None:
+    """A crash in the model's own code is a finding about the model: the first check it stops
+    is a ``fail`` at the user's line, with a diagnosis where the message is known; every later
+    check stopped by the same line says it depends on that one (``skip``)."""
+    err = result.error or {}
+    if result.status != "error" or not err.get("in_model"):
+        return  # a crash in a check's own code stays an error: a bug of this tool
+    key = (err["type"], err["file"], err["line"])
+    where = f"{err['file']}, line {err['line']}"
+    if key in first_of:
+        result.status = "skip"
+        result.summary = (f"Depends on {first_of[key]}: the model raises the same "
+                          f"{err['type']} at {where}, so this check could not run; fix that "
+                          "first.")
+        return
+    first_of[key] = result.name
+    hint = next((h for text, h in _CRASH_HINTS if text in err["message"]), "")
+    message = (err["message"].splitlines() or [""])[0]
+    result.status = "fail"
+    result.summary = (f"The model raises in {err['mode']} mode at {where}"
+                      + (f" ({err['code']})" if err["code"] else "")
+                      + f": {err['type']}: {message}." + (f" {hint}." if hint else ""))
+
+
 def run_checks(adapter, names: list[str], options: CheckOptions | None = None, *,
                progress: bool = True, model_info: dict[str, Any] | None = None) -> Report:
     """Run the named checks on ``adapter``; a crash is an ``error`` result, never a stop.
@@ -331,6 +373,7 @@ def run_checks(adapter, names: list[str], options: CheckOptions | None = None, *
                     environment={**versions(), "device": str(adapter.device)})
     bar = _progress(names, progress)
     capped_by = None
+    crashes: dict[tuple, str] = {}  # (type, file, line) of a crash in the model -> first check
     said = LibraryWarnings()
     with said.capture("the length probe"):
         runnable, prober = _probe_lengths(adapter, names, options)
@@ -344,6 +387,7 @@ def run_checks(adapter, names: list[str], options: CheckOptions | None = None, *
             bar.set_postfix_str(name)
         with said.capture(name):
             result = _run_one(name, adapter, options)
+        _crash_finding(result, crashes)
         if capped_by is not None:
             result.summary += (f" [Lengths capped at {options.max_len_cap}: the model fails "
                                f"beyond — see {capped_by}.]")

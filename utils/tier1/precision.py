@@ -3,7 +3,9 @@
 Colab's free T4 trains in fp16 (no bf16), whose largest value is 65504: a model that is fine
 in fp32 can overflow to inf there. On a GPU the check runs fp16 (and bf16 where the card has
 it); on a CPU it runs bf16 and also fp16, which CPU autocast supports, so the T4's overflow is
-seen before any GPU time is spent. Non-finite outputs fail; large deviations warn.
+seen before any GPU time is spent. Non-finite outputs fail; large deviations warn. An exception the model raises under a
+precision (a -1e9 mask constant that fp16 cannot hold) fails at the user's line; only a missing
+kernel for the dtype on this device is a skip.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from utils.checks import register
+from utils.errors import locate_in_files
 from utils.report import CheckResult
 from utils.tier1._common import eval_logits, eval_randomness, random_in_eval
 
@@ -18,6 +21,25 @@ _NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
 # Relative Frobenius deviation from fp32 to warn above: ~8× each format's epsilon
 # (fp16 2^-10, bf16 2^-7), which a stack of healthy layers stays well within.
 _WARN = {torch.float16: 0.01, torch.bfloat16: 0.06}
+
+
+# Words of a "this op has no kernel for the dtype on this device" error: a gap in this PyTorch
+# build, not in the model — the only exception under autocast that is a skip.
+_NO_KERNEL = ("not implemented for", "no kernel", "not supported for", "unsupported dtype",
+              "does not support")
+
+
+def _no_kernel(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, NotImplementedError) or any(w in text for w in _NO_KERNEL)
+
+
+def _fix_for(message: str) -> str:
+    if "without overflow" in message or "cannot be converted" in message:
+        return ("a constant that does not fit the format (fp16's largest value is 65504): mask "
+                "with float('-inf') or torch.finfo(scores.dtype).min instead of -1e9 / -1e10")
+    return ("an operation that only works in fp32: keep that computation in fp32 (cast the "
+            "inputs with .float()) or use the dtype of the tensors it receives")
 
 
 def _dtypes(device: torch.device) -> list[torch.dtype]:
@@ -60,12 +82,19 @@ def check_mixed_precision(adapter, options) -> CheckResult:
     has_loss = "labels" in batch and adapter.task != "encoder" and not (
         adapter.task == "causal_lm" and t < 2)
     ref_loss = float(adapter.loss_from_logits(ref, batch)) if has_loss else None
-    rows, unsupported = [], []
+    rows, unsupported, raised = [], [], []
     for dtype in _dtypes(adapter.device):
         try:
             rows.append(_compare(adapter, batch, ref, ref_loss, dtype))
-        except RuntimeError as exc:  # an op with no low-precision kernel on this device
-            unsupported.append(f"{_NAMES[dtype]}: {str(exc).splitlines()[0][:120]}")
+        except Exception as exc:
+            first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+            loc = locate_in_files(exc.__traceback__, adapter.model_files)
+            if _no_kernel(exc):
+                unsupported.append(f"{_NAMES[dtype]}: {first[:120]}")  # this build's gap
+            else:  # the model's own code fails under this precision
+                raised.append({"dtype": _NAMES[dtype], "error": f"{type(exc).__name__}: {first}",
+                               "file": loc.file if loc else None,
+                               "line": loc.line if loc else None, "at": str(loc or "")})
     warn = {_NAMES[d]: options.threshold(f"mixed_precision.{_NAMES[d]}_rel_error", w)
             for d, w in _WARN.items()}
     metrics = {f"{r['dtype']}_rel_error": r.get("rel_error") for r in rows}
@@ -73,6 +102,17 @@ def check_mixed_precision(adapter, options) -> CheckResult:
     metrics["device"] = adapter.device.type
     threshold = {"non_finite": 0, **{f"warn_{k}_rel_error": v for k, v in warn.items()}}
     where = "on this CPU (emulating Colab's T4)" if adapter.device.type == "cpu" else ""
+    if raised:
+        r = raised[0]
+        names = ", ".join(x["dtype"] for x in raised)
+        t4 = " (what Colab's T4 trains in)" if any(x["dtype"] == "fp16" for x in raised) else ""
+        where_ = f" at {r['at']}" if r["at"] else ""
+        metrics["raised"] = names
+        return CheckResult(
+            "mixed_precision", 1, "fail",
+            f"Under {names} autocast{t4} the model raises{where_}: {r['error']}. fp32 runs, so "
+            f"training with this precision would crash. The cause is {_fix_for(r['error'])}.",
+            metrics, threshold, rows + raised)
     broken = [r for r in rows if not r["finite"]]
     if broken:
         names = ", ".join(r["dtype"] for r in broken)
