@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from utils.gpu_table import COLAB_FREE
 from utils.report import CheckResult, register_plot
 
 
@@ -170,11 +171,12 @@ def plot_memory_footprint(result: CheckResult):
         values = [r[key] for r in rows]
         ax.bar([str(b) for b in batches], values, bottom=bottom, label=label)
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
-    t4_mb = result.threshold["colab_t4_usable_gb"] * 1024
-    if t4_mb <= 10 * max(bottom):  # stacked bars need a linear axis; show the card if in range
-        ax.axhline(t4_mb, color="#cf222e", ls=":", label="Colab T4 (usable)")
+    usable_gb = result.threshold["colab_t4_usable_gb"]
+    t4 = f"Colab T4 ({COLAB_FREE.memory_gb:g} GB card, {usable_gb:g} GB usable)"
+    if usable_gb * 1024 <= 10 * max(bottom):  # stacked bars need a linear axis; the card if in range
+        ax.axhline(usable_gb * 1024, color="#cf222e", ls=":", label=t4)
     else:
-        ax.set_title(f"{ax.get_title()} — a Colab T4 offers {t4_mb / 1024:.0f} GB, far above")
+        ax.set_title(f"{ax.get_title()}\n{t4}: far above the bars", fontsize=10)
     ax.set_xlabel("batch size")
     ax.set_ylabel("MB")
     ax.legend(fontsize=8)

@@ -23,6 +23,8 @@ from utils.report import CheckResult
 
 _MB = 2**20
 _GB = 2**30
+# The one way the card is named: its size and the share a training step may use (gpu_table).
+_T4 = f"{COLAB_FREE.memory_gb:g} GB card, {COLAB_FREE.memory_gb - RESERVED_GB:g} GB usable"
 
 
 @register("memory_footprint", tier=1)
@@ -62,12 +64,12 @@ def check_memory_footprint(adapter, options) -> CheckResult:
         return CheckResult(
             "memory_footprint", 1, "warn",
             f"Training even at batch 1 × {seq} needs ≈ {one / 1024:.1f} GB ({how}): more than a "
-            f"16 GB Colab T4 offers. Shorten sequences, shrink the model, or use gradient "
+            f"Colab T4 offers ({_T4}). Shorten sequences, shrink the model, or use gradient "
             "checkpointing.", metrics, threshold, rows)
     return CheckResult(
         "memory_footprint", 1, "pass",
         f"Training at length {seq}: batch 1 needs ≈ {one:.0f} MB (weights {params / _MB:.1f} MB "
-        f"+ grads + AdamW + activations, {how}); a 16 GB Colab T4 fits batch ≈ {fit} in fp32, "
+        f"+ grads + AdamW + activations, {how}); a Colab T4 ({_T4}) fits batch ≈ {fit} in fp32, "
         f"≈ {fit16} with fp16 autocast.", metrics, threshold, rows)
 
 
