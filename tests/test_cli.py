@@ -189,3 +189,56 @@ def test_an_adapt_failure_keeps_the_loaded_provenance(tmp_path, write_model, cap
     report = json.loads(out.read_text())
     assert report["error"]["type"] == "UserError" and report["model"] is None
     assert report["source"]["kind"] == "folder" and "model.py" in report["source"]["sha256"]
+
+
+def test_a_source_that_is_not_python_exits_2_and_config_json_means_its_folder(tmp_path, capsys):
+    folder = tmp_path / "flat_gpt"
+    shutil.copytree(ZOO / "flat_gpt", folder)
+    (folder / "notes.txt").write_text("d_model 48\n")
+    out = tmp_path / "r.json"
+    assert main(["validate", str(folder / "notes.txt"), "--json", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "notes.txt is a text file, not Python model code" in err and str(folder) in err
+    assert json.loads(out.read_text())["error"]["type"] == "UserError"
+    assert main(["validate", str(folder / "config.json"), "--checks", "shape_robustness"]) == 0
+    assert f"loading the folder {folder}" in capsys.readouterr().err
+
+
+def test_a_misspelt_config_key_exits_2_and_unused_keys_are_report_warnings(tmp_path, capsys):
+    folder = tmp_path / "flat_gpt"
+    shutil.copytree(ZOO / "flat_gpt", folder)
+    config = json.loads((folder / "config.json").read_text())  # has author, learning_rate
+    out = tmp_path / "r.json"
+    assert main(["validate", str(folder), "--checks", "shape_robustness", "--json",
+                 str(out)]) == 0
+    warning = "config.json keys not taken by GPT.__init__ (not passed): author, learning_rate."
+    assert f"warning: {warning}" in capsys.readouterr().out
+    assert json.loads(out.read_text())["model"]["warnings"] == [warning]
+    config["n_layers_"] = config.pop("n_layer")
+    (folder / "config.json").write_text(json.dumps(config))
+    assert main(["validate", str(folder), "--json", str(out)]) == 2
+    assert "'n_layers_' → 'n_layers' (taken as 'n_layer')" in capsys.readouterr().err
+    assert json.loads(out.read_text())["error"]["message"].startswith("config.json has key(s)")
+
+
+@pytest.mark.parametrize(("flags", "said"), [
+    (["--num-classes", "3"], "num_classes=3 was given, but the model's task is 'causal_lm'"),
+    (["--vocab-size", "8192"], "vocab_size=8192 was given, but the model's token embedding has "
+     "384 rows"),
+])
+def test_an_override_that_cannot_apply_exits_2_naming_the_override_and_the_model(
+        flags, said, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main(["validate", str(ZOO / "nanogpt_dataclass"), *flags, "--json", str(out)]) == 2
+    assert said in capsys.readouterr().err
+    assert said in json.loads(out.read_text())["error"]["message"]
+
+
+def test_a_smaller_vocab_override_is_a_truthful_warning(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main(["validate", str(ZOO / "nanogpt_dataclass"), "--vocab-size", "256",
+                 "--checks", "shape_robustness", "--json", str(out)]) == 0
+    warnings = json.loads(out.read_text())["model"]["warnings"]
+    assert any("vocab_size=256 given explicitly, but the model has 384" in w for w in warnings)
+    assert not any("has 256 rows" in w for w in warnings)
+    assert "vocab_size=256 given explicitly" in capsys.readouterr().out

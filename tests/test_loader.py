@@ -179,12 +179,130 @@ def test_missing_config_builds_with_defaults_and_says_so(write_model):
     assert any("No config.json" in n for n in notes)
 
 
+@pytest.mark.parametrize(("name", "text", "pattern"), [
+    ("notes.txt", "d_model 64", r"notes\.txt is a text file, not Python model code"),
+    ("small.json", "{}", r"small\.json is a JSON file, not Python model code"),
+    ("demo.ipynb", "{}", r"demo\.ipynb is a notebook, not Python model code"),
+])
+def test_a_source_that_is_not_python_names_the_folder_to_pass(write_model, name, text, pattern):
+    folder = write_model(GPT, {"vocab_size": 30}, files={name: text})
+    with pytest.raises(UserError, match=pattern) as info:
+        load(folder / name)
+    assert "a folder holding model.py and config.json" in info.value.why
+    assert f"Pass the folder instead: {folder} (it holds model.py and config.json)" in \
+        info.value.fix
+
+
+def test_a_non_python_file_without_a_model_beside_it_says_what_a_source_may_be(tmp_path):
+    (tmp_path / "weights.txt").write_text("1 2 3")
+    with pytest.raises(UserError, match=r"weights\.txt is a text file") as info:
+        load(tmp_path / "weights.txt")
+    assert "a gist id" in info.value.why and "Save the model's code as model.py" in info.value.fix
+
+
+def test_a_folders_config_json_stands_for_the_folder(write_model):
+    folder = write_model(GPT, {"vocab_size": 30})
+    notes = []
+    loaded = load_model(folder / "config.json", say=notes.append)
+    assert loaded.source["kind"] == "folder" and loaded.model.emb.num_embeddings == 30
+    assert any(f"loading the folder {folder}" in n for n in notes)
+
+
+def test_a_source_spec_naming_a_non_python_file_is_refused_not_crashed(write_model):
+    from utils.adapters.sources import SourceSpec
+
+    folder = write_model(GPT, {"vocab_size": 30}, files={"model.txt": GPT})
+    spec = SourceSpec("file", "model.txt", path=folder / "model.txt")
+    with pytest.raises(UserError, match=r"model\.txt is not a Python file"):
+        load(spec)
+
+
 # ---- config mapping -------------------------------------------------------------------------
 def test_unknown_keys_are_not_passed_and_listed(write_model):
     loaded = load(write_model(GPT, {"vocab_size": 30, "learning_rate": 3e-4, "author": "me"}))
     assert loaded.build.passed == {"vocab_size": 30}
     assert loaded.build.unused == ["author", "learning_rate"]
     assert any("learning_rate" in w and "not passed" in w for w in loaded.warnings)
+
+
+@pytest.mark.parametrize(("config", "pattern"), [
+    ({"vocab_size": 30, "d_modle": 8}, r"'d_modle' → 'd_model'"),  # a swap
+    ({"vocab_size": 30, "D_Model": 8}, r"'D_Model' → 'd_model'"),  # case and separators
+    ({"vocab_size": 30, "blok_size": 8}, r"'blok_size' → 'block_size'"),  # a dropped letter
+    ({"vocab_size": 30, "hiden_size": 8}, r"'hiden_size' → 'hidden_size' \(taken as 'd_model'\)"),
+])
+def test_a_misspelt_key_is_an_error_naming_both(write_model, config, pattern):
+    with pytest.raises(UserError, match=pattern) as info:
+        load(write_model(GPT, config))
+    assert "GPT.__init__ does not take" in info.value.message
+    assert "(its default) instead of 8" in info.value.why
+    assert "in config.json" in info.value.fix
+
+
+def test_every_misspelt_key_is_named_at_once_and_a_missing_argument_after(write_model):
+    with pytest.raises(UserError, match=r"'d_modle' → 'd_model'; 'vocab_sise' → 'vocab_size'") \
+            as info:
+        load(write_model(GPT, {"vocab_sise": 30, "d_modle": 8}))
+    assert "vocab_size would be missing, which has no default" in info.value.why
+
+
+def test_a_misspelt_dataclass_field_names_the_dataclass(write_model):
+    code = HEADER + """from dataclasses import dataclass
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 11
+    n_layer: int = 12
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.emb = nn.Embedding(config.vocab_size, 4)
+
+    def forward(self, idx):
+        return self.emb(idx)
+"""
+    with pytest.raises(UserError, match=r"GPTConfig does not take .* 'n_layr' → 'n_layer'") as info:
+        load(write_model(code, {"vocab_size": 11, "n_layr": 2}))
+    assert "n_layer=12 (its default) instead of 2" in info.value.why
+
+
+@pytest.mark.parametrize("extra", [
+    {"author": "me", "learning_rate": 3e-4, "description": "a small GPT", "notes": "x"},
+    {"top_p": 0.9, "d_k": 4, "d_mod": 8},  # short or two edits away: not a misspelling
+    {"d_model": 8, "d_model_2": 16},  # digits differ: a second setting, not a typo
+])
+def test_unrelated_unused_keys_are_warnings_not_errors(write_model, extra):
+    loaded = load(write_model(GPT, {"vocab_size": 30, **extra}))
+    unused = [k for k in extra if k not in ("d_model", "model_type", "n_positions")]
+    assert loaded.build.unused == sorted(unused)
+    assert any("not passed" in w for w in loaded.warnings)
+
+
+def test_a_key_near_a_parameter_the_config_already_sets_is_only_a_warning(write_model):
+    loaded = load(write_model(GPT, {"vocab_size": 30, "d_model": 8, "d_modle": 8}))
+    assert loaded.build.passed["d_model"] == 8 and loaded.build.unused == ["d_modle"]
+
+
+def test_a_hugging_face_configs_own_keys_are_never_misspellings(write_model):
+    code = GPT.replace("block_size=32):", "block_size=32, d_inner=64):")
+    with pytest.raises(UserError, match=r"'n_inner' → 'd_inner'"):  # hand-written: a typo
+        load(write_model(code, {"vocab_size": 30, "n_inner": 16}))
+    loaded = load(write_model(code, {"vocab_size": 30, "n_inner": 16, "model_type": "gpt2"}))
+    assert loaded.build.unused == ["n_inner"]  # GPT-2's config.json carries n_inner
+
+
+@pytest.mark.parametrize(("key", "name", "near"), [
+    ("d_modle", "d_model", True), ("n_embed", "n_embd", True), ("casual", "causal", True),
+    ("NUM_LAYERS", "num_layers", True), ("dff", "d_ff", True),
+    ("top_p", "top_k", False), ("d_v", "d_k", False), ("encoder_layers", "decoder_layers", False),
+    ("min_seq_len", "max_seq_len", False), ("layer2", "layer1", False), ("author", "attn", False),
+    ("learning_rate", "layer_norm_eps", False), ("description", "dropout", False),
+])
+def test_what_counts_as_a_misspelling(key, name, near):
+    from utils.adapters.config_typos import near_miss
+
+    assert near_miss(key, name) is near
 
 
 def test_aliases_fill_constructor_arguments(write_model):

@@ -55,6 +55,18 @@ def test_renderings():
     assert report["causal_masking"].status == "fail"
 
 
+def test_the_models_warnings_are_in_every_rendering():
+    warning = "config.json keys not taken by GPT.__init__ (not passed): author, learning_rate."
+    report = Report([result("gradient_flow", "pass")],
+                    model={"class": "GPT", "warnings": [warning, "<b>head</b> too small"]})
+    assert report.passed and report.warnings == [warning, "<b>head</b> too small"]
+    assert f"warning: {warning}" in report.to_text(width=200).splitlines()
+    html = report._repr_html_()
+    assert f"Warning: {warning}" in html and "&lt;b&gt;head&lt;/b&gt;" in html
+    assert json.loads(report.to_json())["model"]["warnings"][0] == warning
+    assert Report().warnings == [] and "warning:" not in Report().to_text()
+
+
 LONG = ("Future tokens leak into earlier outputs: changing tokens from position 1 on moved "
         "earlier outputs by up to 1.15e-01 (relative; allowed 1e-05); position 0 already sees "
         "later tokens — the causal mask is missing, not applied, or built from the wrong length.")

@@ -57,6 +57,18 @@ def test_local_folder_and_file(tmp_path):
     assert spec.kind == "file" and spec.path == (tmp_path / "model.py").resolve()
 
 
+def test_a_folders_config_json_names_the_folder_and_other_files_are_refused(tmp_path):
+    (tmp_path / "model.py").write_text("x = 1\n")
+    for name in ("config.json", "notes.txt", "run.json"):
+        (tmp_path / name).write_text("{}")
+    spec = parse_source(tmp_path / "config.json")
+    assert spec.kind == "folder" and spec.path == tmp_path.resolve()
+    for name, kind in (("notes.txt", "a text file"), ("run.json", "a JSON file")):
+        with pytest.raises(UserError, match=f"{name} is {kind}, not Python model code") as info:
+            parse_source(tmp_path / name)
+        assert f"Pass the folder instead: {tmp_path.resolve()}" in info.value.fix
+
+
 def test_a_local_folder_named_like_a_gist_id_is_the_folder(tmp_path, monkeypatch):
     (tmp_path / GID).mkdir()
     monkeypatch.chdir(tmp_path)

@@ -227,8 +227,7 @@ def _describe(report: Report) -> str:
     for prop, ev in model.get("evidence", {}).items():
         if prop != "forward":
             lines.append(f"  {prop:<13} {ev['value']!s:<11} {ev['method']}: {ev['detail']}")
-    lines += [f"  note: {w}" for w in model.get("warnings", [])]
-    return "\n".join(lines)
+    return "\n".join(lines)  # the model's warnings are printed with the report
 
 
 def _check_names(args: argparse.Namespace) -> list[str]:

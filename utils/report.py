@@ -126,6 +126,13 @@ class Report:
                 return r
         raise KeyError(f"no check named {name!r}; have {[r.name for r in self.results]}")
 
+    @property
+    def warnings(self) -> list[str]:
+        """What loading and adapting the model warned about (``model.warnings`` in the JSON):
+        config keys the constructor did not take, an output head that does not match the
+        embedding, ... A warning never changes ``passed``."""
+        return list((self.model or {}).get("warnings") or [])
+
     def counts(self) -> dict[str, int]:
         return {s: sum(r.status == s for r in self.results) for s in STATUSES}
 
@@ -177,7 +184,8 @@ class Report:
         )
 
     def to_text(self, width: int | None = None) -> str:
-        """A plain-text table for terminals, ending with the verdict.
+        """A plain-text table for terminals, then the model's warnings and the run's notes,
+        ending with the verdict.
 
         A passing row's summary is cut to one line; every other row prints its summary in full
         (the diagnosis and the fix), wrapped to ``width`` (default: the terminal's, 120 when
@@ -196,13 +204,14 @@ class Report:
                 lines.append(head + short)
             else:  # a narrow terminal gets a short indent rather than a one-word column
                 lines.append(_wrap(r.summary, width, head, len(head) if room >= 30 else 4))
+        lines += [_wrap(w, width, "warning: ", 9) for w in self.warnings]
         lines += [_wrap(n, width, "note: ", 6) for n in self.notes]
         lines.append(self.verdict())
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        """The notebook view: a table (status, check, tier, seconds, summary), the notes and the
-        verdict. Styles are inline and explicit, because notebook front ends right-align table
+        """The notebook view: a table (status, check, tier, seconds, summary), the model's
+        warnings, the notes and the verdict. Styles are inline and explicit, because notebook front ends right-align table
         cells by default and would wrap ``✓ pass`` onto two lines."""
         cell = "padding:3px 8px;vertical-align:top;text-align:left"
         keep = f"{cell};white-space:nowrap"
@@ -217,9 +226,10 @@ class Report:
                 f"<td style='{keep}'>{r.tier}</td>"
                 f"<td style='{keep};text-align:right'>{r.seconds:.2f}</td>"
                 f"<td style='{cell}'>{html.escape(r.summary)}</td></tr>")
-        notes = ("<ul style='margin:4px 0'>" + "".join(
-            f"<li><i>Note: {html.escape(n)}</i></li>" for n in self.notes) + "</ul>"
-                 if self.notes else "")
+        items = [f"<li style='color:{_COLOUR['warn']}'>Warning: {html.escape(w)}</li>"
+                 for w in self.warnings]
+        items += [f"<li><i>Note: {html.escape(n)}</i></li>" for n in self.notes]
+        notes = f"<ul style='margin:4px 0'>{''.join(items)}</ul>" if items else ""
         colour = _COLOUR["pass" if self.passed else "fail"]
         title = html.escape((self.model or {}).get("class", "model"))
         return (

@@ -5,8 +5,10 @@ Configs come flat (``{"vocab_size": 512, "d_model": 64}``), nested one level
 (``{"nodes": [{"params": {...}}], "vocab_size": ..., "seq_length": ...}``). Constructors take
 named arguments, nothing (sizes baked in by a builder), or one config object (``GPT(config)``,
 built as the file's dataclass when the parameter is annotated with one). Keys the constructor
-does not take are never passed; they are listed as a warning. A required argument missing from
-the config is a ``UserError`` that names it.
+does not take are never passed; they are listed as a warning, except one that reads as a
+misspelling of a parameter the config leaves unset (``d_modle`` for ``d_model``): that is a
+``UserError`` naming both, since the model would silently be built with the default. A required
+argument missing from the config is a ``UserError`` that names it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+from utils.adapters.config_typos import HF_CONFIG_KEYS, is_known_schema, misspelling_of
 from utils.errors import UserError, locate_in_files
 
 __all__ = ["ALIASES", "META_KEYS", "BuildRecord", "build_model", "flatten_config", "lookup"]
@@ -123,6 +126,14 @@ class ConfigNamespace(dict):
         return found[1]
 
 
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return inspect.Parameter.empty
+
+
 def _fill(names: list[inspect.Parameter], flat: dict, record: BuildRecord) -> list[str]:
     """Fill ``record.passed`` for ``names`` from ``flat``; return the required ones missing."""
     missing = []
@@ -152,22 +163,22 @@ def build_model(cls: type, module: ModuleType, config: dict, config_name: str = 
         if config_cls is not None:
             record = BuildRecord(f"dataclass:{config_cls.__name__}")
             fields = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
-                                        default=None if f.default is not dataclasses.MISSING or
-                                        f.default_factory is not dataclasses.MISSING
-                                        else inspect.Parameter.empty)
+                                        default=_field_default(f))
                       for f in dataclasses.fields(config_cls) if f.init]
-            _raise_missing(cls, _fill(fields, flat, record), flat, config_name)
+            missing = _fill(fields, flat, record)
+            _raise_misspelt(config_cls.__name__, fields, flat, record, config_name)
+            _raise_missing(cls, missing, flat, config_name)
             args = (config_cls(**record.passed),)
         else:
             record = BuildRecord("config-object", passed=dict(flat))
             args = (ConfigNamespace(flat),)
     else:
         record = BuildRecord("keywords")
-        _raise_missing(cls, _fill(params, flat, record), flat, config_name)
+        missing = _fill(params, flat, record)
+        _raise_misspelt(f"{cls.__name__}.__init__", params, flat, record, config_name)
+        _raise_missing(cls, missing, flat, config_name)
         args = ()
-    used_keys = {record.from_alias.get(k, k) for k in record.passed}
-    record.unused = sorted(k for k in flat if k not in used_keys and k not in META_KEYS
-                           and k not in _READ_BY_TESTBENCH)
+    record.unused = _unused(flat, record)
     record.warnings = notes
     if record.unused and record.style != "config-object":
         record.warnings.append(
@@ -196,6 +207,45 @@ def _sibling_files(module: ModuleType):
 
     src = getattr(module, "__file__", None)
     return Path(src).parent.glob("*.py") if src else []
+
+
+def _unused(flat: dict, record: BuildRecord) -> list[str]:
+    """Config keys that reach neither the constructor nor the testbench."""
+    used_keys = {record.from_alias.get(k, k) for k in record.passed}
+    return sorted(k for k in flat if k not in used_keys and k not in META_KEYS
+                  and k not in _READ_BY_TESTBENCH)
+
+
+def _raise_misspelt(taker: str, params: list[inspect.Parameter], flat: dict,
+                    record: BuildRecord, config_name: str) -> None:
+    """A ``UserError`` for every unused key that misspells a parameter the config left unset
+    (checked before a missing required argument, so the message names the typo)."""
+    unset = {p.name: p for p in params if p.name not in record.passed}
+    targets = [(alias, name) for name in unset
+               for alias in next((g for g in ALIASES if name in g), (name,))]
+    exempt = HF_CONFIG_KEYS if is_known_schema(flat) else frozenset()
+    typos = {key: hit for key in _unused(flat, record) if key not in exempt
+             and (hit := misspelling_of(key, targets)) is not None}
+    if not typos:
+        return
+
+    def meant(key: str, target: str, name: str) -> str:
+        alias = f" (taken as '{name}')" if target != name else ""
+        return f"'{key}' → '{target}'{alias}"
+
+    required = [n for _, n in typos.values() if unset[n].default is inspect.Parameter.empty]
+    defaulted = [f"{n}={unset[n].default!r} (its default) instead of {flat[k]!r}"
+                 for k, (_, n) in typos.items() if n not in required]
+    effects = ([f"the model would be built with {', '.join(defaulted)}, and every check would "
+                "test a model other than the one configured"] if defaulted else []) + (
+        [f"{', '.join(required)} would be missing, which has no default"] if required else [])
+    pairs = "; ".join(meant(k, t, n) for k, (t, n) in typos.items())
+    raise UserError(
+        f"{config_name} has key(s) that {taker} does not take but that look like misspellings "
+        f"of its parameters: {pairs}.",
+        why="A key the constructor does not take is not passed: " + "; ".join(effects) + ".",
+        fix=f"Rename {', '.join(f'{k!r} to {t!r}' for k, (t, _) in typos.items())} in "
+        f"{config_name} (or remove the key if it is not meant for the model).")
 
 
 def _raise_missing(cls: type, missing: list[str], flat: dict, config_name: str) -> None:

@@ -163,6 +163,8 @@ def load_model(
             f"{fetched.revision[:7]}{cached}. Only run code you trust.")
     else:
         folder = spec.path if spec.kind == "folder" else spec.path.parent
+        if spec.kind == "folder" and Path(spec.input).name == "config.json":
+            say(f"{spec.input} is the folder's config: loading the folder {folder}.")
         model_path = _model_file(folder, str(folder)) if spec.kind == "folder" else spec.path
         files = [model_path, folder / "config.json", *sorted(folder.glob("*.py"))]
         provenance.update(path=str(folder), sha256={

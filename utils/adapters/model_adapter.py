@@ -218,7 +218,9 @@ def adapt(model, config: dict | None = None, *, task: str | None = None,
             raises, a vocab size or task that cannot be determined.
     """
     source: dict[str, Any] = {}
+    loaded_notes: list[str] = []  # the loader's (config keys not taken, ...) come first
     if not isinstance(model, nn.Module) and hasattr(model, "model"):  # a LoadedModel
+        loaded_notes = list(getattr(model, "warnings", []))
         source, config, model = model.source, config or model.config, model.model
     if not isinstance(model, nn.Module):
         raise UserError(f"adapt() needs a torch nn.Module; it got {type(model).__name__}.",
@@ -288,7 +290,7 @@ def adapt(model, config: dict | None = None, *, task: str | None = None,
         mask_token_id=mask_token_id if mask_token_id is not None else mask_id,
         bos_token_id=bos, target_vocab_size=tgt_vocab, token_embedding=probe.token_embedding,
         config=dict(config or {}),
-        evidence=evidence, warnings=notes, source=source)
+        evidence=evidence, warnings=[*loaded_notes, *notes], source=source)
 
 
 def _check_output(task_ev: Evidence, shape: tuple[int, ...], seq_len: int, name: str) -> None:

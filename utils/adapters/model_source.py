@@ -179,6 +179,10 @@ def import_model_code(code: ModelCode) -> ModuleType:
     _ensure_package(package, [str(code.path.parent)])
     name = f"{package}.{code.path.stem}"
     spec = importlib.util.spec_from_file_location(name, code.path)
+    if spec is None or spec.loader is None:  # not a .py name: Python has no loader for it
+        raise UserError(f"{code.path.name} is not a Python file, so it cannot be imported.",
+                        why="Model code must be in a file ending in .py.",
+                        fix=f"Rename it to model.py, or pass the folder {code.path.parent}.")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     folder = code.path.parent

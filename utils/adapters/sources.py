@@ -2,7 +2,8 @@
 
 Accepted: a gist id; a gist URL (``gist.github.com/<user>/<id>[/<revision>]``, raw and API
 URLs); any URL carrying ``gist_id=`` in its query or ``#`` fragment (the Colab badge link); a
-local folder holding ``model.py``; a single ``.py`` file.
+local folder holding ``model.py``; a single ``.py`` file (a folder's ``config.json`` stands for
+the folder; any other file is refused with the folder to pass instead).
 """
 
 from __future__ import annotations
@@ -101,12 +102,35 @@ def _exists(path: Path) -> bool:
         return False
 
 
+def _non_python_file(raw: str, path: Path) -> SourceSpec:
+    """A file that is not Python: its folder's ``config.json`` stands for the folder (what the
+    user meant), anything else is refused with the folder to pass instead, if it has a model."""
+    folder = path.parent
+    models = sorted(p.name for p in folder.glob("*.py"))
+    if path.name == "config.json" and models:
+        return SourceSpec("folder", raw, path=folder)
+    kind = {".json": "a JSON file", ".ipynb": "a notebook", ".txt": "a text file",
+            ".md": "a text file"}.get(path.suffix.lower(), f"a '{path.suffix or 'no'}' file")
+    instead = (f"Pass the folder instead: {folder} (it holds {', '.join(models)}"
+               + (" and config.json)." if (folder / "config.json").is_file() else ").")
+               if models else "Save the model's code as model.py, with its config.json beside "
+               "it, and pass that folder or file.")
+    if path.suffix.lower() == ".ipynb":
+        instead += " A notebook's model class must be copied into a model.py first."
+    raise UserError(f"{raw} is {kind}, not Python model code.",
+                    why=f"A model source is {ACCEPTED_FORMS}; the testbench runs the model "
+                    "class defined in a .py file.", fix=instead)
+
+
 def parse_source(text: str | Path) -> SourceSpec:
     """Decide what ``text`` names.
 
+    ``<folder>/config.json`` names its folder when a ``.py`` file sits beside it (the model and
+    that config, as the folder would load them).
+
     Raises:
-        UserError: empty input, a path that does not exist, or text that is none of the
-            accepted forms.
+        UserError: empty input, a path that does not exist, a file that is not Python, or text
+            that is none of the accepted forms.
     """
     raw = str(text).strip() if text is not None else ""
     if not raw:
@@ -117,7 +141,9 @@ def parse_source(text: str | Path) -> SourceSpec:
     if exists:
         if path.is_dir():
             return SourceSpec("folder", raw, path=path.resolve())
-        return SourceSpec("file", raw, path=path.resolve())
+        if path.suffix == ".py":
+            return SourceSpec("file", raw, path=path.resolve())
+        return _non_python_file(raw, path.resolve())
     if _is_gist_id(raw):
         return SourceSpec("gist", raw, gist_id=raw.lower())
     found = gist_id_from_url(raw)

@@ -82,7 +82,7 @@ def model_html(loaded, adapter) -> str:
             f"{info['size_mb']:.2f} MB of weights")
     evidence = [(name, ev["value"], ev["method"], ev["detail"])
                 for name, ev in info["evidence"].items()]
-    notes = [*loaded.warnings, *info["warnings"]]
+    notes = list(dict.fromkeys([*loaded.warnings, *info["warnings"]]))  # adapt() has both
     notes_html = ("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>"
                   if notes else "")
     config = json.dumps(loaded.config, indent=2, default=str)
