@@ -46,7 +46,10 @@ def run(model, *names, **options):
 def test_healthy_model_passes_everything():
     report = run(LM())
     assert [r.name for r in report.results] == list(TIER1_CHECKS)
-    assert report.passed and {r.status for r in report.results} == {"pass"}
+    assert report.passed and {r.status for r in report.results} == {"pass", "skip"}
+    skipped = [r for r in report.results if r.status == "skip"]
+    assert [r.name for r in skipped] == ["position_shift"]  # an absolute position table
+    assert "Absolute positions" in skipped[0].summary
 
 
 class DropoutInEval(LM):
@@ -177,8 +180,11 @@ def test_a_crashing_check_is_an_error_with_the_line_and_the_run_goes_on():
 def test_runner_turns_exceptions_into_error_results(monkeypatch):
     from utils import checks
 
-    def broken(adapter, options):
-        raise ValueError("boom")
+    # a check's own bug: compiled outside this file, which also holds the model's code
+    scope: dict = {}
+    exec(compile("def broken(adapter, options):\n    raise ValueError('boom')\n",
+                 "utils/some_check.py", "exec"), scope)
+    broken = scope["broken"]
 
     monkeypatch.setitem(checks.REGISTRY, "determinism",
                         dataclasses.replace(checks.REGISTRY["determinism"], fn=broken))
@@ -277,7 +283,8 @@ def test_gradient_flow_warns_when_a_layer_vanishes():
     assert result.status == "warn" and result.metrics["layer_spread"] > 1e4
 
 
-@pytest.mark.parametrize(("std", "status"), [(0.02, "pass"), (1.0, "fail"), (0.25, "warn")])
+@pytest.mark.parametrize(("std", "status"), [(0.02, "pass"), (1.0, "fail"), (0.25, "fail"),
+                                           (0.17, "warn")])
 def test_parameter_initialization_by_gain(std, status):
     model = LM(d=256)
     nn.init.normal_(model.mix.weight, std=std)  # gain = std × 16
@@ -374,7 +381,7 @@ def test_a_length_limit_is_found_exactly_and_caps_the_later_checks():
     assert shapes.status == "fail" and shapes.metrics["runnable_max_len"] == 20
     assert "runs up to length 20 of max_seq_len 32" in shapes.summary
     later = [r for r in report.results if r.name != "shape_robustness"]
-    assert all(r.status in ("pass", "warn") for r in later), report.to_text()
+    assert all(r.status in ("pass", "warn", "skip") for r in later), report.to_text()
     assert all("Lengths capped at 20" in r.summary for r in later)
 
 

@@ -40,7 +40,7 @@ __all__ = ["run_all_tier1_tests", "run_all_tier2_tests", "test_attention_pattern
            "test_generation_consistency", "test_gradient_flow", "test_hyperparameter_search",
            "test_inference_speed", "test_initial_loss", "test_memory_footprint",
            "test_mixed_precision", "test_output_stability", "test_overfit_one_batch",
-           "test_padding_invariance", "test_parameter_initialization", "test_robustness",
+           "test_padding_invariance", "test_parameter_initialization", "test_position_shift", "test_robustness",
            "test_shape_robustness"]
 
 
@@ -157,6 +157,13 @@ def test_padding_invariance(model, config: dict | None = None, *,
                             options: CheckOptions | None = None, **fields) -> CheckResult:
     """Masked padding must not move the outputs at real positions."""
     return _one("padding_invariance", model, config, options, fields)
+
+
+@_not_a_test
+def test_position_shift(model, config: dict | None = None, *,
+                        options: CheckOptions | None = None, **fields) -> CheckResult:
+    """RoPE / ALiBi / relative positions: a left shift with masked pads must not move outputs."""
+    return _one("position_shift", model, config, options, fields)
 
 
 @_not_a_test

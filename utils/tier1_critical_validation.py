@@ -23,6 +23,7 @@ from utils.tier1 import (  # noqa: F401  (importing registers the checks and plo
     learning,
     numerics,
     plots,
+    positions,
     precision,
     resources,
     shapes,
@@ -34,7 +35,7 @@ __all__ = ["TIER1_CHECKS", "run_tier1"]
 # must (no peeking ahead, no mixing samples, padding ignored); are the numbers sane; can it
 # learn; is it reproducible; what does it cost.
 TIER1_CHECKS: tuple[str, ...] = ("shape_robustness", "causal_masking", "batch_independence",
-                                 "padding_invariance", "gradient_flow", "output_stability",
+                                 "padding_invariance", "position_shift", "gradient_flow", "output_stability",
                                  "parameter_initialization", "initial_loss", "overfit_one_batch",
                                  "mixed_precision", "determinism", "memory_footprint",
                                  "inference_speed")
