@@ -377,6 +377,13 @@ def run_checks(adapter, names: list[str], options: CheckOptions | None = None, *
     said = LibraryWarnings()
     with said.capture("the length probe"):
         runnable, prober = _probe_lengths(adapter, names, options)
+    top = options.max_len(adapter)
+    if runnable is None and adapter.max_seq_len is not None and top < adapter.max_seq_len:
+        report.notes.append(
+            f"Checks use sequences of at most {top} tokens (max_len_cap={options.max_len_cap}), "
+            f"below the model's max_seq_len {adapter.max_seq_len}, so each check stays within "
+            f"its time budget: lengths {top + 1}–{adapter.max_seq_len} are not tested. "
+            f"CheckOptions(max_len_cap={adapter.max_seq_len}) tests them.")
     if runnable is not None:
         options = dataclasses.replace(options, max_len_cap=runnable)
         capped_by = f"Tier {REGISTRY[prober].tier}'s {prober}"

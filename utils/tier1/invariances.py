@@ -230,6 +230,8 @@ def check_padding_invariance(adapter, options) -> CheckResult:
         return CheckResult("padding_invariance", 1, "pass",
                            f"Outputs at real positions unchanged by {how} ({why}; max relative "
                            f"change {worst:.1e} ≤ {tol:g}).", metrics, threshold, rows)
+    probed = adapter.evidence.get("mask")  # what the adapter's polarity probe found at load
+    found = f" The mask probe at load: {probed.detail}." if probed is not None else ""
     if not takes_mask:
         who = "its encoder" if adapter.task == "seq2seq" else "the model"
         return CheckResult(
@@ -237,11 +239,11 @@ def check_padding_invariance(adapter, options) -> CheckResult:
             f"forward takes no attention mask, and {how} moved the outputs at real positions by "
             f"{worst:.2e} (relative): {who} attends to padding, so it cannot be trained on "
             "batches of different lengths. Accept an attention_mask (1 = real token) and apply "
-            "it to the attention scores.", metrics, threshold, rows)
+            "it to the attention scores." + found, metrics, threshold, rows)
     return CheckResult(
         "padding_invariance", 1, "fail",
         f"The model takes a mask ('{adapter.spec.mask_param}') but {how} moved the outputs at "
         f"real positions by {worst:.2e} (relative; allowed {tol:g}): the mask is ignored or "
         "applied wrongly. Apply it to the attention scores of every layer (masked keys → -inf "
         "before softmax), and mind its meaning: attention_mask 1 = real token, "
-        "key_padding_mask True = padding.", metrics, threshold, rows)
+        "key_padding_mask True = padding." + found, metrics, threshold, rows)

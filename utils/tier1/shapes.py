@@ -63,7 +63,14 @@ def check_shape_robustness(adapter, options) -> CheckResult:
         if not ok:
             failures.append(rows[-1])
     span = f"batch {batches[0]}–{batches[-1]} × length {grid[0][1]}–{top}"
-    metrics = {"shapes_tested": len(rows), "shapes_failed": len(failures), "max_len_tested": top}
+    full = adapter.max_seq_len
+    if full is not None and top < full:
+        # why the cap is there (a time budget, or a length the model fails past) is the
+        # runner's to say: in the report's notes, or after this summary
+        span += (f"; lengths {top + 1}–{full} of max_seq_len {full} not tested "
+                 f"(max_len_cap={options.max_len_cap})")
+    metrics = {"shapes_tested": len(rows), "shapes_failed": len(failures), "max_len_tested": top,
+               "max_len_cap": options.max_len_cap}
     if failures:
         # the exact longest length that runs: reported, and later checks stay within it
         shortest_bad = min(r["seq_len"] for r in failures)
