@@ -108,7 +108,9 @@ def plot_parameter_initialization(result: CheckResult):
     keys = short_names([r["layer"] for r in rows]) if per_layer else labels
     fig, ax = _axes(f"Weight gain = std × √fan_in per {'layer' if per_layer else 'matrix'}: "
                     f"passes in {low:g}–{high:g}, fails above {fail:g}\n"
-                    "(common inits give ≈ 0.1–1.5; N(0, 0.02) at width d gives 0.02·√d)",
+                    f"(bars: ±{result.threshold.get('sampling_z', 0):g} standard errors of the "
+                    "sampled std, the verdict goes by their ends; common inits give ≈ 0.1–1.5, "
+                    "N(0, 0.02) at width d gives 0.02·√d)",
                     width=8.0, height=1.4 + 0.24 * max(len(labels), 4))
     ax.set_title(ax.get_title(), pad=14)  # room for the band names above the axes
     gains = [r["gain"] for r in rows if r["gain"] > 0]
@@ -126,6 +128,11 @@ def plot_parameter_initialization(result: CheckResult):
                else "#4c72b0" for r in rows]
     y = [labels.index(k) for k in keys]
     ax.scatter([max(r["gain"], left) for r in rows], y, c=colours, s=22, zorder=3)
+    spans = [(yi, r, c) for yi, r, c in zip(y, rows, colours, strict=True) if r.get("gain_low")]
+    if spans:  # the sampling tolerance the verdict allows: it goes by the bar's ends
+        ax.hlines([yi for yi, _, _ in spans], [max(r["gain_low"], left) for _, r, _ in spans],
+                  [r["gain_high"] for _, r, _ in spans], colors=[c for _, _, c in spans],
+                  lw=1.2, zorder=2)
     ax.set_xlim(left, right)
     _log_scale(ax, "x")
     # powers of ten and the band edges; a power of ten too close to an edge (10 by 8) gives way
