@@ -18,7 +18,7 @@ from utils.adapters.signature import ForwardSpec
 from utils.errors import UserError
 from utils.tasks import TASKS
 
-__all__ = ["decide_lengths", "decide_task", "decide_vocab", "normalise_task"]
+__all__ = ["decide_classes", "decide_lengths", "decide_task", "decide_vocab", "normalise_task"]
 
 _TASK_WORDS = {
     "causal_lm": ("causal_lm", "causal", "clm", "lm", "language_modeling", "language-modeling",
@@ -65,16 +65,19 @@ def normalise_task(value: Any, source: str) -> str:
                     fix=f"Use one of: {', '.join(TASKS)}.")
 
 
-def _declared_task(flat: dict, class_name: str) -> Evidence | None:
+def _declared_task(flat: dict, class_name: str, bases: list[str]) -> Evidence | None:
     # The class name is the most specific declaration: GPT2ForSequenceClassification has
-    # model_type 'gpt2' but classifies; ElectraForSequenceClassification likewise.
-    names = [class_name] + [str(a) for a in (flat.get("architectures") or [])
-                            if isinstance(flat.get("architectures"), list)]
+    # model_type 'gpt2' but classifies; ElectraForSequenceClassification likewise. A head named
+    # by a base class counts as much (a thin subclass of RobertaForSequenceClassification).
+    arch = flat.get("architectures")
+    names = [class_name, *bases, *(str(a) for a in arch if isinstance(arch, list))] \
+        if isinstance(arch, list) else [class_name, *bases]
     for name in names:
         squashed = name.lower().replace("_", "")
         for task, pattern in _HEAD_PATTERNS:
             if re.search(pattern, squashed):
-                return Evidence(task, "declared", f"class name {name!r}")
+                how = "base class" if name in bases else "class name"
+                return Evidence(task, "declared", f"{how} {name!r}")
     model_type = str(flat.get("model_type", "")).lower()
     for task, types in _MODEL_TYPES.items():
         if model_type in types:
@@ -91,7 +94,8 @@ def _declared_task(flat: dict, class_name: str) -> Evidence | None:
 
 
 def decide_task(*, override: str | None, flat: dict, class_name: str, spec: ForwardSpec,
-                scan: Scan, probe: Probe, vocab: int | None) -> tuple[Evidence, Evidence | None]:
+                scan: Scan, probe: Probe, vocab: int | None, bases: list[str] | None = None,
+                ) -> tuple[Evidence, Evidence | None]:
     """The task's evidence, and the probe's causality finding (kept for reports)."""
     shape = probe.output_shape
     causal_probe = None
@@ -107,7 +111,7 @@ def decide_task(*, override: str | None, flat: dict, class_name: str, spec: Forw
     if "task" in flat:
         return Evidence(normalise_task(flat["task"], "config.json"), "config",
                         f"config task={flat['task']!r}"), causal_probe
-    declared = _declared_task(flat, class_name)
+    declared = _declared_task(flat, class_name, list(bases or []))
     if declared is not None:
         return declared, causal_probe
     if spec.decoder_param:
@@ -131,13 +135,16 @@ def decide_task(*, override: str | None, flat: dict, class_name: str, spec: Forw
 
 def decide_vocab(*, override: int | None, flat: dict, scan: Scan, probe: Probe,
                  ) -> tuple[Evidence | None, list[str]]:
-    """Vocab size = the token embedding's rows; returns (evidence or None, mismatch notes)."""
+    """Vocab size = the token embedding's rows; returns (evidence or None, mismatch notes).
+
+    Raises:
+        UserError: an override larger than the table that received the token ids (ids past
+            its rows cannot be looked up).
+    """
     notes: list[str] = []
     config = lookup(flat, "vocab_size")
-    found: Evidence | None = None
-    if override:
-        found = Evidence(int(override), "override", f"vocab_size={override} given explicitly")
-    elif probe.token_embedding is not None:
+    found: Evidence | None = None  # what the model itself has
+    if probe.token_embedding is not None:
         rows = scan.embeddings[probe.token_embedding]
         found = Evidence(rows, "probe", f"rows of '{probe.token_embedding}', the embedding that "
                          "received the token ids")
@@ -150,10 +157,26 @@ def decide_vocab(*, override: int | None, flat: dict, scan: Scan, probe: Probe,
                          "did not see any embedding receive the token ids)")
     elif config is not None:
         found = Evidence(int(config[1]), "config", f"config {config[0]}={config[1]}")
+    used = found
+    if override:
+        used = Evidence(int(override), "override", f"vocab_size={override} given explicitly")
+        if found is not None and found.value != override:
+            if override > found.value and found.method == "probe":
+                raise UserError(
+                    f"vocab_size={override} was given, but the model's token embedding has "
+                    f"{found.value} rows ({found.detail}).",
+                    why=f"Token ids {found.value}–{override - 1} would index past the table, so "
+                    "no forward pass with them can run: the override cannot apply.",
+                    fix=f"Build the model with vocab_size {override} (config.json), or drop "
+                    f"--vocab-size / vocab_size= to use its {found.value} rows.")
+            notes.append(f"vocab_size={override} given explicitly, but the model has "
+                         f"{found.value} ({found.detail}); ids stay below {override}"
+                         + (f", so {found.value - override} rows are never read."
+                            if override < found.value else "."))
     if found is not None and config is not None and int(config[1]) != found.value:
         notes.append(f"config {config[0]}={config[1]} but the model's token embedding has "
-                     f"{found.value} rows; using {found.value} (ids must stay below it).")
-    return found, notes
+                     f"{found.value} rows; using {used.value} (ids must stay below it).")
+    return used, notes
 
 
 # Hugging Face families whose position ids start after padding_idx (RoBERTa's 514 rows hold
@@ -185,3 +208,46 @@ def decide_lengths(*, override: int | None, flat: dict, scan: Scan, probe: Probe
         return Evidence(length, "structure", f"length of '{name}'")
     return Evidence(None, "default", "unknown: no config key and no position table (e.g. rotary "
                     "or no positions); checks cap lengths themselves")
+
+
+def decide_classes(task: str, flat: dict, shape: tuple[int, ...], override: int | None,
+                   evidence: dict[str, Evidence], notes: list[str]) -> int | None:
+    """A classifier's number of classes (recorded in ``evidence``); None for other tasks.
+
+    Raises:
+        UserError: ``override`` on a task without classes, or more classes than the output has.
+    """
+    if override is not None and task != "classification":
+        raise UserError(
+            f"num_classes={override} was given, but the model's task is '{task}' "
+            f"({evidence['task'].method}: {evidence['task'].detail}), which has no classes.",
+            why="num_classes sets the labels of a classifier (output [batch, classes]); "
+            f"a {task} model predicts {'tokens' if task.endswith('lm') else 'outputs'} per "
+            "position, so the override cannot apply.",
+            fix="Drop --num-classes / num_classes=, or set the task (--task classification) "
+            "if the model really is a classifier.")
+    if task != "classification":
+        return None
+    key = next((k for k in ("num_classes", "num_labels", "n_classes")
+                if isinstance(flat.get(k), int) and not isinstance(flat.get(k), bool)), None)
+    declared = flat[key] if key else None
+    outputs = shape[-1]
+    if override is not None:
+        if override > outputs:
+            raise UserError(
+                f"num_classes={override} was given, but the model's output has {outputs} "
+                f"classes (shape {list(shape)}).",
+                why=f"Labels {outputs}–{override - 1} would index past the output, so no loss "
+                "could be computed.",
+                fix=f"Build the classifier with {override} outputs, or drop the override.")
+        if override != outputs:
+            notes.append(f"num_classes={override} given explicitly, but the model's output has "
+                         f"{outputs} classes; labels stay below {override}.")
+        evidence["num_classes"] = Evidence(override, "override", f"num_classes={override} "
+                                           f"given explicitly; the output has {outputs}")
+        return override
+    classes = declared or outputs
+    evidence["num_classes"] = Evidence(classes, "config" if declared else "probe",
+                                       f"config {key}" if declared else
+                                       f"output shape {list(shape)}")
+    return classes

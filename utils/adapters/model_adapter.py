@@ -16,9 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.adapters import detection, inference
+from utils.adapters import detection, inference, targets
 from utils.adapters.config_mapping import flatten_config, lookup
 from utils.adapters.detection import Evidence
+from utils.adapters.hf_config import base_class_names, merge_below, own_config
+from utils.adapters.mask_probe import check_named_mask, probe_mask_polarity
 from utils.adapters.signature import ForwardSpec, analyse_forward, extract_output
 from utils.errors import UserError
 from utils.tasks import IGNORE_INDEX, Task
@@ -225,46 +227,51 @@ def adapt(model, config: dict | None = None, *, task: str | None = None,
     if not isinstance(model, nn.Module):
         raise UserError(f"adapt() needs a torch nn.Module; it got {type(model).__name__}.",
                         fix="Pass the model instance (or load one with utils.load_model).")
-    if config is None and hasattr(getattr(model, "config", None), "to_dict"):
-        config = model.config.to_dict()  # Hugging Face models carry their config
-    flat, _ = flatten_config(dict(config or {}))
+    own = own_config(model)
+    merged = merge_below(dict(config or {}), own)
+    flat, _ = flatten_config(merged)
     if device is not None:
         model.to(device)
+    name = type(model).__name__
     spec = analyse_forward(model)
     scan = detection.scan_structure(model)
     length_ev = inference.decide_lengths(override=max_seq_len, flat=flat, scan=scan,
                                          probe=detection.Probe((), "", 0))
     probe_len = min(8, length_ev.value) if length_ev.value else 8
     dev = next(model.parameters(), torch.empty(0)).device
-    probe = detection.run_probe(model, spec, seq_len=probe_len,
-                                id_limit=_id_limit(scan, flat, vocab_size), device=dev)
+    id_limit = _id_limit(scan, flat, vocab_size)
+    probe = detection.run_probe(model, spec, seq_len=probe_len, id_limit=id_limit, device=dev)
+    probe, last_only = targets.full_logits_probe(model, spec, probe, id_limit=id_limit,
+                                                  device=dev)
+    model_len = inference.decide_lengths(override=None, flat=flat, scan=scan, probe=probe)
     length_ev = inference.decide_lengths(override=max_seq_len, flat=flat, scan=scan, probe=probe)
     vocab_ev, notes = inference.decide_vocab(override=vocab_size, flat=flat, scan=scan,
                                              probe=probe)
     if vocab_ev is None:
         raise UserError(
-            f"Could not determine the vocab size of {type(model).__name__}.",
+            f"Could not determine the vocab size of {name}.",
             why="No nn.Embedding received the token ids, no embedding table was found, and the "
             "config has no vocab_size.",
             fix="Add \"vocab_size\": N to config.json, or pass vocab_size=N (CLI: --vocab-size N).")
     task_ev, causal_probe = inference.decide_task(
-        override=task, flat=flat, class_name=type(model).__name__, spec=spec, scan=scan,
-        probe=probe, vocab=vocab_ev.value)
+        override=task, flat=flat, class_name=name, bases=base_class_names(model), spec=spec,
+        scan=scan, probe=probe, vocab=vocab_ev.value)
     shape = probe.output_shape
-    _check_output(task_ev, shape, probe_len, type(model).__name__)
+    _check_output(task_ev, shape, probe_len, name, spec, last_only)
     evidence = {"task": task_ev, "vocab_size": vocab_ev, "max_seq_len": length_ev}
+    if max_seq_len and model_len.value is not None and model_len.value != max_seq_len:
+        notes.append(f"max_seq_len={max_seq_len} given explicitly, but the model says "
+                     f"{model_len.value} ({model_len.detail}); checks test up to {max_seq_len}"
+                     + (", past the model's limit." if max_seq_len > model_len.value else "."))
     if causal_probe is not None:
         evidence["causal_probe"] = causal_probe
     evidence["forward"] = Evidence(spec.describe(), "signature",
                                    f"output found as {probe.output_how}, shape {list(shape)}")
+    if spec.feed_targets:
+        evidence["forward"] = Evidence(spec.describe(), "probe", last_only)
 
-    classes = None
-    if task_ev.value == "classification":
-        declared, key = _optional_int(flat, ("num_classes", "num_labels", "n_classes"))
-        classes = num_classes or declared or shape[-1]
-        how = ("override" if num_classes else "config" if declared else "probe")
-        evidence["num_classes"] = Evidence(classes, how, f"config {key}" if declared else
-                                           f"output shape {list(shape)}")
+    classes = inference.decide_classes(task_ev.value, flat, shape, num_classes, evidence,
+                                       notes)
     pad, pad_key = _optional_int(flat, ("pad_token_id", "pad_id", "pad_idx", "padding_idx"))
     if pad_token_id is not None:
         evidence["pad_token_id"] = Evidence(pad_token_id, "override", "given explicitly")
@@ -273,12 +280,34 @@ def adapt(model, config: dict | None = None, *, task: str | None = None,
     elif probe.token_embedding in scan.padding_idx:
         evidence["pad_token_id"] = Evidence(scan.padding_idx[probe.token_embedding], "structure",
                                             f"padding_idx of '{probe.token_embedding}'")
+    pad_value = evidence["pad_token_id"].value if "pad_token_id" in evidence else None
+    mask_kw = {"seq_len": probe_len, "id_limit": id_limit, "pad_id": pad_value or 0,
+               "device": dev, "pooled": task_ev.value in ("classification", "seq2seq")}
+    if spec.mask_param is not None and spec.mask_style is not None:
+        evidence["mask"], warning = check_named_mask(model, spec, **mask_kw)
+        notes += [warning] if warning else []
+    elif spec.mask_param is not None:
+        found = probe_mask_polarity(model, spec, **mask_kw)
+        evidence["mask"] = found.evidence
+        if found.style is None:
+            spec.left_default.append(spec.mask_param)
+            spec.mask_param = None
+        spec.mask_style = found.style
+        evidence["forward"].value = spec.describe()
+    if task_ev.value == "causal_lm" and spec.targets_param:
+        agreement = targets.model_loss_agreement(model, spec, seq_len=probe_len,
+                                                 id_limit=id_limit, device=dev)
+        if agreement is not None:
+            evidence["model_loss"], warning = agreement
+            notes += [warning] if warning else []
     mask_id, _ = _optional_int(flat, ("mask_token_id", "mask_id", "mask_idx"))
     out_size = shape[-1]
-    if task_ev.value in ("causal_lm", "masked_lm") and out_size != vocab_ev.value:
+    # the model's own rows, not an override's (which decide_vocab has compared with them)
+    rows = scan.embeddings.get(probe.token_embedding, vocab_ev.value)
+    if task_ev.value in ("causal_lm", "masked_lm") and out_size != rows:
         notes.append(f"The output head has {out_size} outputs but the token embedding has "
-                     f"{vocab_ev.value} rows: ids >= {min(out_size, vocab_ev.value)} cannot be "
-                     "both read and predicted.")
+                     f"{rows} rows: ids >= {min(out_size, rows)} cannot be both read and "
+                     "predicted.")
     tgt_vocab = None
     if probe.decoder_embedding is not None:
         tgt_vocab = scan.embeddings[probe.decoder_embedding]
@@ -286,14 +315,15 @@ def adapt(model, config: dict | None = None, *, task: str | None = None,
     return ModelAdapter(
         model=model, task=task_ev.value, vocab_size=int(vocab_ev.value),
         max_seq_len=length_ev.value, spec=spec, output_size=int(out_size), num_classes=classes,
-        pad_token_id=evidence["pad_token_id"].value if "pad_token_id" in evidence else None,
+        pad_token_id=pad_value,
         mask_token_id=mask_token_id if mask_token_id is not None else mask_id,
         bos_token_id=bos, target_vocab_size=tgt_vocab, token_embedding=probe.token_embedding,
-        config=dict(config or {}),
+        config=dict(config or own),
         evidence=evidence, warnings=[*loaded_notes, *notes], source=source)
 
 
-def _check_output(task_ev: Evidence, shape: tuple[int, ...], seq_len: int, name: str) -> None:
+def _check_output(task_ev: Evidence, shape: tuple[int, ...], seq_len: int, name: str,
+                  spec: ForwardSpec, last_only: str | None) -> None:
     """The output's shape must fit the task, or no loss and no check can be computed."""
     task = task_ev.value
     per_token = len(shape) == 3 and shape[1] == seq_len
@@ -301,6 +331,16 @@ def _check_output(task_ev: Evidence, shape: tuple[int, ...], seq_len: int, name:
         return
     if task != "classification" and per_token:
         return
+    if last_only is not None and not spec.feed_targets:
+        raise UserError(
+            f"{name} returned the last position only: {last_only}.",
+            why=f"Task '{task}' ({task_ev.method}: {task_ev.detail}) needs logits for every "
+            f"position, [batch, seq_len={seq_len}, vocab]: the loss and the causal, padding "
+            "and gradient checks read all of them. This is the inference shortcut "
+            "`logits = self.lm_head(x[:, [-1], :])`.",
+            fix="Compute the head on every position in forward — `logits = self.lm_head(x)` — "
+            "and take logits[:, -1, :] where you generate; or give forward a `targets=None` "
+            "parameter under which it returns every position.")
     want = "[batch, classes]" if task == "classification" else f"[batch, seq_len={seq_len}, vocab]"
     raise UserError(
         f"{name} returned an output of shape {list(shape)}, which does not fit task '{task}' "

@@ -4,8 +4,12 @@ The token input may be called ``input_ids``, ``idx``, ``x``, ``src``, ``tokens``
 ``input_0_tokens``; a seq2seq model takes a second token input (``tgt``,
 ``decoder_input_ids``); a mask is passed only when ``forward`` accepts one, translated to what
 its name means (HF ``attention_mask``: 1 = real token; PyTorch ``*_key_padding_mask``: True =
-padding). A forward that demands intermediate tensors as arguments is refused with a clear
-error rather than fed fabricated tensors.
+padding). A mask whose name does not say its meaning (``mask``, ``attn_mask``, ``src_mask``) is
+recorded as ambiguous; the adapter probes both polarities and settles ``mask_style``
+(:mod:`utils.adapters.mask_probe`). An optional ``targets``/``labels`` parameter is recorded
+too: a forward that returns only the last position unless targets are given (nanoGPT's
+``logits[:, [-1], :]``) is then driven with targets. A forward that demands intermediate
+tensors as arguments is refused with a clear error rather than fed fabricated tensors.
 """
 
 from __future__ import annotations
@@ -30,7 +34,10 @@ _DECODER_NAMES = ("decoder_input_ids", "tgt", "trg", "target_input", "tgt_tokens
 _KEEP_MASKS = ("attention_mask", "input_mask", "src_attention_mask", "encoder_attention_mask")
 _PAD_MASKS = ("src_key_padding_mask", "key_padding_mask", "padding_mask", "pad_mask",
               "src_padding_mask")
+# Names that do not say whether True means "keep" or "padding": the polarity is probed.
+_AMBIGUOUS_MASKS = ("mask", "src_mask", "attn_mask", "masks", "key_mask", "seq_mask")
 _MEMORY_MASKS = ("memory_key_padding_mask",)
+_TARGET_NAMES = ("targets", "labels", "target", "lm_labels", "y", "label")
 _DECODER_PAD_MASKS = ("tgt_key_padding_mask",)
 _DECODER_KEEP_MASKS = ("decoder_attention_mask",)
 _BUILDER_TOKEN = re.compile(r"^(input_\d+(_tokens?|_ids)?|.*_(tokens|input_ids))$")
@@ -44,12 +51,16 @@ class ForwardSpec:
     token_param: str | None  # None: passed positionally through *args
     decoder_param: str | None = None
     mask_param: str | None = None
-    mask_style: str | None = None  # "keep" (1 = real token) | "pad" (True = padding)
+    # "keep" (the batch's 1/0 mask as is) | "keep_bool" (True = real token) | "pad" (True =
+    # padding); None with mask_param set: not decided yet (an ambiguous name, probed by adapt)
+    mask_style: str | None = None
     memory_mask_param: str | None = None
     decoder_mask_param: str | None = None
     decoder_mask_style: str | None = None
     positional: set[str] = field(default_factory=set)  # positional-only parameters
     left_default: list[str] = field(default_factory=list)  # optional params we do not feed
+    targets_param: str | None = None  # an optional targets/labels parameter
+    feed_targets: bool = False  # pass it (the input ids as placeholder) to get full logits
 
     @property
     def takes_mask(self) -> bool:
@@ -60,10 +71,14 @@ class ForwardSpec:
         if self.decoder_param:
             parts.append(f"decoder tokens -> {self.decoder_param}")
         if self.mask_param:
-            meaning = "1 = real token" if self.mask_style == "keep" else "True = padding"
+            meaning = {"keep": "1 = real token", "keep_bool": "True = real token",
+                       "pad": "True = padding"}.get(self.mask_style, "meaning not decided")
             parts.append(f"mask -> {self.mask_param} ({meaning})")
         else:
             parts.append("no padding mask accepted")
+        if self.feed_targets:
+            parts.append(f"targets -> {self.targets_param} (the input ids, so forward returns "
+                         "logits for every position)")
         return "; ".join(parts)
 
     def build_call(self, batch: dict[str, torch.Tensor]) -> tuple[list, dict[str, Any]]:
@@ -76,14 +91,18 @@ class ForwardSpec:
             values[self.decoder_param] = batch["input_ids"] if dec is None else dec
         mask = batch.get("attention_mask")
         if mask is not None:
-            if self.mask_param:
-                values[self.mask_param] = mask if self.mask_style == "keep" else mask == 0
+            if self.mask_param and self.mask_style is not None:
+                values[self.mask_param] = (mask if self.mask_style == "keep" else mask != 0
+                                           if self.mask_style == "keep_bool" else mask == 0)
             if self.memory_mask_param:
                 values[self.memory_mask_param] = mask == 0
         dec_mask = batch.get("decoder_attention_mask")
         if dec_mask is not None and self.decoder_mask_param:
             values[self.decoder_mask_param] = (dec_mask if self.decoder_mask_style == "keep"
                                                else dec_mask == 0)
+        if self.feed_targets and self.targets_param:
+            # a placeholder of valid ids: the logits do not depend on it, only the model's loss
+            values[self.targets_param] = batch["input_ids"]
         args = [] if self.token_param else [batch["input_ids"]]
         args += [values.pop(p) for p in list(values) if p in self.positional]
         return args, values
@@ -123,11 +142,16 @@ def analyse_forward(model: nn.Module) -> ForwardSpec:
         spec.mask_param, spec.mask_style = name, "keep"
     elif (name := _first(_PAD_MASKS, params)) is not None:
         spec.mask_param, spec.mask_style = name, "pad"
+    elif (name := _first(_AMBIGUOUS_MASKS, params)) is not None and \
+            params[name].default is not inspect.Parameter.empty:
+        spec.mask_param = name  # polarity probed by adapt()
     spec.memory_mask_param = _first(_MEMORY_MASKS, params)
     if decoder and (name := _first(_DECODER_KEEP_MASKS + _DECODER_PAD_MASKS, params)):
         spec.decoder_mask_param = name
         spec.decoder_mask_style = "keep" if name in _DECODER_KEEP_MASKS else "pad"
 
+    spec.targets_param = next((n for n in _TARGET_NAMES if n in params and n != token
+                               and params[n].default is not inspect.Parameter.empty), None)
     fed = {token, decoder, spec.mask_param, spec.memory_mask_param, spec.decoder_mask_param}
     unfed = [n for n in required if n not in fed]
     masks = [n for n in unfed if "mask" in n]
