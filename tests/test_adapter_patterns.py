@@ -131,6 +131,37 @@ def test_the_polarity_of_an_ambiguous_mask_is_probed(style, param, found):
     assert report["padding_invariance"].metrics["takes_mask"] is True
 
 
+class AdditiveMaskGPT(nn.Module):
+    """Causal, with the padding mask added to the scores (-1e4 on blocked keys): appended padding
+    leaves the real positions unchanged under both polarities, since a row whose every key is
+    shifted by the same amount has the same softmax."""
+
+    def __init__(self, style, vocab=64, d=16):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(32, d)
+        self.qkv, self.head = nn.Linear(d, 3 * d), nn.Linear(d, vocab)
+        self.style = style
+
+    def forward(self, idx, mask=None):
+        t = idx.shape[1]
+        x = self.tok(idx) + self.pos(torch.arange(t))
+        q, k, v = self.qkv(x).split(x.shape[-1], -1)
+        att = (q @ k.transpose(-1, -2)).masked_fill(
+            ~torch.ones(t, t, dtype=torch.bool).tril(), float("-inf"))  # (B, T, T)
+        if mask is not None:
+            blocked = ~mask if self.style == "keep" else mask
+            att = att + blocked[:, None, :].float() * -1e4
+        return self.head(x + F.softmax(att, -1) @ v)
+
+
+@pytest.mark.parametrize(("style", "found"), [("keep", "True = real token"),
+                                              ("pad", "True = padding")])
+def test_a_causal_models_mask_polarity_is_told_by_masked_content(style, found):
+    a = adapt(AdditiveMaskGPT(style))
+    assert a.task == "causal_lm" and a.evidence["mask"].value == found
+    assert "changing the 2 masked token(s) before 6 real ones" in a.evidence["mask"].detail
+
+
 def test_a_mask_that_is_not_a_padding_mask_is_not_fed():
     class SquareMask(MaskedEncoder):
         def body(self, x, attn_mask):  # a [T, T] attention mask, not [batch, seq_len]

@@ -6,10 +6,11 @@ padding appended, once per convention: the batch's 1/0 mask as is, ``True`` = re
 ``True`` = padding. A convention that leaves the real positions unchanged is the model's; the
 wrong polarity masks the real tokens instead and moves them (or makes them NaN). A parameter
 that raises under every convention is not a ``[batch, seq_len]`` padding mask (a ``[T, T]``
-attention mask, say) and is not fed. When no convention leaves them unchanged the model
-ignores or misapplies the mask, and when every convention does (a causal model never looks
-right), the probe cannot tell: both keep the name's usual meaning, and padding_invariance
-measures the rest. A name that does say its meaning (``attention_mask``, ``*_key_padding_mask``)
+attention mask, say) and is not fed. When every convention leaves them unchanged (a causal
+model never looks right), a second probe masks the first tokens and changes what they hold:
+under the right polarity nothing after them can see it. When no convention leaves them
+unchanged the model ignores or misapplies the mask, and when the second probe cannot tell
+either, the name's usual meaning is kept; padding_invariance measures the rest. A name that does say its meaning (``attention_mask``, ``*_key_padding_mask``)
 is kept, and checked against the opposite polarity: a model that works only the other way
 round applies its mask inverted, which padding_invariance then fails.
 """
@@ -52,24 +53,48 @@ def _run(model: nn.Module, spec: ForwardSpec, batch: dict, device: torch.device,
         return extract_output(model(*args, **kwargs))[0].detach().float()
 
 
-@torch.no_grad()
-def _measure(model: nn.Module, spec: ForwardSpec, styles: tuple[str, ...], *, seq_len: int,
-             id_limit: int, pad_id: int, device: torch.device, pooled: bool,
-             ) -> tuple[dict[str, float | str], str, str]:
-    """Per style, the relative change at real positions (or why it could not be measured);
-    those changes as text, and a sentence saying what was measured."""
-    t, extra = max(2, seq_len), max(2, seq_len // 2)
+def _batches(spec: ForwardSpec, where: str, *, seq_len: int, id_limit: int, pad_id: int,
+             device: torch.device) -> tuple[dict, dict, slice, str]:
+    """Two batches whose outputs at ``keep`` must agree under the right polarity.
+
+    ``"right"``: clean ids, then the same ids with padding appended and masked. ``"swap"``: the
+    first k tokens masked in both, with different contents — under the right polarity nothing
+    after them can see what they hold, and the positions stay put (a causal model, which never
+    looks right, is told apart here).
+    """
+    t = max(2, seq_len)
     gen = torch.Generator().manual_seed(4321)
     ids = torch.randint(0, max(id_limit, 1), (2, t), generator=gen).to(device)
     if id_limit > 1:  # real tokens are never the padding id
         ids[ids == pad_id] = (pad_id + 1) % id_limit
-    padded = torch.cat([ids, ids.new_full((2, extra), pad_id)], dim=1)
-    mask = torch.cat([torch.ones_like(ids), torch.zeros((2, extra), dtype=ids.dtype,
-                                                        device=device)], dim=1)
-    clean_batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    padded_batch = {"input_ids": padded, "attention_mask": mask}
-    if spec.decoder_param:  # the same decoder input: only the encoder side is padded
-        clean_batch["decoder_input_ids"] = padded_batch["decoder_input_ids"] = ids
+    if where == "right":
+        extra = max(2, t // 2)
+        first = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        second = {"input_ids": torch.cat([ids, ids.new_full((2, extra), pad_id)], dim=1),
+                  "attention_mask": torch.cat([torch.ones_like(ids), ids.new_zeros((2, extra))],
+                                              dim=1)}
+        keep, what = slice(0, t), f"padding {extra} token(s) after {t} real ones"
+    else:
+        k = max(1, t // 4)
+        mask = torch.ones_like(ids)
+        mask[:, :k] = 0
+        other = ids.clone()
+        other[:, :k] = (ids[:, :k] + 1 + torch.arange(k, device=device)) % max(id_limit, 2)
+        first = {"input_ids": ids, "attention_mask": mask}
+        second = {"input_ids": other, "attention_mask": mask}
+        keep, what = slice(k, t), f"changing the {k} masked token(s) before {t - k} real ones"
+    if spec.decoder_param:  # the same decoder input: only the encoder side is masked
+        first["decoder_input_ids"] = second["decoder_input_ids"] = ids
+    return first, second, keep, what
+
+
+@torch.no_grad()
+def _measure(model: nn.Module, spec: ForwardSpec, styles: tuple[str, ...], where: str, *,
+             pooled: bool, device: torch.device, **kw,
+             ) -> tuple[dict[str, float | str], str, str]:
+    """Per style, the relative change at the compared positions (or why it could not be
+    measured); those changes as text, and a sentence saying what was measured."""
+    first, second, keep, what = _batches(spec, where, device=device, **kw)
     was_training, style_before = model.training, spec.mask_style
     model.eval()
     changes: dict[str, float | str] = {}
@@ -77,27 +102,42 @@ def _measure(model: nn.Module, spec: ForwardSpec, styles: tuple[str, ...], *, se
         for style in styles:
             spec.mask_style = style
             try:
-                clean = _run(model, spec, clean_batch, device)
-                out = _run(model, spec, padded_batch, device)
+                a = _run(model, spec, first, device)
+                b = _run(model, spec, second, device)
             except Exception as exc:  # the wrong dtype or not a padding mask at all
                 changes[style] = f"raised {type(exc).__name__}"
                 continue
-            real = out if pooled else out[:, :t]
-            if real.shape != clean.shape:
+            if not pooled:  # outputs at the real positions only
+                a, b = a[:, keep], b[:, keep]
+            if a.shape != b.shape:
                 changes[style] = "wrong shape"
-                continue
-            if not (torch.isfinite(real).all() and torch.isfinite(clean).all()):
+            elif not (torch.isfinite(a).all() and torch.isfinite(b).all()):
                 changes[style] = "not finite"
-                continue
-            scale = float(clean.abs().max().clamp_min(1e-6))
-            changes[style] = float((real - clean).abs().max()) / scale
+            else:
+                changes[style] = float((a - b).abs().max()) / float(a.abs().max().clamp_min(1e-6))
     finally:
         spec.mask_style = style_before
         model.train(was_training)
     told = "; ".join(f"{_MEANING[s]}: " + (f"{c:.1e}" if isinstance(c, float) else c)
                      for s, c in changes.items())
-    return changes, told, f"padding {extra} token(s) after {t} real ones moved the real " \
-        f"positions by ({told})"
+    return changes, told, f"{what} moved the real positions by ({told})"
+
+
+def _polarities(changes: dict[str, float | str]) -> set[str]:
+    return {"pad" if s == "pad" else "keep" for s, c in changes.items()
+            if isinstance(c, float) and c <= _UNCHANGED}
+
+
+def _probe(model: nn.Module, spec: ForwardSpec, styles: tuple[str, ...], **kw,
+           ) -> tuple[dict[str, float | str], str, str]:
+    """Appended padding first; when every polarity leaves the real positions unchanged (a
+    causal model), the masked-content swap decides where it can."""
+    changes, told, how = _measure(model, spec, styles, "right", **kw)
+    if len(_polarities(changes)) > 1:
+        swapped, told2, how2 = _measure(model, spec, styles, "swap", **kw)
+        if len(_polarities(swapped)) == 1:
+            return swapped, told2, f"{how}; {how2}"
+    return changes, told, how
 
 
 def probe_mask_polarity(model: nn.Module, spec: ForwardSpec, **kw) -> MaskProbe:
@@ -105,15 +145,14 @@ def probe_mask_polarity(model: nn.Module, spec: ForwardSpec, **kw) -> MaskProbe:
     ``pad_id``, ``device`` and ``pooled`` (outputs are ``[B, C]``: compared whole rather than
     at the real positions)."""
     name = spec.mask_param
-    changes, told, how = _measure(model, spec, _STYLES, **kw)
+    changes, told, how = _probe(model, spec, _STYLES, **kw)
     measured = {s: c for s, c in changes.items() if isinstance(c, float)}
     if not measured:
         return MaskProbe(None, Evidence(
             "not a padding mask", "probe", f"'{name}' raised under every convention for a "
             f"[batch, seq_len] mask ({told}); it is left at its default"))
     right = [s for s, c in measured.items() if c <= _UNCHANGED]
-    polarity = {"pad" if s == "pad" else "keep" for s in right}
-    if len(polarity) == 1:
+    if len(_polarities(changes)) == 1:
         return MaskProbe(right[0], Evidence(_MEANING[right[0]], "probe", how))
     default = _default_style(name)
     chosen = default if default in measured else next(iter(measured))
@@ -130,7 +169,7 @@ def check_named_mask(model: nn.Module, spec: ForwardSpec, **kw) -> tuple[Evidenc
     inverted fails padding_invariance rather than being silently flipped here."""
     named = spec.mask_style
     opposite = "keep_bool" if named == "pad" else "pad"
-    changes, _, how = _measure(model, spec, (named, opposite), **kw)
+    changes, _, how = _probe(model, spec, (named, opposite), **kw)
     right = {s for s, c in changes.items() if isinstance(c, float) and c <= _UNCHANGED}
     meaning = _MEANING[named]
     if right == {opposite}:
