@@ -41,7 +41,9 @@ def test_embedded_example_by_default(tmp_path, capsys):
     assert report["model"]["evidence"]["task"]["method"] == "config"
     assert report["passed"] is True
     assert [c["name"] for c in report["checks"]] == list(TIER1_CHECKS)
-    assert all(c["status"] == "pass" for c in report["checks"])
+    statuses = {c["name"]: c["status"] for c in report["checks"]}
+    assert statuses.pop("position_shift") == "skip"  # TinyGPT has an absolute position table
+    assert set(statuses.values()) == {"pass"}
     assert report["source"]["kind"] == "folder"
 
 
