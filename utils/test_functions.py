@@ -34,14 +34,32 @@ from utils.tier1_critical_validation import run_tier1
 from utils.tier2_advanced_analysis import run_tier2
 
 __test__ = False  # pytest: this module holds no tests
-__all__ = ["run_all_tier1_tests", "run_all_tier2_tests", "test_attention_patterns",
-           "test_attribution_analysis", "test_batch_independence", "test_benchmark_comparison",
-           "test_causal_masking", "test_determinism", "test_fine_tuning",
-           "test_generation_consistency", "test_gradient_flow", "test_hyperparameter_search",
-           "test_inference_speed", "test_initial_loss", "test_memory_footprint",
-           "test_mixed_precision", "test_output_stability", "test_overfit_one_batch",
-           "test_padding_invariance", "test_parameter_initialization", "test_position_shift", "test_robustness",
-           "test_shape_robustness"]
+__all__ = [
+    "run_all_tier1_tests",
+    "run_all_tier2_tests",
+    "test_attention_patterns",
+    "test_attribution_analysis",
+    "test_batch_independence",
+    "test_benchmark_comparison",
+    "test_causal_masking",
+    "test_determinism",
+    "test_fine_tuning",
+    "test_generation_consistency",
+    "test_gradient_flow",
+    "test_hyperparameter_search",
+    "test_inference_speed",
+    "test_initial_loss",
+    "test_memory_footprint",
+    "test_mixed_precision",
+    "test_model_loss",
+    "test_output_stability",
+    "test_overfit_one_batch",
+    "test_padding_invariance",
+    "test_parameter_initialization",
+    "test_position_shift",
+    "test_robustness",
+    "test_shape_robustness",
+]
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -157,6 +175,13 @@ def test_padding_invariance(model, config: dict | None = None, *,
                             options: CheckOptions | None = None, **fields) -> CheckResult:
     """Masked padding must not move the outputs at real positions."""
     return _one("padding_invariance", model, config, options, fields)
+
+
+@_not_a_test
+def test_model_loss(model, config: dict | None = None, *,
+                    options: CheckOptions | None = None, **fields) -> CheckResult:
+    """A loss the model computes itself must equal the task loss from its logits."""
+    return _one("model_loss", model, config, options, fields)
 
 
 @_not_a_test

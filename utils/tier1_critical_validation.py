@@ -21,6 +21,7 @@ from utils.tier1 import (  # noqa: F401  (importing registers the checks and plo
     initialization,
     invariances,
     learning,
+    model_loss,
     numerics,
     plots,
     positions,
@@ -36,7 +37,8 @@ __all__ = ["TIER1_CHECKS", "run_tier1"]
 # learn; is it reproducible; what does it cost.
 TIER1_CHECKS: tuple[str, ...] = ("shape_robustness", "causal_masking", "batch_independence",
                                  "padding_invariance", "position_shift", "gradient_flow", "output_stability",
-                                 "parameter_initialization", "initial_loss", "overfit_one_batch",
+                                 "parameter_initialization", "initial_loss", "model_loss",
+                                 "overfit_one_batch",
                                  "mixed_precision", "determinism", "memory_footprint",
                                  "inference_speed")
 assert set(TIER1_CHECKS) == set(available(tier=1)), "a Tier 1 check is registered but not listed"

@@ -105,6 +105,13 @@ def model_loss_agreement(model: nn.Module, spec: ForwardSpec, *, seq_len: int, i
         return Evidence("agrees", "probe", f"the model's own loss with {name}=ids ({own:.4f}) "
                         "equals the adapter's next-token cross-entropy: the model shifts "
                         "labels itself (Hugging Face's convention)"), None
+    if close(aligned) and name not in ("targets", "target", "y"):
+        detail = (f"the model's own loss with {name}=ids ({own:.4f}) is cross-entropy against "
+                  "the same positions, not the next tokens: a labels argument is the input ids "
+                  "(Hugging Face's convention), so the labels are not shifted")
+        return (Evidence("differs", "probe", detail),
+                f"{detail} — training on the model's own loss would learn to copy the current "
+                "token (Tier 1's model_loss check)")
     if close(aligned):
         return Evidence("agrees", "probe", f"the model's own loss with {name}=ids ({own:.4f}) "
                         "equals cross-entropy of its logits against the targets at the same "

@@ -1,0 +1,135 @@
+"""``model_loss``: does the loss the model computes itself measure what its task says?
+
+Many forwards take labels or targets and return their own loss, which is what a user's own
+training loop (or Hugging Face's Trainer) optimises. A one-line slip there trains happily and
+gives a useless model: ``cross_entropy(logits, labels)`` without the shift that a ``labels``
+argument (Hugging Face's convention: labels are the input ids) calls for drives the loss to ~0
+by predicting the current token. So the model's own loss on a batch is compared, on the same
+batch, with the task loss computed from the logits it returned: next-token cross-entropy for a
+causal LM (labels unshifted for a ``labels`` parameter, already the next tokens for
+``targets``, nanoGPT's convention), and with padded positions ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+from utils.checks import register
+from utils.report import CheckResult
+from utils.tasks import IGNORE_INDEX
+from utils.tier1._common import eval_logits, eval_randomness, random_in_eval
+
+_NEXT_TOKEN_NAMES = ("targets", "target", "y")  # nanoGPT: the caller passes the next tokens
+
+
+def _own_loss(adapter, ids: torch.Tensor, mask: torch.Tensor | None,
+              labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(logits, the model's own loss or None)`` of one eval forward with ``labels`` fed."""
+    from utils.adapters.signature import extract_output
+    from utils.adapters.targets import _scalar_loss
+
+    spec = dataclasses.replace(adapter.spec, feed_targets=True)
+    batch = {"input_ids": ids, **({"attention_mask": mask} if mask is not None else {})}
+    args, kwargs = spec.build_call(batch)
+    kwargs[spec.targets_param] = labels
+    adapter.model.eval()
+    with torch.no_grad():
+        out = adapter.model(*args, **kwargs)
+    return extract_output(out)[0].float(), _scalar_loss(out)
+
+
+def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    return float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                 ignore_index=IGNORE_INDEX))
+
+
+@register("model_loss", tier=1, thresholds=("rtol",))
+def check_model_loss(adapter, options) -> CheckResult:
+    name = "model_loss"
+    spec = adapter.spec
+    if adapter.task != "causal_lm" or spec.targets_param is None:
+        return CheckResult(name, 1, "skip", "The model takes no labels/targets argument, so it "
+                           "computes no loss of its own; training uses the task loss."
+                           if spec.targets_param is None else
+                           f"Compared for causal LMs only (this is a {adapter.task} model).")
+    if spec.targets_param in spec.positional:
+        return CheckResult(name, 1, "skip", f"'{spec.targets_param}' is positional-only, so it "
+                           "cannot be fed by name.")
+    param = spec.targets_param
+    next_tokens = param in _NEXT_TOKEN_NAMES
+    t = max(4, min(options.max_len(adapter), 16))
+    batch = adapter.make_inputs(2, t, seed=options.seed)
+    ids = batch["input_ids"]
+    mask = None
+    if spec.takes_mask:  # the last quarter of the second row is padding, ignored by the loss
+        mask = torch.ones_like(ids)
+        mask[1, -(t // 4):] = 0
+    if next_tokens:  # nanoGPT: inputs x[:, :-1], targets x[:, 1:], aligned
+        x, labels = ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
+        mask = mask[:, :-1].contiguous() if mask is not None else None
+    else:  # Hugging Face: labels are the input ids; the model shifts them itself
+        x, labels = ids, ids.clone()
+    if mask is not None:
+        labels[mask == 0] = IGNORE_INDEX
+    try:
+        logits, own = _own_loss(adapter, x, mask, labels)
+    except Exception as exc:  # the model's labels mean something else: nothing to compare
+        return CheckResult(name, 1, "skip", f"Calling forward with {param}=<labels> raised "
+                           f"{type(exc).__name__}: {str(exc)[:160]}; its own loss cannot be "
+                           "compared.")
+    if own is None:
+        return CheckResult(name, 1, "skip", f"forward takes '{param}' but returned no scalar "
+                           "loss beside its logits.")
+    probe = {"input_ids": x, **({"attention_mask": mask} if mask is not None else {})}
+    noise = eval_randomness(adapter, probe, options.seed,
+                            eval_logits(adapter, probe, options.seed).float())
+    if noise > 1e-5:
+        return random_in_eval(name, noise)
+    if next_tokens:
+        expected = _cross_entropy(logits, labels)
+        unshifted = _cross_entropy(logits[:, 1:], labels[:, :-1])  # shifted once more
+        rule = f"{param} are the next tokens (nanoGPT's convention): cross-entropy at each position"
+    else:
+        expected = _cross_entropy(logits[:, :-1], labels[:, 1:])
+        unshifted = _cross_entropy(logits, labels)
+        rule = (f"{param} are the input ids (Hugging Face's convention): next-token "
+                "cross-entropy, the model shifting them")
+    own_value = float(own)
+    # Exact up to float rounding: at init the logits are near uniform, so an unshifted loss
+    # differs from the right one by only ~1e-3 (relative) — a loose tolerance would miss it.
+    tol = options.threshold(f"{name}.rtol", 1e-5)
+    diff = abs(own_value - expected) / max(abs(expected), 1e-6)
+    no_ignore = _cross_entropy(logits[:, :-1], ids[:, 1:]) if not next_tokens else \
+        _cross_entropy(logits, ids[:, 1:])
+    metrics = {"convention": "next tokens" if next_tokens else "input ids",
+               "model_loss": own_value, "task_loss": expected, "rel_diff": diff,
+               "padded": mask is not None}
+    threshold = {"rel_diff": tol}
+    if diff <= tol:
+        return CheckResult(name, 1, "pass", f"The model's own loss ({own_value:.4f}) equals the "
+                           f"task loss from its logits ({expected:.4f}; {rule}"
+                           + (", padded positions ignored" if mask is not None else "") + ").",
+                           metrics, threshold)
+    if abs(own_value - unshifted) <= tol * max(abs(unshifted), 1e-6):
+        cause = ("it scores each position against its own input token — the labels are not "
+                 "shifted, so training on this loss learns to copy the current token. Shift "
+                 "them: cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())"
+                 if not next_tokens else
+                 f"it shifts {param} once more, though they already are the next tokens: "
+                 "compute cross_entropy(logits.flatten(0, 1), targets.flatten()) unshifted")
+    elif mask is not None and abs(own_value - no_ignore) <= tol * max(abs(no_ignore), 1e-6):
+        cause = (f"it averages over padded positions too: pass ignore_index={IGNORE_INDEX} to "
+                 "cross_entropy (Hugging Face marks padding in labels with -100)")
+    else:  # not a known slip: label smoothing or an auxiliary term may be meant
+        return CheckResult(name, 1, "warn", f"The model's own loss is {own_value:.4f}, but the "
+                           f"task loss from the logits it returned is {expected:.4f} ({rule}; "
+                           f"relative difference {diff:.1e}, allowed {tol:g}). Not an unshifted "
+                           "label or a mean over padding; if it is not label smoothing or an "
+                           "auxiliary term you meant, look at how the loss is computed. Training "
+                           "here uses the task loss.", metrics, threshold)
+    return CheckResult(name, 1, "fail", f"The model's own loss is {own_value:.4f}, but the task "
+                       f"loss from the logits it returned is {expected:.4f} ({rule}; relative "
+                       f"difference {diff:.1e}, allowed {tol:g}): {cause}.", metrics, threshold)
