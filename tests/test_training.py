@@ -230,3 +230,16 @@ def test_fp16_with_a_scaler_trains_on_a_gpu(tmp_path, tiny_lm):
     loaded = utils.load_model(tiny_lm, say=lambda m: None)
     result = train(loaded, corpus(40), tiny_config(tmp_path, precision="16-mixed"), **QUIET)
     assert math.isfinite(result.metrics["val_loss"])
+
+
+def test_an_adapter_with_overrides_trains_as_adapted_and_keeps_the_code(tmp_path):
+    """train(adapter) uses the adapter as made (its overrides: here a shorter max_seq_len) and
+    still writes the LoadedModel's code files and config into final/."""
+    loaded = utils.load_model(ZOO / "multi_file", say=lambda m: None)
+    adapter = utils.adapt(loaded, max_seq_len=16)
+    result = train(adapter, corpus(40), tiny_config(tmp_path, max_steps=2, seq_len=None,
+                                                    val_every=1, checkpoint_every=2), **QUIET)
+    assert result.adapter is adapter and result.config.seq_len_for(adapter.max_seq_len) == 16
+    assert sorted(p.name for p in result.final_dir.glob("*.py")) == ["layers.py", "model.py"]
+    saved = json.loads((result.final_dir / "config.json").read_text())
+    assert {k: saved[k] for k in loaded.config} == loaded.config

@@ -389,7 +389,7 @@ def search(args: argparse.Namespace) -> int:
 
         try:
             result = hyperparameter_search(
-                loaded, _data(args, adapter), n_trials=args.trials, storage=args.storage,
+                adapter, _data(args, adapter), n_trials=args.trials, storage=args.storage,
                 study_name=args.study_name, pruner=args.pruner, timeout=args.timeout,
                 config=_train_config(args, adapter), steps_per_trial=args.steps_per_trial,
                 heartbeat=args.heartbeat, force=args.force, progress=sys.stderr.isatty(),
@@ -412,7 +412,7 @@ def train(args: argparse.Namespace) -> int:
     def work(loaded: Any, adapter: Any, doc: dict[str, Any]) -> int:
         from utils.training.training_core import train as run_training
 
-        result = run_training(loaded, _data(args, adapter), _train_config(args, adapter),
+        result = run_training(adapter, _data(args, adapter), _train_config(args, adapter),
                               force=args.force, say=_stderr)
         samples = []
         if adapter.task == "causal_lm" and not result.interrupted:
@@ -469,7 +469,7 @@ def benchmark(args: argparse.Namespace) -> int:
     def work(loaded: Any, adapter: Any, doc: dict[str, Any]) -> int:
         from utils.tier3.benchmark import benchmark_comparison
 
-        result = benchmark_comparison(loaded, _data(args, adapter), steps=args.steps,
+        result = benchmark_comparison(adapter, _data(args, adapter), steps=args.steps,
                                       config=_train_config(args, adapter), seeds=args.seeds,
                                       force=args.force, say=_stderr)
         doc.update(result.to_dict())

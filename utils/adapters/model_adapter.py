@@ -48,6 +48,8 @@ class ModelAdapter:
     evidence: dict[str, Evidence] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     source: dict[str, Any] = field(default_factory=dict)
+    # the LoadedModel it was made from (its code files and config: what training's final/ copies)
+    loaded: Any = field(default=None, repr=False, compare=False)
 
     def __repr__(self) -> str:  # the dataclass one prints the whole module and config
         classes = f", {self.num_classes} classes" if self.num_classes else ""
@@ -221,7 +223,9 @@ def adapt(model, config: dict | None = None, *, task: str | None = None,
     """
     source: dict[str, Any] = {}
     loaded_notes: list[str] = []  # the loader's (config keys not taken, ...) come first
+    loaded = None
     if not isinstance(model, nn.Module) and hasattr(model, "model"):  # a LoadedModel
+        loaded = model
         loaded_notes = list(getattr(model, "warnings", []))
         source, config, model = model.source, config or model.config, model.model
     if not isinstance(model, nn.Module):
@@ -319,7 +323,7 @@ def adapt(model, config: dict | None = None, *, task: str | None = None,
         mask_token_id=mask_token_id if mask_token_id is not None else mask_id,
         bos_token_id=bos, target_vocab_size=tgt_vocab, token_embedding=probe.token_embedding,
         config=dict(config or own),
-        evidence=evidence, warnings=[*loaded_notes, *notes], source=source)
+        evidence=evidence, warnings=[*loaded_notes, *notes], source=source, loaded=loaded)
 
 
 def _check_output(task_ev: Evidence, shape: tuple[int, ...], seq_len: int, name: str,

@@ -178,13 +178,13 @@ def _check_arguments(n_trials, pruner, timeout, heartbeat, steps_per_trial) -> s
 
 
 def _as_adapter(model: Any) -> tuple[Any, Any]:
-    """The adapter, and what each trial hands to ``train`` (the ``LoadedModel`` when there is
-    one, so each trial's ``final/`` folder carries the model's code)."""
-    from utils.adapters import LoadedModel
+    """The adapter, and what each trial hands to ``train``: the adapter itself, which keeps its
+    ``LoadedModel`` (so each trial's ``final/`` folder carries the model's code) and the
+    overrides it was made with."""
     from utils.checks import as_adapter
 
     adapter = as_adapter(model)
-    return adapter, model if isinstance(model, LoadedModel) else adapter
+    return adapter, adapter
 
 
 def _default_name(adapter: Any, config: TrainingConfig) -> str:

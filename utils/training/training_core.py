@@ -53,7 +53,9 @@ def _as_adapter(model_or_adapter: Any):
     from utils.checks import as_adapter
 
     loaded = model_or_adapter if isinstance(model_or_adapter, LoadedModel) else None
-    return as_adapter(model_or_adapter), loaded
+    adapter = as_adapter(model_or_adapter)
+    # an adapter made from a LoadedModel (with overrides) keeps it: its code and config
+    return adapter, loaded if loaded is not None else getattr(adapter, "loaded", None)
 
 
 def _run_gate(adapter: Any, run_dir: Path, force: bool, say: Callable[[str], None],
