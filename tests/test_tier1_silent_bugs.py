@@ -328,3 +328,30 @@ def test_randomness_in_eval_does_not_pose_as_other_bugs():
     assert status["determinism"] == "fail" and status["causal_masking"] == "pass"
     for name in ("batch_independence", "padding_invariance", "mixed_precision"):
         assert status[name] == "skip" and "determinism reports" in report[name].summary
+
+
+class InvertedMaskEncoder(nn.Module):
+    """Attention over keys masked where attention_mask == 1 (inverted), finite fill, no
+    residual around it: with nothing padded every key is masked, so every position gets the
+    same uniform mix — constant outputs."""
+
+    def __init__(self, vocab=40, d=16):
+        super().__init__()
+        self.emb, self.qk, self.head = nn.Embedding(vocab, d), nn.Linear(d, 2 * d), nn.Linear(d, vocab)
+
+    def forward(self, input_ids, attention_mask=None):
+        h = self.emb(input_ids)
+        q, k = self.qk(h).chunk(2, -1)
+        scores = q @ k.transpose(1, 2) / 4
+        if attention_mask is not None:  # the bug: 1 (a real token) is masked
+            scores = scores.masked_fill(attention_mask[:, None, :] == 1,
+                                        torch.finfo(scores.dtype).min)
+        return self.head(scores.softmax(-1) @ h)
+
+
+def test_an_inverted_mask_is_named_as_such():
+    adapter = adapt(InvertedMaskEncoder(), task="masked_lm", max_seq_len=32)
+    result = run(adapter, "padding_invariance")
+    assert result.status == "fail", result.summary
+    assert "applies its mask 'attention_mask' inverted" in result.summary
+    assert "masked_fill(attention_mask == 0" in result.summary

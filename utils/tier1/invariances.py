@@ -190,6 +190,15 @@ def _pad_right(adapter, batch: dict[str, torch.Tensor], extra: int) -> dict[str,
     return out
 
 
+def _same_at_every_position(adapter, out: torch.Tensor) -> bool:
+    """Per-token outputs that do not vary along the sequence (relative spread < 1e-4): what a
+    fully masked attention gives, as when a mask is inverted and nothing is padded."""
+    if adapter.task in ("classification", "seq2seq") or out.dim() != 3 or out.shape[1] < 2:
+        return False
+    spread = float((out - out.mean(dim=1, keepdim=True)).abs().max())
+    return spread <= 1e-4 * max(float(out.abs().max()), 1e-12)
+
+
 def _real_part(adapter, out: torch.Tensor, t: int) -> torch.Tensor:
     """Outputs at real positions: all of them for pooled or decoder-side outputs."""
     if adapter.task in ("classification", "seq2seq"):
@@ -240,9 +249,24 @@ def check_padding_invariance(adapter, options) -> CheckResult:
             f"{worst:.2e} (relative): {who} attends to padding, so it cannot be trained on "
             "batches of different lengths. Accept an attention_mask (1 = real token) and apply "
             "it to the attention scores." + found, metrics, threshold, rows)
+    param = adapter.spec.mask_param
+    inverted = probed is not None and "inverted" in (probed.detail or "")
+    constant = _same_at_every_position(adapter, clean)
+    if inverted or constant:
+        seen = ("with nothing padded, the outputs are the same at every position — every key is "
+                "masked, so attention sees nothing but the mask's fill" if constant else
+                "the load-time probe found it works only the other way round")
+        return CheckResult(
+            "padding_invariance", 1, "fail",
+            f"The model applies its mask '{param}' inverted: {seen}. Real tokens are blocked "
+            f"and padding attended ({how} moved the real positions by {worst:.1e}). Mask the "
+            "keys it marks as padding: attention_mask (1 = real token) → "
+            "scores.masked_fill(attention_mask == 0, float('-inf')); key_padding_mask (True = "
+            "padding) → scores.masked_fill(key_padding_mask, float('-inf'))." + found,
+            metrics, threshold, rows)
     return CheckResult(
         "padding_invariance", 1, "fail",
-        f"The model takes a mask ('{adapter.spec.mask_param}') but {how} moved the outputs at "
+        f"The model takes a mask ('{param}') but {how} moved the outputs at "
         f"real positions by {worst:.2e} (relative; allowed {tol:g}): the mask is ignored or "
         "applied wrongly. Apply it to the attention scores of every layer (masked keys → -inf "
         "before softmax), and mind its meaning: attention_mask 1 = real token, "
