@@ -121,6 +121,24 @@ def assert_healthy_run(nb, error, gist_id: str, revision: str) -> None:
 
 
 # ---- hygiene -------------------------------------------------------------------------------
+def assert_thin_cells(nb, max_lines: int) -> None:
+    """Every code cell: a few lines calling utils — no stored outputs, no definitions, no
+    shell or pip (comments may say "pip"), no `install -U`; a form cell is a Colab form."""
+    for c in nb.cells:
+        if c.cell_type != "code":
+            continue
+        lines = c.source.splitlines()
+        assert c.outputs == [] and c.execution_count is None, f"{c.id} has stored outputs"
+        assert len(lines) <= max_lines, f"{c.id} has {len(lines)} lines"
+        code = "\n".join(line.split("#")[0] for line in lines)
+        assert not re.search(r"^\s*(class|def|async def) |globals\(\)|\bpip\b|^\s*[!%]|"
+                             r"install\s+-U", code, re.M), c.id
+        is_form = "#@param" in c.source
+        assert (c.metadata.get("cellView") == "form") == is_form, c.id
+        if is_form:
+            assert c.source.startswith("#@title "), c.id
+
+
 def test_notebook_hygiene():
     nb = read_notebook()
     nbformat.validate(nb)
@@ -128,19 +146,7 @@ def test_notebook_hygiene():
     assert nb.metadata["kernelspec"]["name"] == "python3" and "colab" in nb.metadata
     assert [c.id for c in nb.cells] == CELL_ORDER  # a markdown lead before each code cell
     assert [c.cell_type for c in nb.cells] == ["markdown"] + ["markdown", "code"] * 6
-    for c in nb.cells:
-        if c.cell_type != "code":
-            continue
-        lines = c.source.splitlines()
-        assert c.outputs == [] and c.execution_count is None, f"{c.id} has stored outputs"
-        assert len(lines) <= 15, f"{c.id} has {len(lines)} lines"
-        code = "\n".join(line.split("#")[0] for line in lines)  # comments may say "pip"
-        assert not re.search(r"^\s*(class|def|async def) |globals\(\)|\bpip\b|^\s*[!%]", code,
-                             re.M), c.id
-        is_form = "#@param" in c.source
-        assert (c.metadata.get("cellView") == "form") == is_form, c.id
-        if is_form:
-            assert c.source.startswith("#@title "), c.id
+    assert_thin_cells(nb, max_lines=15)
     assert re.search(r'^GIST_ID = ""  #@param \{type:"string"\}$', cell(nb, "gist-id").source,
                      re.M)
     assert re.search(r"^RUN_TIER2 = True  #@param \{type:\"boolean\"\}$",

@@ -15,7 +15,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from conftest import ZOO
-from test_template_notebook import TRACEBACK, execute, outputs_text
+from test_template_notebook import TRACEBACK, assert_thin_cells, execute, outputs_text
 
 from utils.errors import UserError
 from utils.handoff import write_handoff
@@ -43,19 +43,7 @@ def test_notebook_hygiene():
     nbformat.validate(nb)
     assert nb.metadata["kernelspec"]["name"] == "python3" and "colab" in nb.metadata
     assert [c.id for c in nb.cells] == CELL_ORDER
-    for c in nb.cells:
-        if c.cell_type != "code":
-            continue
-        lines = c.source.splitlines()
-        assert c.outputs == [] and c.execution_count is None, f"{c.id} has stored outputs"
-        assert len(lines) <= 16, f"{c.id} has {len(lines)} lines"
-        code = "\n".join(line.split("#")[0] for line in lines)
-        assert not re.search(r"^\s*(class|def|async def) |globals\(\)|\bpip\b|^\s*[!%]|"
-                             r"install\s+-U", code, re.M), c.id
-        is_form = "#@param" in c.source
-        assert (c.metadata.get("cellView") == "form") == is_form, c.id
-        if is_form:
-            assert c.source.startswith("#@title "), c.id
+    assert_thin_cells(nb, max_lines=16)  # setup: the fetch plus the install line
     setup = cell(nb, "setup").source
     assert "codeload.github.com/{REPO}/tar.gz/{REF}" in setup and "pyproject.toml" in setup
     assert "install_extras([\"train\", \"data\", \"mlops\"])" in setup
