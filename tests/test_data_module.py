@@ -29,10 +29,10 @@ def corpus(tmp_path_factory):
         return load_text_dataset(MACBETH, validation_fraction=0.1)
 
 
-def _data_for(task, corpus):
+def _data_for(task, corpus, classes: int | None = None):
     texts = list(corpus.train["text"])[:300]
-    if task == "classification":
-        return load_text_dataset([{"text": t, "label": len(t) % 5} for t in texts],
+    if task == "classification":  # as many labels as the model has classes
+        return load_text_dataset([{"text": t, "label": len(t) % (classes or 5)} for t in texts],
                                  task="classification")
     if task == "seq2seq":
         return load_text_dataset([{"source": t, "target": t.upper()} for t in texts],
@@ -43,7 +43,7 @@ def _data_for(task, corpus):
 @pytest.mark.parametrize("name", LOADABLE)
 def test_zoo_round_trip_ids_fit_and_loss_is_finite(name, corpus, tmp_path):
     adapter = adapt(load_model(ZOO / name, say=lambda m: None))
-    data = _data_for(adapter.task, corpus)
+    data = _data_for(adapter.task, corpus, adapter.num_classes)
     tok = tokenizer_for_model(adapter, data)
     dm = TextDataModule(data, tok, adapter, batch_size=4, num_workers=0, cache_dir=tmp_path)
     dm.setup("fit")
