@@ -25,54 +25,28 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from utils import __version__
+from utils.cli_common import (
+    EXIT_FAILED,
+    EXIT_INTERNAL,
+    EXIT_OK,
+    EXIT_SOURCE,
+    EXIT_USAGE,
+    PROG,
+    load_and_adapt,
+    requested_source,
+    source_parser,
+)
+from utils.cli_common import Parser as _Parser
+from utils.cli_common import say_stderr as _stderr
 from utils.errors import UserError
 from utils.report import Report, envelope, source_label
-from utils.tasks import TASKS
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERNAL", "EXIT_OK", "EXIT_SOURCE", "EXIT_USAGE",
            "build_parser", "envelope", "load_and_adapt", "main", "requested_source",
            "source_parser"]
 
-PROG = "testbench"
-EXIT_OK, EXIT_FAILED, EXIT_SOURCE, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 64, 70
-EMBEDDED = "(embedded example)"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse's default exit code 2 is ours for bad sources
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
 def _names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
-def source_parser() -> argparse.ArgumentParser:
-    """The options of every command that loads a model: ``parents=[source_parser()]``.
-
-    SOURCE, ``--json``, ``--device``, ``--seed`` and the overrides ``--task``,
-    ``--vocab-size``, ``--max-seq-len``, ``--num-classes``, ``--model-class``, ``--weights``.
-    """
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("source", nargs="?", help="gist id or URL, Colab URL with gist_id, "
-                        "folder, or model.py (default: the embedded example)")
-    parser.add_argument("--json", metavar="PATH",
-                        help="write the result as JSON here (also when loading fails)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    over = parser.add_argument_group("overrides (beat everything inferred)")
-    over.add_argument("--task", choices=TASKS)
-    over.add_argument("--vocab-size", type=int, metavar="N")
-    over.add_argument("--max-seq-len", type=int, metavar="N")
-    over.add_argument("--num-classes", type=int, metavar="N")
-    over.add_argument("--model-class", metavar="NAME", help="the class to build")
-    over.add_argument("--weights", metavar="PATH", help="a .safetensors/.pt state dict to load")
-    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,44 +153,6 @@ def _search_parser(sub) -> None:
                      "$TESTBENCH_HOME/searches/<study>)")
     cfg.add_argument("--mirror", metavar="DIR", help="where the study's database is copied "
                      "after each trial (Google Drive); a new VM continues from it")
-
-
-def requested_source(args: argparse.Namespace, loaded=None) -> dict[str, Any]:
-    """The ``source`` of a JSON document: what was asked for, and once the model is loaded,
-    its provenance (kind, gist id, revision, sha256 of each file)."""
-    asked = args.source or EMBEDDED
-    if loaded is None:
-        return {"input": asked, "kind": None, "gist_id": None, "revision": None, "sha256": {}}
-    return {**loaded.source, "input": asked}
-
-
-def load_and_adapt(args: argparse.Namespace, *, say: Callable[[str], None] = _stderr,
-                   on_load: Callable[[Any], None] | None = None) -> tuple[Any, Any]:
-    """Load ``args.source`` and adapt it with the override flags of :func:`source_parser`.
-
-    Args:
-        args: Parsed arguments of a command built on :func:`source_parser`.
-        say: Where notices go (which gist and revision runs); stderr by default, so stdout
-            stays the command's output.
-        on_load: Called with the ``LoadedModel`` before it is adapted, so a caller can record
-            its provenance even when adapting fails.
-
-    Returns:
-        ``(loaded, adapter)``, the adapter on the device ``--device`` names.
-
-    Raises:
-        UserError: an unusable device, or a source that cannot be loaded or adapted (exit 2).
-    """
-    from utils.adapters import adapt, load_model
-    from utils.environment import resolve_device
-
-    device = resolve_device(args.device)
-    loaded = load_model(args.source, model_class=args.model_class, weights=args.weights, say=say)
-    if on_load is not None:
-        on_load(loaded)
-    adapter = adapt(loaded, task=args.task, vocab_size=args.vocab_size,
-                    max_seq_len=args.max_seq_len, num_classes=args.num_classes, device=device)
-    return loaded, adapter
 
 
 def _describe(report: Report) -> str:

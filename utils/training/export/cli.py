@@ -37,7 +37,7 @@ def add_parser(sub: Any, source: argparse.ArgumentParser) -> argparse.ArgumentPa
 
 def run(args: argparse.Namespace) -> int:
     """The ``export`` command: load (with the override flags), export, print, write JSON."""
-    from utils.__main__ import (
+    from utils.cli_common import (
         EXIT_FAILED,
         EXIT_OK,
         EXIT_SOURCE,
