@@ -165,7 +165,7 @@ DECODERS, ENCODERS = _zoo(("causal_lm",)), _zoo(("masked_lm", "classification"))
 
 def test_the_zoo_has_decoders_and_encoders_to_match():
     assert len(DECODERS) >= 4 and "flat_gpt" in DECODERS
-    assert set(ENCODERS) == {"masked_lm_encoder", "encoder_classifier"}
+    assert {"masked_lm_encoder", "encoder_classifier"} <= set(ENCODERS)
 
 
 @pytest.mark.parametrize("case", DECODERS + ENCODERS)

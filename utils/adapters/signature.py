@@ -102,7 +102,7 @@ class ForwardSpec:
                                                else dec_mask == 0)
         if self.feed_targets and self.targets_param:
             # a placeholder of valid ids: the logits do not depend on it, only the model's loss
-            values[self.targets_param] = batch["input_ids"]
+            values[self.targets_param] = batch["input_ids"].contiguous()  # models .view() it
         args = [] if self.token_param else [batch["input_ids"]]
         args += [values.pop(p) for p in list(values) if p in self.positional]
         return args, values
