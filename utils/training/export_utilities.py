@@ -147,6 +147,7 @@ def export_origin(origin: Origin, formats: str | Iterable[str] = DEFAULT_FORMATS
                   out_dir: str | Path | None = None, *, seed: int = 0) -> ExportResult:
     """:func:`export` for an already resolved :class:`~utils.training.export.origin.Origin`
     (the CLI builds the adapter with its override flags, then calls this)."""
+    from utils.checks import LibraryWarnings
     from utils.report import envelope
     from utils.training.export.card import model_card
     from utils.training.export.parity import eager_runner, parity_inputs
@@ -171,7 +172,12 @@ def export_origin(origin: Origin, formats: str | Iterable[str] = DEFAULT_FORMATS
         feed = program.feed(inputs)
         eager = eager_runner(program)
         expected = eager(feed)
-        results = {n: _one(FORMATS[n], job, feed, inputs, expected, eager) for n in names}
+        said = LibraryWarnings()  # exporters' deprecation chatter becomes notes, not stderr
+        results = {}
+        for n in names:
+            with said.capture(n):
+                results[n] = _one(FORMATS[n], job, feed, inputs, expected, eager)
+        notes += said.notes()
     if "int8_torch" in names and _tied(adapter.model):
         notes.append("torchao's int8 unties tied weights: model.int8.pt holds the embedding in "
                      "fp32 and the output head in int8.")
