@@ -23,7 +23,7 @@ from utils.ui import training_notebook as tn
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "training.ipynb"
-CELL_ORDER = ["intro", "setup-lead", "setup", "gist-lead", "gist-id", "load-lead", "load",
+CELL_ORDER = ["intro", "setup-lead", "setup", "install", "gist-lead", "gist-id", "load-lead", "load",
               "data-lead", "data", "settings-lead", "settings", "train-lead", "train",
               "extras-lead", "extras", "tier2", "hpo", "benchmark", "export"]
 PARAM = re.compile(r'^(\w+) = (.+?)  #@param (.+)$', re.M)
@@ -43,10 +43,10 @@ def test_notebook_hygiene():
     nbformat.validate(nb)
     assert nb.metadata["kernelspec"]["name"] == "python3" and "colab" in nb.metadata
     assert [c.id for c in nb.cells] == CELL_ORDER
-    assert_thin_cells(nb, max_lines=16)  # setup: the fetch plus the install line
+    assert_thin_cells(nb, max_lines=15)
     setup = cell(nb, "setup").source
     assert "codeload.github.com/{REPO}/tar.gz/{REF}" in setup and "pyproject.toml" in setup
-    assert "install_extras([\"train\", \"data\", \"mlops\"])" in setup
+    assert "install_extras([\"train\", \"data\", \"mlops\"])" in cell(nb, "install").source
 
 
 def test_form_fields_match_the_settings_table():
@@ -194,8 +194,8 @@ def test_trains_end_to_end_then_resumes_after_the_kernel_is_killed(gist_server, 
     assert "found in the hand-off file" in gist_text and revision[:7] in gist_text
     load = outputs_text(cell(nb2, "load"))
     assert "newer revision" in load and "Tier 1 gate passed" in load
-    assert "Installed" in outputs_text(cell(nb2, "setup")) or \
-        "already installed" in outputs_text(cell(nb2, "setup"))
+    assert "Installed" in outputs_text(cell(nb2, "install")) or \
+        "already installed" in outputs_text(cell(nb2, "install"))
     data = outputs_text(cell(nb2, "data"))
     assert "Tokenizer: the run's own" in data
     train = outputs_text(cell(nb2, "train"))
@@ -253,7 +253,9 @@ def test_setup_cell_in_colab_reads_the_extras_from_the_fetched_repository(tmp_pa
     everything is installed already, so nothing changes."""
     from test_template_notebook import run_setup_as_in_colab
 
-    proc, repo = run_setup_as_in_colab(tmp_path, cell(read_notebook(), "setup").source,
+    nb = read_notebook()
+    proc, repo = run_setup_as_in_colab(tmp_path, cell(nb, "setup").source + "\n"
+                                       + cell(nb, "install").source,
                                        ("utils", "pyproject.toml"),
                                        after="print('SOURCE', installed.source)\n")
     assert proc.returncode == 0, proc.stderr

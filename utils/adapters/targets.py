@@ -18,7 +18,7 @@ from utils.adapters.detection import Evidence, Probe, run_probe
 from utils.adapters.signature import ForwardSpec, extract_output
 from utils.errors import UserError
 
-__all__ = ["full_logits_probe", "last_position_only", "model_loss_agreement"]
+__all__ = ["full_logits_probe", "last_position_only", "model_loss_agreement", "scalar_loss"]
 
 _AGREE = 1e-4  # relative difference between the model's loss and the cross-entropy
 
@@ -54,7 +54,7 @@ def full_logits_probe(model: nn.Module, spec: ForwardSpec, probe: Probe, *, id_l
                    f"{list(full.output_shape)}")
 
 
-def _scalar_loss(out) -> torch.Tensor | None:
+def scalar_loss(out) -> torch.Tensor | None:
     """The 0-dim loss a forward returned beside its logits: ``.loss``, ``['loss']`` or a
     0-dim element of a tuple."""
     loss = getattr(out, "loss", None)
@@ -88,7 +88,7 @@ def model_loss_agreement(model: nn.Module, spec: ForwardSpec, *, seq_len: int, i
     finally:
         spec.feed_targets = fed
         model.train(was_training)
-    loss = _scalar_loss(out)
+    loss = scalar_loss(out)
     if loss is None or logits.ndim != 3 or logits.shape[1] != t:
         return None
     logits = logits.float()

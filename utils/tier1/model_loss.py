@@ -29,7 +29,7 @@ def _own_loss(adapter, ids: torch.Tensor, mask: torch.Tensor | None,
               labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(logits, the model's own loss or None)`` of one eval forward with ``labels`` fed."""
     from utils.adapters.signature import extract_output
-    from utils.adapters.targets import _scalar_loss
+    from utils.adapters.targets import scalar_loss
 
     spec = dataclasses.replace(adapter.spec, feed_targets=True)
     batch = {"input_ids": ids, **({"attention_mask": mask} if mask is not None else {})}
@@ -38,7 +38,7 @@ def _own_loss(adapter, ids: torch.Tensor, mask: torch.Tensor | None,
     adapter.model.eval()
     with torch.no_grad():
         out = adapter.model(*args, **kwargs)
-    return extract_output(out)[0].float(), _scalar_loss(out)
+    return extract_output(out)[0].float(), scalar_loss(out)
 
 
 def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> float:
