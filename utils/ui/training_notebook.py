@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.errors import UserError
+from utils.ui.notebook import _display_html  # the package's one HTML display helper
 
 __all__ = [
     "DRIVE_FOLDER",
@@ -301,12 +302,6 @@ def prepare_data(s: NotebookSettings, adapter: Any, out_dir: Path):
 
 
 # ---- views ---------------------------------------------------------------------------------------
-def _display_html(markup: str) -> None:
-    from IPython.display import HTML, display
-
-    display(HTML(markup))
-
-
 def show_config(config: Any, adapter: Any) -> None:
     """The chosen ``TrainingConfig`` as a table (changed fields first, bold) and the memory
     estimate of one training step on the device it will run on (with the T4 verdict)."""
