@@ -48,8 +48,8 @@ def test_healthy_model_passes_everything():
     assert [r.name for r in report.results] == list(TIER1_CHECKS)
     assert report.passed and {r.status for r in report.results} == {"pass", "skip"}
     skipped = [r for r in report.results if r.status == "skip"]
-    # an absolute position table; no labels argument, so no loss of its own
-    assert [r.name for r in skipped] == ["position_shift", "model_loss"]
+    # an absolute position table; no stack of blocks; no labels argument, so no own loss
+    assert [r.name for r in skipped] == ["position_shift", "residual_paths", "model_loss"]
     assert "Absolute positions" in skipped[0].summary
 
 

@@ -56,7 +56,9 @@ __all__ = [
     "test_overfit_one_batch",
     "test_padding_invariance",
     "test_parameter_initialization",
+    "test_position_information",
     "test_position_shift",
+    "test_residual_paths",
     "test_robustness",
     "test_shape_robustness",
 ]
@@ -189,6 +191,20 @@ def test_position_shift(model, config: dict | None = None, *,
                         options: CheckOptions | None = None, **fields) -> CheckResult:
     """RoPE / ALiBi / relative positions: a left shift with masked pads must not move outputs."""
     return _one("position_shift", model, config, options, fields)
+
+
+@_not_a_test
+def test_position_information(model, config: dict | None = None, *,
+                              options: CheckOptions | None = None, **fields) -> CheckResult:
+    """Positions must reach the output: word order matters, one repeated token differs by place."""
+    return _one("position_information", model, config, options, fields)
+
+
+@_not_a_test
+def test_residual_paths(model, config: dict | None = None, *,
+                        options: CheckOptions | None = None, **fields) -> CheckResult:
+    """Every block of the stack adds to the residual stream instead of replacing it."""
+    return _one("residual_paths", model, config, options, fields)
 
 
 @_not_a_test

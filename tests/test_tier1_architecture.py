@@ -1,0 +1,337 @@
+"""residual_paths and position_information on models built here, each with a verdict known by
+construction: pre- and post-norm blocks, residuals missing around each sublayer, blocks whose
+sublayers dwarf the stream; absolute, rotary, ALiBi and bias-table positions, working and
+broken, in causal, bidirectional, pooled and seq2seq models."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from utils import adapt
+from utils.checks import CheckOptions
+from utils.test_functions import test_position_information, test_residual_paths
+from utils.tier1.architecture import block_stacks
+from utils.tier1_critical_validation import run_tier1
+
+
+def run(model, name, task=None, **options):
+    adapter = adapt(model, task=task) if task else model
+    return run_tier1(adapter, checks=[name], options=CheckOptions(**options),
+                     progress=False).results[0]
+
+
+# ---- residual_paths ----------------------------------------------------------------------
+class Attn(nn.Module):
+    def __init__(self, d, causal=True):
+        super().__init__()
+        self.qkv, self.proj, self.causal = nn.Linear(d, 3 * d), nn.Linear(d, d), causal
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = (z.view(b, t, 2, -1).transpose(1, 2) for z in self.qkv(x).chunk(3, -1))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+class Block(nn.Module):
+    """``wiring`` says where the residuals are."""
+
+    def __init__(self, d, wiring, causal=True):
+        super().__init__()
+        self.wiring = wiring
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = Attn(d, causal)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+
+    def forward(self, x):
+        w = self.wiring
+        if w == "pre":
+            x = x + self.attn(self.ln1(x))
+            return x + self.mlp(self.ln2(x))
+        if w == "post":  # the original Transformer's order
+            x = self.ln1(x + self.attn(x))
+            return self.ln2(x + self.mlp(x))
+        if w == "no_mlp":
+            x = x + self.attn(self.ln1(x))
+            return self.mlp(self.ln2(x))
+        if w == "no_attn":
+            x = self.attn(self.ln1(x))
+            return x + self.mlp(self.ln2(x))
+        if w == "none":
+            return self.mlp(self.ln2(self.attn(self.ln1(x))))
+        raise ValueError(w)
+
+
+class GPT(nn.Module):
+    def __init__(self, wiring="pre", vocab=64, d=32, layers=3, max_len=32, positions="table",
+                 init_std=None):
+        super().__init__()
+        self.max_seq_len, self.positions = max_len, positions
+        self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(max_len, d)
+        self.blocks = nn.ModuleList(Block(d, wiring) for _ in range(layers))
+        self.head = nn.Linear(d, vocab)
+        if init_std:
+            for m in self.blocks.modules():
+                if isinstance(m, nn.Linear):
+                    nn.init.normal_(m.weight, std=init_std)
+
+    def forward(self, input_ids):
+        t = input_ids.shape[1]
+        where = {"table": torch.arange(t), "zeros": torch.zeros(t, dtype=torch.long)}
+        x = self.tok(input_ids)
+        if self.positions != "none":
+            x = x + self.pos(where[self.positions])
+        for block in self.blocks:
+            x = block(x)
+        return self.head(F.layer_norm(x, x.shape[-1:]))
+
+
+@pytest.mark.parametrize("wiring", ["pre", "post"])
+def test_residual_blocks_pass(wiring):
+    result = run(GPT(wiring), "residual_paths", task="causal_lm")
+    assert result.status == "pass", result.summary
+    assert result.metrics["blocks"] == 3 and result.metrics["min_mean_cosine"] > 0.5
+
+
+@pytest.mark.parametrize(("wiring", "carrier", "line"), [
+    ("no_mlp", "mlp", "return self.mlp(self.ln2(x))"),
+    ("no_attn", "attn", "x = self.attn(self.ln1(x))"),
+    ("none", "attn", "self.attn("),  # several branches call it: one of them is named
+])
+def test_a_missing_residual_fails_naming_the_sublayer_and_line(wiring, carrier, line):
+    result = run(GPT(wiring), "residual_paths", task="causal_lm")
+    assert result.status == "fail"
+    assert "3 of 3 blocks ('blocks.0', 'blocks.1', 'blocks.2', Block)" in result.summary
+    assert f"everything goes through '{carrier}'" in result.summary
+    assert line in result.summary and "test_tier1_architecture.py, line" in result.summary
+    assert f"x = x + self.{carrier}(…)" in result.summary
+    assert all(abs(r["mean_cosine"]) < 0.2 for r in result.rows)
+
+
+def test_sublayers_that_dwarf_the_stream_are_not_taken_for_a_missing_residual():
+    model = GPT("pre", init_std=1.0)  # the sublayers' outputs are ~100× the embeddings
+    result = run(model, "residual_paths", task="causal_lm")
+    assert result.status == "pass", result.summary
+    assert "dwarf the stream" in result.summary and "the residual is there" in result.summary
+    assert min(r["mean_cosine"] for r in result.rows) < 0.2  # the cosine alone would fail it
+
+
+def test_the_threshold_can_be_raised_and_the_block_inputs_are_untouched():
+    model = GPT("pre")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = run(model, "residual_paths", task="causal_lm",
+                 thresholds={"residual_paths.min_cosine": 1.01})
+    assert result.threshold == {"min_mean_cosine": 1.01}
+    assert result.status == "pass"  # nothing freezes when a sublayer is zeroed
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_stacks_are_found_in_lists_and_in_sequential_runs_outermost_only():
+    class Heads(nn.Module):  # a block holding a ModuleList of heads: not a stack of its own
+        def __init__(self, d):
+            super().__init__()
+            self.heads = nn.ModuleList(nn.Sequential(nn.Linear(d, d)) for _ in range(2))
+
+        def forward(self, x):
+            return x + sum(h(x) for h in self.heads)
+
+    seq = nn.Sequential(nn.Embedding(10, 8), Heads(8), Heads(8), nn.Linear(8, 10))
+    stacks = block_stacks(seq)
+    assert [(name, [n for n, _ in run]) for name, run in stacks] == [("", ["1", "2"])]
+    assert [n for n, _ in block_stacks(GPT())[0][1]] == ["blocks.0", "blocks.1", "blocks.2"]
+
+
+def test_a_model_without_a_stack_of_blocks_is_skipped():
+    class Flat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.head = nn.Embedding(32, 16), nn.Linear(16, 32)
+
+        def forward(self, input_ids):
+            return self.head(self.emb(input_ids))
+
+    result = run(Flat(), "residual_paths", task="causal_lm")
+    assert result.status == "skip" and "No stack of blocks" in result.summary
+
+
+def test_nn_transformer_layers_are_replayed_with_their_masks():
+    class Encoder(nn.Module):
+        def __init__(self, norm_first):
+            super().__init__()
+            self.emb, self.pos = nn.Embedding(50, 16), nn.Embedding(24, 16)
+            layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True,
+                                               norm_first=norm_first)
+            self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+            self.head = nn.Linear(16, 3)
+            self.max_seq_len = 24
+
+        def forward(self, input_ids, attention_mask=None):
+            pad = None if attention_mask is None else attention_mask == 0
+            h = self.enc(self.emb(input_ids) + self.pos(torch.arange(input_ids.shape[1])),
+                         src_key_padding_mask=pad)
+            return self.head(h.mean(1))
+
+    for norm_first in (False, True):
+        result = run(Encoder(norm_first), "residual_paths", task="classification")
+        assert result.status == "pass" and result.metrics["blocks"] == 2, result.summary
+
+
+# ---- position_information ----------------------------------------------------------------
+def test_causal_positions_that_reach_the_output_pass():
+    result = run(GPT(positions="table"), "position_information", task="causal_lm")
+    assert result.status == "pass", result.summary
+    assert result.metrics["family"] == "absolute" and result.metrics["spread_over_positions"] > 0.1
+
+
+def test_a_position_table_fed_zeros_fails():
+    result = run(GPT(positions="zeros"), "position_information", task="causal_lm")
+    assert result.status == "fail"
+    assert "position table 'pos'" in result.summary
+    assert "every position gives the same output" in result.summary
+    assert "torch.arange(T)" in result.summary
+    assert result.metrics["spread_over_positions"] < 1e-5
+
+
+def test_a_causal_model_without_positions_warns_nope():
+    class NoPE(GPT):
+        def __init__(self):
+            super().__init__(positions="none")
+            del self.pos
+
+    result = run(NoPE(), "position_information", task="causal_lm")
+    assert result.status == "warn" and "NoPE" in result.summary
+    assert result.metrics["family"] == "none found"
+
+
+class Encoder(nn.Module):
+    """A bidirectional encoder; ``positions`` 'table', 'batch' (the tutorial's slip: one vector
+    per sample) or 'none'; ``pool`` makes it a classifier."""
+
+    def __init__(self, positions="table", pool=False, vocab=80, d=32, max_len=32):
+        super().__init__()
+        self.max_seq_len, self.positions, self.pool = max_len, positions, pool
+        self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(max_len, d)
+        self.blocks = nn.ModuleList(Block(d, "pre", causal=False) for _ in range(2))
+        self.head = nn.Linear(d, 3 if pool else vocab)
+
+    def forward(self, input_ids):
+        b, t = input_ids.shape
+        x = self.tok(input_ids)
+        if self.positions == "table":
+            x = x + self.pos(torch.arange(t))
+        elif self.positions == "batch":
+            x = x + self.pos(torch.arange(b))[:, None]
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x.mean(1) if self.pool else x)
+
+
+@pytest.mark.parametrize(("task", "pool"), [("masked_lm", False), ("classification", True)])
+def test_a_bidirectional_model_that_sees_word_order_passes(task, pool):
+    result = run(Encoder("table", pool), "position_information", task=task)
+    assert result.status == "pass" and "sees word order" in result.summary, result.summary
+
+
+@pytest.mark.parametrize("positions", ["none", "batch"])
+@pytest.mark.parametrize(("task", "pool", "said"), [
+    ("masked_lm", False, "only reverses the outputs"),
+    ("classification", True, "leaves the prediction unchanged")])
+def test_an_order_blind_encoder_fails(positions, task, pool, said):
+    result = run(Encoder(positions, pool), "position_information", task=task)
+    assert result.status == "fail"
+    assert said in result.summary and "order-blind" in result.summary
+    assert result.metrics["max_rel_change"] <= 1e-5
+
+
+class RotaryGPT(nn.Module):
+    """RoPE with an ``inv_freq`` buffer (``cached``: only precomputed cos/sin tables), fed
+    ``positions``."""
+
+    def __init__(self, positions="arange", cached=False, vocab=64, d=32, max_len=32):
+        super().__init__()
+        self.max_seq_len, self.positions, self.cached = max_len, positions, cached
+        self.emb, self.head = nn.Embedding(vocab, d), nn.Linear(d, vocab)
+        self.qkv, self.out = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        inv_freq = 10000 ** -(torch.arange(0, 16, 2).float() / 16)
+        if cached:
+            angles = torch.arange(max_len)[:, None].float() * inv_freq
+            self.register_buffer("cos_cached", torch.cat([angles, angles], -1).cos())
+            self.register_buffer("sin_cached", torch.cat([angles, angles], -1).sin())
+        else:
+            self.register_buffer("inv_freq", inv_freq)
+
+    def rotate(self, x, pos):
+        if self.cached:
+            cos, sin = self.cos_cached[pos], self.sin_cached[pos]
+        else:
+            angles = pos[:, None].float() * self.inv_freq
+            cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+        x1, x2 = x.chunk(2, -1)
+        return x * cos + torch.cat([-x2, x1], -1) * sin
+
+    def forward(self, input_ids):
+        b, t = input_ids.shape
+        pos = torch.arange(t) if self.positions == "arange" else torch.zeros(t, dtype=torch.long)
+        x = self.emb(input_ids)
+        q, k, v = (z.view(b, t, 2, -1).transpose(1, 2) for z in self.qkv(x).chunk(3, -1))
+        y = F.scaled_dot_product_attention(self.rotate(q, pos), self.rotate(k, pos), v,
+                                           is_causal=True)
+        return self.head(x + self.out(y.transpose(1, 2).reshape(b, t, -1)))
+
+
+def test_rotary_positions_that_reach_the_output_pass_and_the_buffer_is_restored():
+    model = RotaryGPT("arange")
+    before = model.inv_freq.clone()
+    result = run(model, "position_information", task="causal_lm")
+    assert result.status == "pass" and result.metrics["family"] == "rotary", result.summary
+    assert result.metrics["perturbed"] == ["inv_freq"]
+    assert torch.equal(model.inv_freq, before)
+
+
+def test_rotary_fed_one_position_for_all_fails():
+    result = run(RotaryGPT("zeros"), "position_information", task="causal_lm")
+    assert result.status == "fail" and "Perturbing 'inv_freq' leaves the outputs unchanged" in \
+        result.summary and "as if at one position" in result.summary
+
+
+def test_precomputed_rotary_tables_are_a_skip_not_a_verdict():
+    result = run(RotaryGPT("arange", cached=True), "position_information", task="causal_lm")
+    assert result.status == "skip" and "no frequencies, slopes or bias table" in result.summary
+
+
+class Alibi(nn.Module):
+    def __init__(self, broken=False, vocab=64, d=32, heads=4, max_len=32):
+        super().__init__()
+        self.max_seq_len, self.broken, self.heads = max_len, broken, heads
+        self.emb, self.head = nn.Embedding(vocab, d), nn.Linear(d, vocab)
+        self.qkv, self.out = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.register_buffer("slopes", torch.tensor([2.0 ** (-2 * (h + 1)) for h in range(heads)]))
+
+    def forward(self, input_ids):
+        b, t = input_ids.shape
+        i = torch.arange(t)
+        distance = (i[:, None] - i[None, :]).float()
+        used = distance.clamp(max=0) if self.broken else distance  # the bug: 0 on every key seen
+        bias = (-self.slopes[:, None, None] * used).masked_fill(distance < 0, -math.inf)
+        x = self.emb(input_ids)
+        q, k, v = (z.view(b, t, self.heads, -1).transpose(1, 2) for z in self.qkv(x).chunk(3, -1))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return self.head(x + self.out(y.transpose(1, 2).reshape(b, t, -1)))
+
+
+@pytest.mark.parametrize(("broken", "status"), [(False, "pass"), (True, "fail")])
+def test_alibi_slopes_are_perturbed(broken, status):
+    result = run(Alibi(broken), "position_information", task="causal_lm")
+    assert result.status == status and result.metrics["family"] == "ALiBi", result.summary
+    assert result.metrics["perturbed"] == ["slopes"]
+
+
+def test_the_facades_run_the_checks():
+    assert test_residual_paths(adapt(GPT("no_mlp"), task="causal_lm")).status == "fail"
+    assert test_position_information(adapt(GPT(positions="zeros"), task="causal_lm"),
+                                     seed=1).status == "fail"
