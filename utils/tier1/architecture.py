@@ -111,6 +111,11 @@ class _Call:
 
     def __init__(self, block: nn.Module, args: tuple, kwargs: dict) -> None:
         self.block, self.args, self.kwargs = block, args, dict(kwargs)
+        for key in list(self.kwargs):  # a replay must not grow a KV cache
+            if key == "use_cache":
+                self.kwargs[key] = False
+            elif re.search(r"past|cache", key, re.I) and not isinstance(self.kwargs[key], bool):
+                self.kwargs[key] = None
         slot = _hidden_slot(args, kwargs)
         self.slot, self.hidden = slot if slot else (None, None)
 

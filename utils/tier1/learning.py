@@ -7,6 +7,10 @@ has fallen by the pass margin and a minimum number of steps ran without NaN/Inf 
 steps, the largest relative to the weights, are where a too-high learning rate diverges). The weights are put back afterwards — in memory when
 a copy fits easily, else through a temporary file, so a big model is never held twice — and
 Adam falls back to plain SGD when its two moment buffers would not fit.
+
+A fixed batch is memorised even by a model whose blocks lost their residual or whose positions
+never reach the output; ``residual_paths`` and ``position_information``
+(``utils/tier1/architecture.py``) probe those directly.
 """
 
 from __future__ import annotations
