@@ -227,7 +227,9 @@ def _fake_run(tmp_path: Path) -> Path:
                       extra={"source": provenance, "steps": 6, "metrics": {"val_loss": 4.5}})
     (run / "final" / "tokenizer.json").write_text("{}")
     write_json(run / "summary.json", {"steps": 6, "tokens": 768, "train_loss": 5.1,
-                                      "val_loss": 4.5, "config": {"seq_len": 32, "lr": 3e-4}})
+                                      "val_loss": 4.5, "config": {"seq_len": 32, "lr": 3e-4},
+                                      "data": "corpus.txt (train 38 documents, validation 2 "
+                                              "documents; split by documents)"})
     write_json(run / "tier1.json", {"passed": True, "checks": [
         {"name": "shape_robustness", "status": "pass", "summary": "all shapes ran"}]})
     return run
@@ -243,6 +245,7 @@ def test_a_run_folder_exports_its_final_model_with_the_run_on_the_card(tmp_path,
     assert "0123456789abcdef0123456789abcdef" in card and "f" * 40 in card
     assert "| shape_robustness | pass | all shapes ran |" in card and "**passed**" in card
     assert "| val_loss | 4.5 |" in card and "| tokens | 768 |" in card
+    assert "| data | corpus.txt (train 38 documents, validation 2 documents; split by " in card
     testbench = json.loads((folder / "testbench.json").read_text())
     assert testbench["source"]["gist_id"] == "0123456789abcdef0123456789abcdef"
 

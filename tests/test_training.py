@@ -99,6 +99,8 @@ def test_run_folder_final_rebuilds_and_samples(tmp_path, tiny_lm):
                                                   "Learning rate"]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 30 and summary["final_dir"] == str(run / "final")
+    assert summary["data"] == result.data and summary["data"].startswith(
+        "40 records in memory (train 38 documents, validation 2 documents; split by")
 
 
 def test_running_again_resumes_and_a_longer_budget_continues(tmp_path, tiny_lm):

@@ -69,6 +69,11 @@ class TextDataset:
     stats: dict[str, DatasetStats] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)
 
+    def describe(self) -> str:
+        """One line naming the data and its split sizes: what a run folder records."""
+        sizes = ", ".join(f"{name} {s.documents:,} documents" for name, s in self.stats.items())
+        return f"{self.source} ({sizes}; split by {self.split_by})" if sizes else self.source
+
     def summary(self) -> str:
         """A few lines for a notebook or a log."""
         lines = [f"Text dataset from {self.source} (task {self.task}, text column "

@@ -51,6 +51,7 @@ class TrainResult:
         config: The config the run used (after resume merging and ``lr="auto"``).
         gate: The Tier 1 gate's report (None on resume or when skipped).
         interrupted: Training stopped on an interrupt; a checkpoint was saved.
+        data: What the run trained on (source and split sizes), as ``summary.json`` records it.
     """
 
     run_dir: Path
@@ -70,6 +71,7 @@ class TrainResult:
     adapter: Any = field(default=None, repr=False)
     tokenizer: Any = field(default=None, repr=False)
     report: Any = None  # Tier 3's learning-sanity Report, set by fine_tune
+    data: str | None = None
 
     def __repr__(self) -> str:
         shown = {k: round(v, 4) for k, v in self.metrics.items() if k.startswith("val_")}
@@ -87,7 +89,8 @@ class TrainResult:
                 "tokens_per_second": self.tokens_per_second,
                 "resumed_from_step": (self.resumed_from or {}).get("step"),
                 "skipped_steps": self.skipped_steps, "rollbacks": self.rollbacks,
-                "interrupted": self.interrupted, "run_dir": str(self.run_dir),
+                "interrupted": self.interrupted, "data": self.data,
+                "run_dir": str(self.run_dir),
                 "final_dir": str(self.final_dir) if self.final_dir else None,
                 "notes": self.notes, "config": self.config.to_dict()}
 
@@ -107,7 +110,7 @@ class TrainResult:
 
 
 def build_result(run_dir, final_dir, metrics_log, resumed, trainer, module, state, config, notes,
-            report, interrupted, adapter, tokenizer, seconds) -> TrainResult:
+            report, interrupted, adapter, tokenizer, seconds, data=None) -> TrainResult:
     import pandas as pd
 
     csv = run_dir / "metrics.csv"
@@ -124,4 +127,15 @@ def build_result(run_dir, final_dir, metrics_log, resumed, trainer, module, stat
                        tokens_per_second=tps, resumed_from=resumed, steps=trainer.global_step,
                        tokens=module.tokens_seen, skipped_steps=module.skipped_steps,
                        rollbacks=state.rollbacks, config=config, notes=notes, gate=report,
-                       interrupted=interrupted, adapter=adapter, tokenizer=tokenizer)
+                       interrupted=interrupted, adapter=adapter, tokenizer=tokenizer,
+                       data=_describe_data(data))
+
+
+def _describe_data(data: Any) -> str | None:
+    """The one-line description of a TextDataset (or what a look-alike says of itself)."""
+    if data is None:
+        return None
+    describe = getattr(data, "describe", None)
+    if callable(describe):
+        return describe()
+    return getattr(data, "source", None) or type(data).__name__

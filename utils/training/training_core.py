@@ -358,7 +358,7 @@ def _train(adapter, loaded, data, config, run_dir, manager, extra_callbacks, tok
             manager.mirror_file(f"final/{file.name}")
     result = build_result(run_dir, final_dir, metrics_log, resumed, trainer, module, state,
                           config, notes, report, interrupted, adapter, tokenizer,
-                          time.perf_counter() - began)
+                          time.perf_counter() - began, data=getattr(dm, "data", None))
     if tracker is not None:
         tracker.finish(result)
     if trainer.is_global_zero:
