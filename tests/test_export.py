@@ -163,6 +163,24 @@ def _planted(tmp_path: Path) -> Path:
     return folder
 
 
+def test_a_re_export_with_fewer_formats_lists_what_the_earlier_one_left(tmp_path):
+    adapter = utils.adapt(utils.load_model(ZOO / "flat_gpt", say=lambda m: None))
+    out = tmp_path / "out"
+    assert export(adapter, ("folder", "pt2"), out, say=lambda m: None).ok
+    again = export(adapter, ("folder",), out, say=lambda m: None)
+    doc = json.loads((out / "export.json").read_text())
+    assert list(doc["formats"]) == ["folder"]
+    assert doc["earlier"]["pt2"]["stale"] is True
+    assert doc["earlier"]["pt2"]["file"] == str(out / "model.pt2")
+    assert any("Left from an earlier export, not checked by this one: model.pt2 (pt2)" in n
+               for n in again.notes)
+    export(adapter, ("folder",), out, say=lambda m: None)  # still listed the time after
+    assert json.loads((out / "export.json").read_text())["earlier"]["pt2"]["stale"] is True
+    (out / "model.pt2").unlink()  # once it is gone, nothing is listed
+    export(adapter, ("folder",), out, say=lambda m: None)
+    assert json.loads((out / "export.json").read_text())["earlier"] == {}
+
+
 def test_a_planted_mismatch_is_a_parity_failure_kept_marked_and_exit_1(tmp_path, capsys):
     out, report = tmp_path / "out", tmp_path / "export.json"
     code = main(["export", str(_planted(tmp_path)), "--formats", "folder,pt2", "--out",

@@ -8,7 +8,8 @@
 - ``model.onnx`` — the dynamo ONNX exporter, opset 18, for onnxruntime;
 - ``model.int8.onnx`` — onnxruntime's dynamic int8 of ``model.onnx`` (format ``int8``);
 - ``model.int8.pt`` — torchao's dynamic int8 state dict (format ``int8_torch``, on request);
-- ``export.json`` — every format's file, size, parity figures and status.
+- ``export.json`` — every format's file, size, parity figures and status; under ``earlier``,
+  artifacts an earlier export into the same folder left that this one did not remake.
 
 Each artifact is loaded back from disk in the runtime that serves it and compared with the
 eager model on fresh inputs of another batch and length (a padded row where the model takes a
@@ -181,6 +182,11 @@ def export_origin(origin: Origin, formats: str | Iterable[str] = DEFAULT_FORMATS
     if "int8_torch" in names and _tied(adapter.model):
         notes.append("torchao's int8 unties tied weights: model.int8.pt holds the embedding in "
                      "fp32 and the output head in int8.")
+    earlier = _earlier_artifacts(out, results)
+    if earlier:
+        notes.append("Left from an earlier export, not checked by this one: " + ", ".join(
+            f"{Path(e['file']).name} ({n})" for n, e in earlier.items()) + ". Export those "
+            "formats again, or delete the files, so the folder holds one model's artifacts.")
     result = ExportResult(out, results, adapter.describe(), origin.provenance,
                           [*program.notes, *notes], program.dims)
     examples = {n: FORMATS[n].example(program.names) for n in names}
@@ -190,8 +196,28 @@ def export_origin(origin: Origin, formats: str | Iterable[str] = DEFAULT_FORMATS
 
         write_atomic(folder_path / "README.md", model_card(result, origin, examples))
     write_json(out / EXPORT_JSON, {**envelope(origin.provenance, result.model, None),
-                                   **result.to_dict()})
+                                   **result.to_dict(), "earlier": earlier})
     return result
+
+
+def _earlier_artifacts(out: Path, now: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The formats an earlier ``export.json`` in ``out`` listed, this export did not make, and
+    whose files are still there — so a re-export with fewer formats does not leave them
+    unaccounted for. Each keeps its old entry, marked ``stale``."""
+    import json
+
+    try:
+        doc = json.loads((out / EXPORT_JSON).read_text())
+        old = {**(doc.get("earlier") or {}), **(doc.get("formats") or {})}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
+    mine = {f.path for f in now.values() if f.path}
+    kept = {}
+    for name, entry in old.items():
+        file = isinstance(entry, dict) and entry.get("file")
+        if name not in now and file and Path(file).exists() and Path(file) not in mine:
+            kept[name] = {**entry, "stale": True}
+    return kept
 
 
 def _default_out(origin: Origin) -> Path:
