@@ -304,6 +304,56 @@ def test_precomputed_rotary_tables_are_a_skip_not_a_verdict():
     assert result.status == "skip" and "no frequencies, slopes or bias table" in result.summary
 
 
+class Rotary(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.register_buffer("inv_freq", 10000 ** -(torch.arange(0, dim, 2).float() / dim))
+
+    def forward(self, pos):
+        angles = pos[:, None].float() * self.inv_freq
+        return torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+
+
+class RotaryModule(RotaryGPT):
+    """RoPE from a submodule: ``slip`` 'zeros' feeds it one position, 'unapplied' computes the
+    tables and forgets to rotate q and k."""
+
+    def __init__(self, slip=None):
+        super().__init__()
+        del self.inv_freq
+        self.rotary, self.slip = Rotary(16), slip
+
+    def forward(self, input_ids):
+        b, t = input_ids.shape
+        cos, sin = self.rotary(torch.zeros(t, dtype=torch.long) if self.slip == "zeros"
+                               else torch.arange(t))
+        x = self.emb(input_ids)
+        q, k, v = (z.view(b, t, 2, -1).transpose(1, 2) for z in self.qkv(x).chunk(3, -1))
+        if self.slip != "unapplied":
+            q, k = (z * cos + torch.cat([-z.chunk(2, -1)[1], z.chunk(2, -1)[0]], -1) * sin
+                    for z in (q, k))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.head(x + self.out(y.transpose(1, 2).reshape(b, t, -1)))
+
+
+@pytest.mark.parametrize(("slip", "status", "said"), [
+    (None, "pass", "changes the outputs"),
+    ("zeros", "fail", "'rotary' returns the same rotation (or bias) at every one of the 11 "
+                      "positions"),
+    ("unapplied", "fail", "the tables are never applied to the queries and keys")])
+def test_a_rotary_module_is_diagnosed_from_what_it_returns(slip, status, said):
+    result = run(RotaryModule(slip), "position_information", task="causal_lm")
+    assert result.status == status and said in result.summary, result.summary
+
+
+def test_library_code_that_computes_tables_it_does_not_use_is_not_failed():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.FalconConfig(vocab_size=128, hidden_size=32, num_hidden_layers=2,
+                                    num_attention_heads=4, alibi=True)
+    result = run(transformers.FalconForCausalLM(cfg), "position_information")
+    assert result.status == "skip" and "does not use it" in result.summary, result.summary
+
+
 class Alibi(nn.Module):
     def __init__(self, broken=False, vocab=64, d=32, heads=4, max_len=32):
         super().__init__()

@@ -162,9 +162,11 @@ def _zeroed(module: nn.Module) -> Iterator[None]:
         handle.remove()
 
 
-def _carrier(call: _Call, x: torch.Tensor, nudged: torch.Tensor, moved: float) -> str | None:
-    """The direct child whose zeroed output freezes the block's output: everything goes
-    through it, so the residual around it is missing."""
+def _carrier(call: _Call, x: torch.Tensor, nudged: torch.Tensor, moved: float,
+             need: float, gen: torch.Generator) -> str | None:
+    """The direct child whose zeroed output freezes the block's output — everything goes
+    through it — and which has no residual of its own inside (BERT keeps its residuals inside
+    the attention and output modules): the residual around it is missing."""
     for name, child in call.block.named_children():
         cls = type(child).__name__
         if not any(True for _ in child.parameters()) or "norm" in cls.lower() or \
@@ -175,10 +177,43 @@ def _carrier(call: _Call, x: torch.Tensor, nudged: torch.Tensor, moved: float) -
                 a, b = call(x), call(nudged)
         except Exception:
             continue
-        if a is not None and b is not None and \
-                float((b.float() - a.float()).norm()) <= 1e-4 * moved:
+        if a is None or b is None or float((b.float() - a.float()).norm()) > 1e-4 * moved:
+            continue
+        if _passes_input_through(child, call, x, need, gen) is False:
             return name
     return None
+
+
+def _passes_input_through(child: nn.Module, call: _Call, x: torch.Tensor, need: float,
+                          gen: torch.Generator) -> bool | None:
+    """Whether ``child``'s own output follows a nudge of its own input (a residual inside it);
+    None when that cannot be told (its input and output differ in shape, or it cannot be
+    replayed)."""
+    seen: dict[int, _Call] = {}
+
+    def record(module, args, kwargs) -> None:
+        seen.setdefault(0, _Call(module, args, kwargs))
+
+    handle = child.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        call(x)
+    except Exception:
+        return None
+    finally:
+        handle.remove()
+    inner = seen.get(0)
+    if inner is None or inner.hidden is None:
+        return None
+    h = inner.hidden
+    delta = torch.randn(h.shape, generator=gen).to(h.device, h.dtype) * \
+        (1e-2 * float(h.float().std()) or 1e-3)
+    try:
+        base, moved = inner(h), inner(h + delta)
+    except Exception:
+        return None
+    if base is None or moved is None or base.shape != h.shape:
+        return None
+    return _mean_cosine(moved.float() - base.float(), delta) >= need
 
 
 def _call_site(block: nn.Module, child: str, files: set[str]) -> str:
@@ -235,7 +270,8 @@ def check_residual_paths(adapter, options) -> CheckResult:
         cosine = _mean_cosine(response, delta) if moved > 0 else 0.0
         row = {"block": label, "class": type(block).__name__, "mean_cosine": cosine}
         if cosine < need:  # a missing residual, or sublayers that dwarf the stream: which?
-            row["carrier"] = _carrier(call, x, x + delta, moved) if moved > 0 else None
+            row["carrier"] = _carrier(call, x, x + delta, moved, need, gen) if moved > 0 \
+                else None
             (broken if row["carrier"] or moved == 0 else swamped).append(row)
         rows.append(row)
     metrics = {"blocks": len(rows), "stacks": [n or "(model)" for n, _ in stacks],
@@ -338,7 +374,7 @@ def check_position_information(adapter, options) -> CheckResult:
     tol = options.threshold(f"{name}.rtol", 1e-5)
     threshold = {"order_blind_at_or_below": tol}
     top = options.max_len(adapter)
-    t = min(12, top)
+    t = min(11, top)  # odd: unlikely to be the size of another axis (heads, widths, batch)
     if t < 3:
         return CheckResult(name, 1, "skip", f"max_seq_len {top} is too short to move tokens "
                            "around.", metrics)
@@ -404,7 +440,9 @@ def check_position_information(adapter, options) -> CheckResult:
                            "encoding gives the same output everywhere by design, and no "
                            "frequencies, slopes or bias table were found to perturb instead.",
                            metrics)
-    clean = eval_logits(adapter, batch, options.seed).float()
+    owners = _knob_owners(adapter.model, knobs)
+    with _recording(owners) as tables:
+        clean = eval_logits(adapter, batch, options.seed).float()
     with _perturbed(knobs, options.seed):
         moved = eval_logits(adapter, batch, options.seed).float()
     change = rel_diff(clean, moved)
@@ -414,15 +452,94 @@ def check_position_information(adapter, options) -> CheckResult:
         return CheckResult(name, 1, "pass", f"{where} Perturbing {listed} changes the outputs "
                            f"(max relative change {change:.1e}): the encoding reaches them.",
                            metrics, threshold)
+    unchanged = f"{where} Perturbing {listed} leaves the outputs unchanged (max relative " \
+                f"change {change:.1e} ≤ {tol:g})"
+    varies = {n: _varies_along(out, t) for n, out in tables.items()}
+    metrics["tables_vary_by_position"] = varies
+    if varies and not any(v for v in varies.values() if v is not None) and \
+            any(v is False for v in varies.values()):
+        module = next(n for n, v in varies.items() if v is False)
+        return CheckResult(
+            name, 1, "fail", f"{unchanged}: '{module}' returns the same rotation (or bias) at "
+            f"every one of the {t} positions, so it cancels in q · k — the model has no "
+            "positions. Feed the real positions (torch.arange(T), not zeros or a constant).",
+            metrics, threshold)
+    if any(varies.values()):
+        module = next(n for n, v in varies.items() if v)
+        if _library_code(dict(adapter.model.named_modules())[module]):
+            return CheckResult(name, 1, "skip", f"{unchanged}, though '{module}' computes a "
+                               "different table per position: this configuration of the "
+                               "library's model does not use it (Falcon with alibi=True "
+                               "computes rotary tables it never applies).", metrics)
+        return CheckResult(
+            name, 1, "fail", f"{unchanged}, though '{module}' computes a different table per "
+            "position: the tables are never applied to the queries and keys that attention "
+            "uses (q, k = apply_rotary(q, k, cos, sin) before the scores), so the model has no "
+            "positions.", metrics, threshold)
     cached = [n for n, _ in adapter.model.named_buffers() if _CACHES.search(n)]
     if cached:
         return CheckResult(name, 1, "skip", f"{where} Perturbing {listed} left the outputs "
                            f"unchanged, but the model reads precomputed tables ({cached[0]}), "
                            "which this probe does not alter.", metrics)
     return CheckResult(
-        name, 1, "fail", f"{where} Perturbing {listed} leaves the outputs unchanged (max "
-        f"relative change {change:.1e} ≤ {tol:g}): the {family} encoding has no effect — every "
-        "query and key is rotated (or biased) as if at one position. Feed the real positions "
+        name, 1, "fail", f"{unchanged}: the {family} encoding has no effect — every query and "
+        "key is rotated (or biased) as if at one position. Feed the real positions "
         "(torch.arange(T), not zeros) and apply the encoding to the queries and keys that "
         "attention uses.", metrics, threshold)
+
+
+def _knob_owners(model: nn.Module, knobs: list[tuple[str, torch.Tensor]]) -> dict[str, nn.Module]:
+    """The submodules holding the perturbed tensors (not the model itself, whose output is the
+    logits), by name."""
+    modules = dict(model.named_modules())
+    owners = {}
+    for name, _ in knobs:
+        owner = name.rpartition(".")[0]
+        if owner and owner in modules:
+            owners[owner] = modules[owner]
+    return owners
+
+
+@contextmanager
+def _recording(owners: dict[str, nn.Module]) -> Iterator[dict[str, Any]]:
+    """What each owner module returned on its first call inside the block."""
+    seen: dict[str, Any] = {}
+
+    def hook(name: str):
+        def record(_module, _args, out) -> None:  # returning None keeps the output as it is
+            seen.setdefault(name, out)
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in owners.items()]
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _varies_along(out: Any, t: int) -> bool | None:
+    """Whether the tensors in ``out`` differ along an axis of length ``t`` (the positions);
+    None when no tensor has such an axis."""
+    tensors = [out] if torch.is_tensor(out) else [v for v in (
+        out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list))
+        else ()) if torch.is_tensor(v)]
+    verdict = None
+    for x in tensors:
+        x = torch.view_as_real(x) if x.is_complex() else x
+        for dim, size in enumerate(x.shape):
+            if size == t and x.is_floating_point():
+                first = x.narrow(dim, 0, 1).expand_as(x)
+                if rel_diff(x, first) > 1e-6:
+                    return True
+                verdict = False
+    return verdict
+
+
+def _library_code(module: nn.Module) -> bool:
+    """The module's class comes from an installed package, not the user's files."""
+    import sys
+
+    file = getattr(sys.modules.get(type(module).__module__), "__file__", "") or ""
+    return "site-packages" in file or "dist-packages" in file
 
