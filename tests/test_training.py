@@ -144,10 +144,13 @@ def test_nan_steps_are_skipped_then_rolled_back_at_a_lower_lr(tmp_path, tiny_lm)
     assert summary["skipped_steps"] == 3 and summary["rollbacks"] == 1
 
 
-def test_the_tier1_gate_stops_a_causal_leak_before_training(tmp_path):
-    loaded = utils.load_model(ZOO / "no_causal_mask", say=lambda m: None)
+@pytest.mark.parametrize(("case", "check"), [("no_causal_mask", "causal_masking"),
+                                             ("no_mlp_residual", "residual_paths"),
+                                             ("rope_constant_positions", "position_information")])
+def test_the_tier1_gate_stops_a_silent_bug_before_training(tmp_path, case, check):
+    loaded = utils.load_model(ZOO / case, say=lambda m: None)
     config = tiny_config(tmp_path)
-    with pytest.raises(GateFailed, match="causal_masking") as info:
+    with pytest.raises(GateFailed, match=check) as info:
         train(loaded, corpus(20), config, **QUIET)
     assert not info.value.report.passed
     assert (Path(config.out_dir) / "tier1.json").is_file()
