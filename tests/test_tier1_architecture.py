@@ -34,7 +34,10 @@ class Attn(nn.Module):
     def forward(self, x):
         b, t, d = x.shape
         q, k, v = (z.view(b, t, 2, -1).transpose(1, 2) for z in self.qkv(x).chunk(3, -1))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        if self.causal == "diag":  # each position sees itself only
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=torch.eye(t, dtype=torch.bool))
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
 
 
@@ -69,11 +72,11 @@ class Block(nn.Module):
 
 class GPT(nn.Module):
     def __init__(self, wiring="pre", vocab=64, d=32, layers=3, max_len=32, positions="table",
-                 init_std=None):
+                 init_std=None, mask=True):
         super().__init__()
         self.max_seq_len, self.positions = max_len, positions
         self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(max_len, d)
-        self.blocks = nn.ModuleList(Block(d, wiring) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(d, wiring, causal=mask) for _ in range(layers))
         self.head = nn.Linear(d, vocab)
         if init_std:
             for m in self.blocks.modules():
@@ -212,11 +215,11 @@ class Encoder(nn.Module):
     """A bidirectional encoder; ``positions`` 'table', 'batch' (the tutorial's slip: one vector
     per sample) or 'none'; ``pool`` makes it a classifier."""
 
-    def __init__(self, positions="table", pool=False, vocab=80, d=32, max_len=32):
+    def __init__(self, positions="table", pool=False, vocab=80, d=32, max_len=32, mask=False):
         super().__init__()
         self.max_seq_len, self.positions, self.pool = max_len, positions, pool
         self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(max_len, d)
-        self.blocks = nn.ModuleList(Block(d, "pre", causal=False) for _ in range(2))
+        self.blocks = nn.ModuleList(Block(d, "pre", causal=mask) for _ in range(2))
         self.head = nn.Linear(d, 3 if pool else vocab)
 
     def forward(self, input_ids):
@@ -228,10 +231,12 @@ class Encoder(nn.Module):
             x = x + self.pos(torch.arange(b))[:, None]
         for block in self.blocks:
             x = block(x)
-        return self.head(x.mean(1) if self.pool else x)
+        pooled = {"mean": lambda h: h.mean(1), "first": lambda h: h[:, 0],
+                  "last": lambda h: h[:, -1]}
+        return self.head(pooled[self.pool](x) if self.pool else x)
 
 
-@pytest.mark.parametrize(("task", "pool"), [("masked_lm", False), ("classification", True)])
+@pytest.mark.parametrize(("task", "pool"), [("masked_lm", False), ("classification", "mean")])
 def test_a_bidirectional_model_that_sees_word_order_passes(task, pool):
     result = run(Encoder("table", pool), "position_information", task=task)
     assert result.status == "pass" and "sees word order" in result.summary, result.summary
@@ -240,7 +245,7 @@ def test_a_bidirectional_model_that_sees_word_order_passes(task, pool):
 @pytest.mark.parametrize("positions", ["none", "batch"])
 @pytest.mark.parametrize(("task", "pool", "said"), [
     ("masked_lm", False, "only reverses the outputs"),
-    ("classification", True, "leaves the prediction unchanged")])
+    ("classification", "mean", "leaves the prediction unchanged")])
 def test_an_order_blind_encoder_fails(positions, task, pool, said):
     result = run(Encoder(positions, pool), "position_information", task=task)
     assert result.status == "fail"
@@ -385,3 +390,59 @@ def test_the_facades_run_the_checks():
     assert test_residual_paths(adapt(GPT("no_mlp"), task="causal_lm")).status == "fail"
     assert test_position_information(adapt(GPT(positions="zeros"), task="causal_lm"),
                                      seed=1).status == "fail"
+
+
+# ---- context_use -------------------------------------------------------------------------
+@pytest.mark.parametrize(("model", "task"), [
+    (lambda: GPT(), "causal_lm"), (lambda: Encoder(), "masked_lm"),
+    (lambda: Encoder(pool="first"), "classification"),
+    (lambda: Encoder(pool="last"), "classification")])
+def test_models_that_read_their_context_pass(model, task):
+    result = run(model(), "context_use", task=task)
+    assert result.status == "pass" and result.metrics["min_rel_change"] > 1e-3, result.summary
+
+
+def test_attention_to_the_diagonal_only_fails():
+    result = run(GPT(mask="diag"), "context_use", task="causal_lm")
+    assert result.status == "fail" and "every position sees only itself" in result.summary
+    assert "Changing the first 8 tokens (outputs at positions 8–15)" in result.summary
+
+
+def test_a_causal_mask_in_a_masked_lm_fails():
+    result = run(Encoder(mask=True), "context_use", task="masked_lm")
+    assert result.status == "fail" and "the encoder applies a causal mask" in result.summary
+    assert result.rows[0]["max_rel_change"] > 1e-3  # it does read its left context
+
+
+@pytest.mark.parametrize(("pool", "said"), [
+    ("first", "reads the first position only"), ("last", "reads the last position only")])
+def test_a_classifier_reading_one_position_that_sees_only_itself_fails(pool, said):
+    result = run(Encoder(pool=pool, mask="diag"), "context_use", task="classification")
+    assert result.status == "fail" and said in result.summary, result.summary
+
+
+class TinySeq2Seq(nn.Module):
+    def __init__(self, reads_source=True, vocab=60, d=32):
+        super().__init__()
+        self.max_seq_len, self.reads_source = 24, reads_source
+        self.src, self.tgt, self.pos = nn.Embedding(vocab, d), nn.Embedding(vocab, d), \
+            nn.Embedding(24, d)
+        self.model = nn.Transformer(d, 2, 1, 1, 64, 0.0, batch_first=True)
+        self.head = nn.Linear(d, vocab)
+
+    def forward(self, input_ids, decoder_input_ids):
+        src = self.src(input_ids) + self.pos(torch.arange(input_ids.shape[1]))
+        tgt = self.tgt(decoder_input_ids) + self.pos(torch.arange(decoder_input_ids.shape[1]))
+        mask = nn.Transformer.generate_square_subsequent_mask(tgt.shape[1])
+        memory = self.model.encoder(src) if self.reads_source else torch.zeros_like(src)
+        return self.head(self.model.decoder(tgt, memory, tgt_mask=mask, tgt_is_causal=True))
+
+
+@pytest.mark.parametrize(("reads", "status"), [(True, "pass"), (False, "fail")])
+def test_a_decoder_must_read_the_encoder(reads, status):
+    result = run(TinySeq2Seq(reads), "context_use", task="seq2seq")
+    assert result.status == status, result.summary
+    if not reads:
+        assert "the decoder never reads the encoder" in result.summary
+        order = run(TinySeq2Seq(reads), "position_information", task="seq2seq")
+        assert order.status == "skip" and "context_use reports why" in order.summary

@@ -146,7 +146,8 @@ def test_nan_steps_are_skipped_then_rolled_back_at_a_lower_lr(tmp_path, tiny_lm)
 
 @pytest.mark.parametrize(("case", "check"), [("no_causal_mask", "causal_masking"),
                                              ("no_mlp_residual", "residual_paths"),
-                                             ("rope_constant_positions", "position_information")])
+                                             ("rope_constant_positions", "position_information"),
+                                             ("diagonal_only_mask", "context_use")])
 def test_the_tier1_gate_stops_a_silent_bug_before_training(tmp_path, case, check):
     loaded = utils.load_model(ZOO / case, say=lambda m: None)
     config = tiny_config(tmp_path)

@@ -42,6 +42,7 @@ __all__ = [
     "test_batch_independence",
     "test_benchmark_comparison",
     "test_causal_masking",
+    "test_context_use",
     "test_determinism",
     "test_fine_tuning",
     "test_generation_consistency",
@@ -191,6 +192,13 @@ def test_position_shift(model, config: dict | None = None, *,
                         options: CheckOptions | None = None, **fields) -> CheckResult:
     """RoPE / ALiBi / relative positions: a left shift with masked pads must not move outputs."""
     return _one("position_shift", model, config, options, fields)
+
+
+@_not_a_test
+def test_context_use(model, config: dict | None = None, *,
+                     options: CheckOptions | None = None, **fields) -> CheckResult:
+    """Outputs must move when other tokens change: each position reads its context."""
+    return _one("context_use", model, config, options, fields)
 
 
 @_not_a_test

@@ -37,7 +37,8 @@ __all__ = ["TIER1_CHECKS", "run_tier1"]
 # must (no peeking ahead, no mixing samples, padding ignored); are the numbers sane; can it
 # learn; is it reproducible; what does it cost.
 TIER1_CHECKS: tuple[str, ...] = ("shape_robustness", "causal_masking", "batch_independence",
-                                 "padding_invariance", "position_information", "position_shift",
+                                 "padding_invariance", "context_use", "position_information",
+                                 "position_shift",
                                  "residual_paths", "gradient_flow", "output_stability",
                                  "parameter_initialization", "initial_loss", "model_loss",
                                  "overfit_one_batch",

@@ -1,5 +1,6 @@
-"""``residual_paths`` and ``position_information``: does the structure carry what a transformer
-must — the residual stream through every block, and where each token sits?
+"""``residual_paths``, ``position_information`` and ``context_use``: does the structure carry
+what a transformer must — the residual stream through every block, where each token sits, and
+what the other tokens say?
 
 Two one-line slips train without an error, keep every invariance Tier 1 tests, and still
 memorise a batch: a block that replaces the stream instead of adding to it
@@ -21,6 +22,11 @@ exact rather than statistical:
   outputs at different positions of a sequence of one repeated token. A relative encoding
   (RoPE, ALiBi, a bias table) gives the same outputs on such a sequence by design; there, its
   frequencies, slopes or table are perturbed and the outputs must move.
+- What only attention can give: outputs that move when the *other* tokens change — the later
+  positions when the earlier tokens change (a mask that keeps only the diagonal fails), the
+  earlier ones when the later tokens change in a bidirectional model (a causal mask in an
+  encoder fails), a classifier's prediction, and a seq2seq decoder when the encoder's tokens
+  change (a decoder given its own input as memory fails).
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from torch import nn
 from utils.checks import register
 from utils.compare import rel_diff
 from utils.report import CheckResult
-from utils.tier1._common import eval_logits, token_key
+from utils.tier1._common import different_ids, eval_logits, token_key
 from utils.tier1.positions import position_family
 
 _BLOCKISH = re.compile(r"block|layer", re.I)
@@ -397,6 +403,11 @@ def check_position_information(adapter, options) -> CheckResult:
                              family not in ("absolute", "none found")):
             return CheckResult(name, 1, "pass", f"{where} {order}: the model sees word order.",
                                metrics, threshold)
+        if change <= tol and _moved(adapter, batch, "input_ids", slice(1, t), options.seed + 3,
+                                    clean, None if pooled else slice(1, t)) <= tol:
+            return CheckResult(name, 1, "skip", f"{where} The {side}tokens after the first do "
+                               f"not move {what} even when replaced, so their order cannot "
+                               "matter either; context_use reports why.", metrics)
         if change <= tol:
             return CheckResult(
                 name, 1, "fail", f"{where} Reversing the {side}tokens after the first "
@@ -543,3 +554,79 @@ def _library_code(module: nn.Module) -> bool:
     file = getattr(sys.modules.get(type(module).__module__), "__file__", "") or ""
     return "site-packages" in file or "dist-packages" in file
 
+
+
+# ---- the context ---------------------------------------------------------------------------
+def _moved(adapter, batch: dict[str, torch.Tensor], key: str, where: slice, seed: int,
+           ref: torch.Tensor, look: slice | None) -> float:
+    """Largest relative change of the outputs (at positions ``look``, or all of a pooled
+    output) when the tokens of ``key`` at ``where`` are replaced by others."""
+    ids = batch[key].clone()
+    ids[:, where] = different_ids(adapter, ids[:, where], key, seed)
+    out = eval_logits(adapter, {**batch, key: ids}, seed).float()
+    if look is not None:
+        return rel_diff(ref[:, look], out[:, look], scale=float(ref.abs().max()))
+    return rel_diff(ref, out)
+
+
+@register("context_use", tier=1, thresholds=("rtol",))
+def check_context_use(adapter, options) -> CheckResult:
+    """Outputs must depend on the other tokens — what only attention can give a transformer."""
+    name = "context_use"
+    t = min(options.max_len(adapter), 16)
+    if t < 4:
+        return CheckResult(name, 1, "skip", f"max_seq_len {t} leaves too little context to "
+                           "change.")
+    tol = options.threshold(f"{name}.rtol", 1e-5)
+    threshold = {"no_dependence_at_or_below": tol}
+    # two samples: a model that normalises over the batch is not blanked out at batch 1
+    batch = _without_padding(adapter.make_inputs(2, t, seed=options.seed))
+    ref = eval_logits(adapter, batch, options.seed).float()
+    key, half, seed = token_key(adapter), t // 2, options.seed + 11
+    probes: list[tuple[str, float, str]] = []  # (what was changed, relative change, diagnosis)
+    if adapter.task == "classification":
+        probes.append((f"every token but the last of {t}",
+                       _moved(adapter, batch, key, slice(0, t - 1), seed, ref, None),
+                       "the prediction reads the last position only, and that position sees "
+                       "only itself"))
+        probes.append((f"every token but the first of {t}",
+                       _moved(adapter, batch, key, slice(1, t), seed + 1, ref, None),
+                       "the prediction reads the first position only (a [CLS]-style pooling), "
+                       "and that position sees only itself"))
+    else:
+        side = "decoder " if key == "decoder_input_ids" else ""
+        probes.append((f"the first {half} {side}tokens (outputs at positions {half}–{t - 1})",
+                       _moved(adapter, batch, key, slice(0, half), seed, ref, slice(half, t)),
+                       "every position sees only itself — the attention mask keeps only the "
+                       "diagonal (tril(…).triu(), torch.eye) or the attention's output never "
+                       "reaches the residual stream"))
+        if not adapter.is_causal:
+            probes.append((f"the last {t - half} tokens (outputs at positions 0–{half - 1})",
+                           _moved(adapter, batch, key, slice(half, t), seed + 1, ref,
+                                  slice(0, half)),
+                           "no position sees the tokens after it — the encoder applies a causal "
+                           "mask (is_causal=True, a tril mask), so a bidirectional model "
+                           "cannot use its right context"))
+        if adapter.task == "seq2seq":
+            probes.append((f"every encoder token ({t})",
+                           _moved(adapter, batch, "input_ids", slice(0, t), seed + 2, ref, None),
+                           "the decoder never reads the encoder — its cross-attention is given "
+                           "something else as memory (the decoder's own input?) or its output "
+                           "is dropped. It would train as a language model of the targets that "
+                           "never reads the source"))
+    rows = [{"changed": what, "max_rel_change": change} for what, change, _ in probes]
+    metrics = {"seq_len": t, "min_rel_change": min(r["max_rel_change"] for r in rows)}
+    dead = [(what, change, why) for what, change, why in probes if change <= tol]
+    if not dead:
+        said = "; ".join(f"changing {what} moved the outputs by {change:.1e}"
+                         for what, change, _ in probes)
+        return CheckResult(name, 1, "pass", f"Outputs depend on the other tokens: {said} "
+                           "(relative).", metrics, threshold, rows)
+    what, change, why = dead[0]
+    return CheckResult(
+        name, 1, "fail", f"Changing {what} leaves the outputs unchanged (max relative change "
+        f"{change:.1e} ≤ {tol:g}): {why}." + ("" if "train" in why else " A model that "
+                                                "cannot use its context trains to a "
+                                                "unigram/bigram model and stalls there.") +
+        (f" Also unchanged: {'; '.join(w for w, _, _ in dead[1:])}." if len(dead) > 1 else ""),
+        metrics, threshold, rows)

@@ -44,8 +44,8 @@ __all__ = ["TIER1_GATE", "GateFailed", "TrainResult", "train"]
 
 # The Tier 1 checks that catch bugs training would hide: a model that runs but is wrong.
 TIER1_GATE: tuple[str, ...] = ("shape_robustness", "causal_masking", "batch_independence",
-                               "padding_invariance", "position_information", "residual_paths",
-                               "gradient_flow", "output_stability")
+                               "padding_invariance", "context_use", "position_information",
+                               "residual_paths", "gradient_flow", "output_stability")
 
 
 # ---- pieces of a run ---------------------------------------------------------------------
