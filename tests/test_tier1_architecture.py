@@ -138,14 +138,18 @@ def test_stacks_are_found_in_lists_and_in_sequential_runs_outermost_only():
     class Heads(nn.Module):  # a block holding a ModuleList of heads: not a stack of its own
         def __init__(self, d):
             super().__init__()
+            self.norm = nn.LayerNorm(d)
             self.heads = nn.ModuleList(nn.Sequential(nn.Linear(d, d)) for _ in range(2))
 
         def forward(self, x):
-            return x + sum(h(x) for h in self.heads)
+            return x + sum(h(self.norm(x)) for h in self.heads)
 
     seq = nn.Sequential(nn.Embedding(10, 8), Heads(8), Heads(8), nn.Linear(8, 10))
     stacks = block_stacks(seq)
     assert [(name, [n for n, _ in run]) for name, run in stacks] == [("", ["1", "2"])]
+    # a stack of plain MLP layers (a position-bias network, say) has no norm: not blocks
+    mlp = nn.ModuleList(nn.Sequential(nn.Linear(8, 8), nn.SiLU()) for _ in range(3))
+    assert block_stacks(nn.ModuleDict({"bias_mlp": mlp})) == []
     assert [n for n, _ in block_stacks(GPT())[0][1]] == ["blocks.0", "blocks.1", "blocks.2"]
 
 
@@ -446,3 +450,63 @@ def test_a_decoder_must_read_the_encoder(reads, status):
         assert "the decoder never reads the encoder" in result.summary
         order = run(TinySeq2Seq(reads), "position_information", task="seq2seq")
         assert order.status == "skip" and "context_use reports why" in order.summary
+
+
+# ---- zero-initialised branches (modded-nanogpt's projections, LayerScale/ReZero) -----------
+def zero_init(model):
+    for block in model.blocks:
+        nn.init.zeros_(block.attn.proj.weight)
+        nn.init.zeros_(block.mlp[2].weight)
+    return model
+
+
+def test_zero_initialised_projections_are_not_taken_for_a_cut_context_or_graph():
+    adapter = adapt(zero_init(GPT()), task="causal_lm")
+    report = run_tier1(adapter, checks=["context_use", "gradient_flow", "residual_paths"],
+                       progress=False)
+    context, grads, residual = report.results
+    assert context.status == "pass" and "after one optimizer step" in context.summary, \
+        context.summary
+    assert context.metrics["dead_after_one_step"] == 0
+    assert grads.status == "pass" and "from the second step on" in grads.summary, grads.summary
+    assert grads.metrics["closed_at_init"] > 0 and grads.metrics["no_gradient"] == 0
+    assert residual.status == "pass"
+    assert not any(b.attn.proj.weight.any() for b in adapter.model.blocks)  # zeros again
+
+
+def test_zero_initialisation_does_not_excuse_a_real_cut():
+    model = zero_init(GPT(mask="diag"))
+    assert run(model, "context_use", task="causal_lm").status == "fail"
+
+    class Detached(GPT):
+        def forward(self, input_ids):
+            x = self.tok(input_ids).detach() + self.pos(torch.arange(input_ids.shape[1]))
+            for block in self.blocks:
+                x = block(x)
+            return self.head(F.layer_norm(x, x.shape[-1:]))
+
+    result = run(zero_init(Detached()), "gradient_flow", task="causal_lm")
+    assert result.status == "fail" and "tok.weight" in result.summary
+    assert "blocks.0.attn.qkv.weight" not in result.summary  # closed at init only
+
+
+class LayerScaleBlock(nn.Module):
+    """x + gamma * f(x) with the effective gamma 0 at init: ReZero's 0, or a unit-offset scale
+    stored as -1 (x-transformers' LayerScale), which no all-zeros test would see."""
+
+    def __init__(self, d, offset=False):
+        super().__init__()
+        self.norm, self.attn, self.offset = nn.LayerNorm(d), Attn(d), offset
+        self.gamma = nn.Parameter(torch.full((d,), -1.0 if offset else 0.0))
+
+    def forward(self, x):
+        return x + (self.gamma + float(self.offset)) * self.attn(self.norm(x))
+
+
+@pytest.mark.parametrize("offset", [False, True])
+def test_layer_scales_at_zero_pass(offset):
+    model = GPT()
+    model.blocks = nn.ModuleList(LayerScaleBlock(32, offset) for _ in range(2))
+    report = run_tier1(adapt(model, task="causal_lm"),
+                       checks=["context_use", "gradient_flow", "residual_paths"], progress=False)
+    assert [r.status for r in report.results] == ["pass", "pass", "pass"], report.to_text()

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import math
+import tempfile
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import torch
 from torch import nn
 
 from utils.compare import rel_diff
+from utils.environment import free_memory_bytes
 from utils.errors import locate_in_files
 from utils.report import CheckResult
 
@@ -209,3 +214,62 @@ def train_without_dropout(model: nn.Module) -> None:
         if isinstance(m, nn.modules.dropout._DropoutNd) or (
                 "dropout" in type(m).__name__.lower() and not any(m.children())):
             m.eval()
+
+
+class Snapshot:
+    """The model's state, restorable; kept in host memory only when it fits comfortably."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        state = model.state_dict()
+        nbytes = sum(t.numel() * t.element_size() for t in state.values())
+        free = free_memory_bytes("cpu")
+        self.in_memory = free is None or nbytes < 0.25 * free
+        self.copy: dict[str, torch.Tensor] | None = None
+        self.file: BinaryIO | None = None
+        if self.in_memory:  # one host copy (off the GPU for a CUDA model)
+            self.copy = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+        else:  # a big model: through the disk, never a second copy in memory
+            self.file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by restore)
+            torch.save(state, self.file)
+
+    def restore(self) -> None:
+        if self.file is not None:
+            self.file.seek(0)
+            self.copy = torch.load(self.file, map_location="cpu", weights_only=True)
+            self.file.close()
+        self.model.load_state_dict(self.copy)
+        self.copy = None
+
+
+@contextmanager
+def after_one_step(adapter, options, lr: float = 1e-3) -> Iterator[None]:
+    """The model as after one optimizer step on a random batch, while inside; its weights
+    (and train/eval mode) as before afterwards.
+
+    The step is Adam's first, ``lr · sign(grad)``: every parameter with a gradient moves by
+    the same amount whatever its scale. What starts closed by design — a zero-initialised
+    output projection (modded-nanogpt), a layer scale or ReZero gain at 0 — opens after it,
+    as in training; a real cut (``.detach()``, a diagonal-only mask) does not.
+    """
+    model = adapter.model
+    was_training = model.training
+    snapshot = Snapshot(model)
+    try:
+        train_without_dropout(model)
+        model.zero_grad(set_to_none=True)
+        t = min(options.max_len(adapter), 16)
+        loss = adapter.loss(adapter.make_inputs(2, t, seed=options.seed + 97))
+        if loss.requires_grad:
+            loss.backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.grad is not None and bool(torch.isfinite(p.grad).all()):
+                    p.add_(p.grad.sign(), alpha=-lr)
+        model.zero_grad(set_to_none=True)
+        model.eval()
+        yield
+    finally:
+        model.zero_grad(set_to_none=True)
+        snapshot.restore()
+        model.train(was_training)

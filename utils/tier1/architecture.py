@@ -44,7 +44,12 @@ from torch import nn
 from utils.checks import register
 from utils.compare import rel_diff
 from utils.report import CheckResult
-from utils.tier1._common import different_ids, eval_logits, token_key
+from utils.tier1._common import (
+    after_one_step,
+    different_ids,
+    eval_logits,
+    token_key,
+)
 from utils.tier1.positions import position_family
 
 _BLOCKISH = re.compile(r"block|layer", re.I)
@@ -52,13 +57,14 @@ _BLOCKISH = re.compile(r"block|layer", re.I)
 
 # ---- the blocks --------------------------------------------------------------------------
 def block_stacks(model: nn.Module) -> list[tuple[str, list[tuple[str, nn.Module]]]]:
-    """The model's stacks of blocks: runs of consecutive same-class, non-leaf modules in a
-    ModuleList or Sequential (a single one when its class says block/layer), outermost only —
-    what is inside a block (heads, experts) is the block's business."""
+    """The model's stacks of blocks: runs of consecutive same-class, non-leaf modules with a
+    normalisation inside, in a ModuleList or Sequential (a single one when its class says
+    block/layer), outermost only — what is inside a block (heads, experts) is the block's
+    business, and a stack of plain MLP layers (no norm) is not a transformer's."""
     stacks: list[tuple[str, list[tuple[str, nn.Module]]]] = []
     claimed: list[str] = []
     for name, module in model.named_modules():
-        if any(name.startswith(p + ".") for p in claimed) or \
+        if any(name == p or name.startswith(p + ".") for p in claimed) or \
                 not isinstance(module, (nn.ModuleList, nn.Sequential)):
             continue
         run: list[tuple[str, nn.Module]] = []
@@ -71,9 +77,13 @@ def block_stacks(model: nn.Module) -> list[tuple[str, list[tuple[str, nn.Module]
                     claimed += [n for n, _ in run]
                 run = []
             if child is not None and next(child.children(), None) is not None and \
-                    any(True for _ in child.parameters()):
+                    any(True for _ in child.parameters()) and _has_norm(child):
                 run.append((f"{name}.{key}" if name else key, child))
     return stacks
+
+
+def _has_norm(module: nn.Module) -> bool:
+    return any("norm" in type(m).__name__.lower() for m in module.modules())
 
 
 def _first_tensor(value: Any) -> torch.Tensor | None:
@@ -569,16 +579,9 @@ def _moved(adapter, batch: dict[str, torch.Tensor], key: str, where: slice, seed
     return rel_diff(ref, out)
 
 
-@register("context_use", tier=1, thresholds=("rtol",))
-def check_context_use(adapter, options) -> CheckResult:
-    """Outputs must depend on the other tokens — what only attention can give a transformer."""
-    name = "context_use"
-    t = min(options.max_len(adapter), 16)
-    if t < 4:
-        return CheckResult(name, 1, "skip", f"max_seq_len {t} leaves too little context to "
-                           "change.")
-    tol = options.threshold(f"{name}.rtol", 1e-5)
-    threshold = {"no_dependence_at_or_below": tol}
+def _probes(adapter, options, t: int) -> list[tuple[str, float, str]]:
+    """``(what was changed, relative change of the outputs, the diagnosis if none)`` for
+    each way the other tokens must matter to this task."""
     # two samples: a model that normalises over the batch is not blanked out at batch 1
     batch = _without_padding(adapter.make_inputs(2, t, seed=options.seed))
     ref = eval_logits(adapter, batch, options.seed).float()
@@ -614,9 +617,39 @@ def check_context_use(adapter, options) -> CheckResult:
                            "something else as memory (the decoder's own input?) or its output "
                            "is dropped. It would train as a language model of the targets that "
                            "never reads the source"))
+    return probes
+
+
+def _context_probes(adapter, options, t: int, tol: float) -> list[tuple[str, float, str]]:
+    """The probes under which the outputs did not move."""
+    return [p for p in _probes(adapter, options, t) if p[1] <= tol]
+
+
+@register("context_use", tier=1, thresholds=("rtol",))
+def check_context_use(adapter, options) -> CheckResult:
+    """Outputs must depend on the other tokens — what only attention can give a transformer."""
+    name = "context_use"
+    t = min(options.max_len(adapter), 16)
+    if t < 4:
+        return CheckResult(name, 1, "skip", f"max_seq_len {t} leaves too little context to "
+                           "change.")
+    tol = options.threshold(f"{name}.rtol", 1e-5)
+    threshold = {"no_dependence_at_or_below": tol}
+    probes = _probes(adapter, options, t)
     rows = [{"changed": what, "max_rel_change": change} for what, change, _ in probes]
     metrics = {"seq_len": t, "min_rel_change": min(r["max_rel_change"] for r in rows)}
     dead = [(what, change, why) for what, change, why in probes if change <= tol]
+    if dead:  # closed at initialisation by design (a zero-initialised projection or gain)?
+        with after_one_step(adapter, options):
+            still = _context_probes(adapter, options, t, tol)
+        metrics["dead_after_one_step"] = len(still)
+        if not still:
+            return CheckResult(name, 1, "pass", f"At initialisation changing {dead[0][0]} "
+                               f"leaves the outputs unchanged (max relative change "
+                               f"{dead[0][1]:.1e}) — a branch starts closed by design (a zero-"
+                               "initialised output projection, a layer scale or ReZero gain at "
+                               "0); after one optimizer step every probe moves the outputs, so "
+                               "the context path is there.", metrics, threshold, rows)
     if not dead:
         said = "; ".join(f"changing {what} moved the outputs by {change:.1e}"
                          for what, change, _ in probes)

@@ -15,6 +15,7 @@ import torch
 
 from utils.checks import register
 from utils.report import CheckResult
+from utils.tier1._common import after_one_step
 
 # key biases: softmax(q·(k + b)) = softmax(q·k + q·b), and q·b is constant across keys
 _ZERO_BY_CONSTRUCTION = re.compile(r"(^|\.)(k_proj|key|k|to_k|wk|k_lin)\.bias$")
@@ -29,8 +30,8 @@ def layer_of(name: str) -> str:
     return ".".join(parts[:-1]) or parts[0]
 
 
-@register("gradient_flow", tier=1, thresholds=("layer_spread",))
-def check_gradient_flow(adapter, options) -> CheckResult:
+def _backward(adapter, options) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
+    """The task loss of one training-mode batch, and each trainable parameter's gradient."""
     model = adapter.model
     model.train()
     model.zero_grad(set_to_none=True)
@@ -38,12 +39,31 @@ def check_gradient_flow(adapter, options) -> CheckResult:
     loss = adapter.loss(adapter.make_inputs(options.batch(adapter, 4), t, seed=options.seed))
     if loss.requires_grad:  # else the output itself is cut from the graph: nothing gets one
         loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad(set_to_none=True)
+    return loss, grads
+
+
+def _closed_at_init(adapter, options, cut: list[str]) -> list[str]:
+    """Of the parameters in ``cut`` (no or zero gradient), those that get one after a first
+    optimizer step: their branch starts closed by design — a zero-initialised output
+    projection (modded-nanogpt), a layer scale or ReZero gain at 0 — and training opens it."""
+    with after_one_step(adapter, options):
+        _, grads = _backward(adapter, options)
+    return [n for n in cut if grads.get(n) is not None and
+            bool(torch.isfinite(grads[n]).all()) and bool(grads[n].any())]
+
+
+@register("gradient_flow", tier=1, thresholds=("layer_spread",))
+def check_gradient_flow(adapter, options) -> CheckResult:
+    model = adapter.model
+    loss, grads = _backward(adapter, options)
 
     rows, layers = [], {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        g = p.grad
+        g = grads.get(name)
         if g is None:
             state = "no gradient"
             norm = None
@@ -57,10 +77,16 @@ def check_gradient_flow(adapter, options) -> CheckResult:
                      "param_norm": float(p.detach().float().norm()), "state": state})
         if norm is not None and math.isfinite(norm) and state != "zero (expected)":
             layers[layer_of(name)] = math.hypot(layers.get(layer_of(name), 0.0), norm)
-    model.zero_grad(set_to_none=True)
 
     missing = [r["parameter"] for r in rows if r["state"] == "no gradient"]
     zero = [r["parameter"] for r in rows if r["state"] == "zero"]
+    closed = _closed_at_init(adapter, options, missing + zero) \
+        if (missing or zero) and loss.requires_grad else []
+    for r in rows:
+        if r["parameter"] in closed:
+            r["state"] = "zero at init (a zero-initialised weight closes the branch)"
+    missing = [n for n in missing if n not in closed]
+    zero = [n for n in zero if n not in closed]
     bad = [r["parameter"] for r in rows if r["state"] == "non-finite"]
     positive = [v for v in layers.values() if v > 0]
     spread = max(positive) / min(positive) if positive else math.inf
@@ -69,7 +95,8 @@ def check_gradient_flow(adapter, options) -> CheckResult:
     max_spread = options.threshold("gradient_flow.layer_spread", 1e4)
     metrics = {"loss": loss.item(), "total_grad_norm": total, "parameters": len(rows),
                "no_gradient": len(missing), "zero_gradient": len(zero), "non_finite": len(bad),
-               "layer_spread": spread, "layer_grad_norms": layers}
+               "layer_spread": spread, "layer_grad_norms": layers,
+               "closed_at_init": len(closed)}
     threshold = {"no_gradient": 0, "non_finite": 0, "warn_layer_spread_above": max_spread}
 
     def listed(names):
@@ -96,6 +123,11 @@ def check_gradient_flow(adapter, options) -> CheckResult:
             f"Layer gradient norms differ by ×{spread:.2g} (warn above ×{max_spread:g}); the "
             f"smallest is '{low}': gradients vanish there. Check residual connections and norms.",
             metrics, threshold, rows)
+    opened = (f" — {len(closed)} of them ({listed(closed)}) from the second step on: their "
+              "branch starts closed by design (a zero-initialised output projection, a layer "
+              "scale or ReZero gain at 0) and the first optimizer step opens it" if closed
+              else "")
     return CheckResult("gradient_flow", 1, "pass",
-                       f"All {len(rows)} parameters receive finite gradients; layer norms within "
-                       f"×{spread:.2g} of each other (total {total:.3g}).", metrics, threshold, rows)
+                       f"All {len(rows)} parameters receive finite gradients{opened}; layer "
+                       f"norms within ×{spread:.2g} of each other (total {total:.3g}).", metrics,
+                       threshold, rows)

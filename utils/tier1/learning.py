@@ -16,41 +16,13 @@ never reach the output; ``residual_paths`` and ``position_information``
 from __future__ import annotations
 
 import math
-import tempfile
-from typing import BinaryIO
 
 import torch
 
 from utils.checks import register
 from utils.environment import free_memory_bytes
 from utils.report import CheckResult
-from utils.tier1._common import train_without_dropout
-
-
-class _Snapshot:
-    """The model's state, restorable; kept in host memory only when it fits comfortably."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model
-        state = model.state_dict()
-        nbytes = sum(t.numel() * t.element_size() for t in state.values())
-        free = free_memory_bytes("cpu")
-        self.in_memory = free is None or nbytes < 0.25 * free
-        self.copy: dict[str, torch.Tensor] | None = None
-        self.file: BinaryIO | None = None
-        if self.in_memory:  # one host copy (off the GPU for a CUDA model)
-            self.copy = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
-        else:  # a big model: through the disk, never a second copy in memory
-            self.file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by restore)
-            torch.save(state, self.file)
-
-    def restore(self) -> None:
-        if self.file is not None:
-            self.file.seek(0)
-            self.copy = torch.load(self.file, map_location="cpu", weights_only=True)
-            self.file.close()
-        self.model.load_state_dict(self.copy)
-        self.copy = None
+from utils.tier1._common import Snapshot, train_without_dropout
 
 
 class _Adam:
@@ -135,7 +107,7 @@ def check_overfit_one_batch(adapter, options) -> CheckResult:
     lr = options.threshold("overfit_one_batch.lr", 3e-3)
     need = options.threshold("overfit_one_batch.min_drop", 0.3)
     batch = adapter.make_inputs(2, min(options.max_len(adapter), 16), seed=options.seed)
-    snapshot = _Snapshot(model)
+    snapshot = Snapshot(model)
     optimizer, opt_name = _optimizer(params, adapter.device, lr)
     losses: list[float] = []
     detached = False
