@@ -472,6 +472,8 @@ def test_zero_initialised_projections_are_not_taken_for_a_cut_context_or_graph()
     assert grads.metrics["closed_at_init"] > 0 and grads.metrics["no_gradient"] == 0
     assert residual.status == "pass"
     assert not any(b.attn.proj.weight.any() for b in adapter.model.blocks)  # zeros again
+    init = run_tier1(adapter, checks=["parameter_initialization"], progress=False).results[0]
+    assert init.status == "warn" and "deliberate for an output projection" in init.summary
 
 
 def test_zero_initialisation_does_not_excuse_a_real_cut():

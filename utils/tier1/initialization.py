@@ -130,8 +130,13 @@ def check_parameter_initialization(adapter, options) -> CheckResult:
             f"after allowing {_Z:g} standard errors of sampling noise): use "
             "nn.init.normal_(w, std=0.02) or xavier/kaiming init.", metrics, threshold, rows)
     if warns:
+        zero = any(r["verdict"] == "warn: all zero" for r in warns)
         return CheckResult("parameter_initialization", 1, "warn",
-                           f"{len(warns)} unusual initialisation(s): {listed(warns)}.",
+                           f"{len(warns)} unusual initialisation(s): {listed(warns)}." +
+                           (" An all-zero matrix is deliberate for an output projection in "
+                            "some recipes (modded-nanogpt zero-initialises c_proj; the first "
+                            "optimizer step opens its branch — gradient_flow checks that); "
+                            "anywhere else it starts the layer dead." if zero else ""),
                            metrics, threshold, rows)
     return CheckResult("parameter_initialization", 1, "pass",
                        f"{len(rows)} parameters at plausible scale (weight gains "
