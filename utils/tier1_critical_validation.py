@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from utils.checks import CheckOptions, available, run_tier
 from utils.report import Report
 from utils.tier1 import (  # noqa: F401  (importing registers the checks and plots)
-    architecture,
+    context,
     gradients,
     initialization,
     invariances,
@@ -27,6 +27,7 @@ from utils.tier1 import (  # noqa: F401  (importing registers the checks and plo
     plots,
     positions,
     precision,
+    residuals,
     resources,
     shapes,
 )

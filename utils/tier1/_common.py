@@ -273,3 +273,23 @@ def after_one_step(adapter, options, lr: float = 1e-3) -> Iterator[None]:
         model.zero_grad(set_to_none=True)
         snapshot.restore()
         model.train(was_training)
+
+
+def without_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch without labels and with nothing padded."""
+    out = {k: v for k, v in batch.items() if k != "labels"}
+    if "attention_mask" in out:
+        out["attention_mask"] = torch.ones_like(out["attention_mask"])
+    return out
+
+
+def moved_by_changing(adapter, batch: dict[str, torch.Tensor], key: str, where: slice, seed: int,
+           ref: torch.Tensor, look: slice | None) -> float:
+    """Largest relative change of the outputs (at positions ``look``, or all of a pooled
+    output) when the tokens of ``key`` at ``where`` are replaced by others."""
+    ids = batch[key].clone()
+    ids[:, where] = different_ids(adapter, ids[:, where], key, seed)
+    out = eval_logits(adapter, {**batch, key: ids}, seed).float()
+    if look is not None:
+        return rel_diff(ref[:, look], out[:, look], scale=float(ref.abs().max()))
+    return rel_diff(ref, out)

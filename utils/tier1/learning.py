@@ -10,7 +10,7 @@ Adam falls back to plain SGD when its two moment buffers would not fit.
 
 A fixed batch is memorised even by a model whose blocks lost their residual or whose positions
 never reach the output; ``residual_paths`` and ``position_information``
-(``utils/tier1/architecture.py``) probe those directly.
+(``utils/tier1/residuals.py``, ``utils/tier1/positions.py``) probe those directly.
 """
 
 from __future__ import annotations

@@ -1,16 +1,31 @@
-"""``position_shift``: do relative positions stay relative when the sequence moves?
+"""``position_information`` and ``position_shift``: do positions reach the output, and do
+relative positions stay relative when the sequence moves?
 
-RoPE, ALiBi and relative-position biases promise that attention depends on the distance between
-tokens, not on where they sit: the same sequence left-padded with masked pads must give the
-same outputs at its real positions. A one-line bug breaks that and trains anyway — RoPE rotated
-into the values instead of the keys, a bias indexed by absolute position. Models with an
-absolute position table (learned or sinusoidal) change under a shift by design, so they are
-skipped with the reason; the family is read from the model's structure and said in the result.
+``position_information``: positions that never reach the output train without an error and a
+fixed batch is still memorised — ``torch.zeros`` where ``torch.arange`` belongs, the PyTorch
+tutorial's encoding added along the batch axis, RoPE fed one position for all. A bidirectional
+(or pooled, or seq2seq) model's outputs must do more than reorder when its tokens are reversed;
+a causal model with absolute positions must give different outputs at different positions of
+one repeated token. A relative encoding gives the same outputs on such a sequence by design;
+there its frequencies, slopes or bias table are perturbed and the outputs must move, and when
+they do not, what the rotary module returned tells "fed one position" from "never applied".
+
+``position_shift``: RoPE, ALiBi and relative-position biases promise that attention depends on
+the distance between tokens, not on where they sit: the same sequence left-padded with masked
+pads must give the same outputs at its real positions. A one-line bug breaks that and trains
+anyway — RoPE rotated into the values instead of the keys, a bias indexed by absolute position.
+Models with an absolute position table (learned or sinusoidal) change under a shift by design,
+so they are skipped with the reason; the family is read from the model's structure and said in
+the result.
 """
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,7 +33,14 @@ from torch import nn
 from utils.checks import register
 from utils.compare import rel_diff
 from utils.report import CheckResult
-from utils.tier1._common import eval_logits, eval_randomness, random_in_eval
+from utils.tier1._common import (
+    eval_logits,
+    eval_randomness,
+    moved_by_changing,
+    random_in_eval,
+    token_key,
+    without_padding,
+)
 
 _EXACT = 1e-5
 # Names (of modules, their classes, parameters and buffers) that say which encoding a model has.
@@ -125,3 +147,229 @@ def check_position_shift(adapter, options) -> CheckResult:
         f"(relative; allowed {tol:g}): the {family} encoding depends on absolute position. "
         "Rotate queries and keys only (never the values or the hidden states), and index "
         "position biases by the distance i − j, not by i or j.", metrics, threshold)
+
+
+# ---- position_information ----------------------------------------------------------------
+_FREQUENCIES = re.compile(r"inv_freq|(^|[._])freqs?($|[._])|freqs_cis|theta", re.I)
+_SLOPES = re.compile(r"alibi|slopes", re.I)
+_TABLES = re.compile(r"relative_attention_bias|rel_pos|relative_position|relpos", re.I)
+_CACHES = re.compile(r"(cos|sin)_cached|cos_cache|sin_cache|_cos\b|_sin\b", re.I)
+
+
+def _relative_knobs(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Tensors a relative encoding reads (frequencies, slopes, bias tables), to perturb."""
+    knobs = []
+    for name, t in [*model.named_buffers(), *model.named_parameters()]:
+        if t.numel() and (t.is_floating_point() or t.is_complex()) and \
+                (_FREQUENCIES.search(name) or _SLOPES.search(name) or _TABLES.search(name)):
+            knobs.append((name, t))
+    return knobs
+
+
+@contextmanager
+def _perturbed(knobs: list[tuple[str, torch.Tensor]], seed: int) -> Iterator[None]:
+    saved = [t.detach().clone() for _, t in knobs]
+    gen = torch.Generator().manual_seed(seed)
+    try:
+        with torch.no_grad():
+            for name, t in knobs:
+                if t.is_complex():  # freqs_cis = polar(1, angle): turn every angle further
+                    t.copy_(torch.polar(t.abs(), t.angle() * 1.37))
+                elif _TABLES.search(name):  # a different bias per distance bucket
+                    t.add_(torch.randn(t.shape, generator=gen).to(t) *
+                           (float(t.float().std()) or 1.0))
+                else:  # frequencies and slopes: positions count for more
+                    t.mul_(1.37)
+        yield
+    finally:
+        with torch.no_grad():
+            for (_, t), old in zip(knobs, saved, strict=True):
+                t.copy_(old)
+
+
+def _spread_over_positions(out: torch.Tensor) -> float:
+    """How much the outputs differ across positions, relative to their size."""
+    return rel_diff(out, out[:, :1].expand_as(out)) if out.shape[1] > 1 else math.inf
+
+
+@register("position_information", tier=1, thresholds=("rtol",))
+def check_position_information(adapter, options) -> CheckResult:
+    name = "position_information"
+    family, evidence = position_family(adapter)
+    metrics: dict[str, Any] = {"family": family, "evidence": evidence}
+    tol = options.threshold(f"{name}.rtol", 1e-5)
+    threshold = {"order_blind_at_or_below": tol}
+    top = options.max_len(adapter)
+    t = min(11, top)  # odd: unlikely to be the size of another axis (heads, widths, batch)
+    if t < 3:
+        return CheckResult(name, 1, "skip", f"max_seq_len {top} is too short to move tokens "
+                           "around.", metrics)
+    batch = without_padding(adapter.make_inputs(2, t, seed=options.seed))
+    where = f"Positions: {family} ({evidence})."
+    if adapter.task != "causal_lm":  # bidirectional, pooled or seq2seq: shuffle the tokens
+        perm = torch.cat([torch.zeros(1, dtype=torch.long), torch.arange(t - 1, 0, -1)])
+        shuffled = {**batch, "input_ids": batch["input_ids"][:, perm]}
+        clean = eval_logits(adapter, batch, options.seed).float()
+        moved = eval_logits(adapter, shuffled, options.seed).float()
+        pooled = adapter.task in ("classification", "seq2seq")
+        change = rel_diff(clean if pooled else clean[:, perm], moved)
+        metrics["max_rel_change"] = change
+        side = "encoder's " if adapter.task == "seq2seq" else ""
+        what = ("the prediction" if adapter.task == "classification" else
+                "the decoder's outputs" if adapter.task == "seq2seq" else "the outputs")
+        order = (f"Reversing the {side}tokens after the first changes {what} (max relative "
+                 f"change {change:.1e})")
+        if change > tol and (adapter.task != "seq2seq" or
+                             family not in ("absolute", "none found")):
+            return CheckResult(name, 1, "pass", f"{where} {order}: the model sees word order.",
+                               metrics, threshold)
+        if change <= tol and moved_by_changing(adapter, batch, "input_ids", slice(1, t), options.seed + 3,
+                                    clean, None if pooled else slice(1, t)) <= tol:
+            return CheckResult(name, 1, "skip", f"{where} The {side}tokens after the first do "
+                               f"not move {what} even when replaced, so their order cannot "
+                               "matter either; context_use reports why.", metrics)
+        if change <= tol:
+            return CheckResult(
+                name, 1, "fail", f"{where} Reversing the {side}tokens after the first "
+                f"{'leaves ' + what + ' unchanged' if pooled else 'only reverses the outputs'} "
+                f"(max relative change {change:.1e} ≤ {tol:g}): the model is order-blind — "
+                "'dog bites man' and 'man bites dog' look the same to it. No position "
+                "information reaches the output: the positions fed are constant (torch.zeros "
+                "or arange(1) where arange(T) belongs), the encoding is added along the batch "
+                "axis, or its sum is discarded. (If the inputs are sets by design, skip this "
+                "check.)", metrics, threshold)
+        where = f"{where} {order};"  # its positions are tested below
+    key = token_key(adapter)
+    if family in ("absolute", "none found"):
+        ids = batch[key]
+        same = ids[:, t // 2: t // 2 + 1].expand_as(ids).contiguous()
+        out = eval_logits(adapter, {**batch, key: same}, options.seed).float()
+        spread = _spread_over_positions(out)
+        metrics["spread_over_positions"] = spread
+        what = f"{where} On a sequence of one repeated token" if adapter.task != "seq2seq" \
+            else f"{where} on a decoder input of one repeated token"
+        if spread > tol:
+            return CheckResult(name, 1, "pass", f"{what} the outputs differ from position to "
+                               f"position (relative spread {spread:.1e}): positions reach the "
+                               "output.", metrics, threshold)
+        if family == "none found":
+            return CheckResult(
+                name, 1, "warn", f"{what} every position gives the same output (relative "
+                f"spread {spread:.1e}): the model has no position information and tells "
+                "positions apart only through the causal mask (NoPE). If you meant it to have "
+                "positions, they do not reach the output.", metrics, threshold)
+        return CheckResult(
+            name, 1, "fail", f"{what} every position gives the same output (relative spread "
+            f"{spread:.1e} ≤ {tol:g}): the position encoding never reaches the output, so the "
+            "model cannot tell where a token sits. Feed torch.arange(T) as the positions (not "
+            "zeros or arange(1)), add the encoding along the time axis (x + pe[:T], not "
+            "pe[:batch]), and keep its sum (x = tok + pos).", metrics, threshold)
+    knobs = _relative_knobs(adapter.model)
+    metrics["perturbed"] = [n for n, _ in knobs]
+    if not knobs:
+        return CheckResult(name, 1, "skip", f"{where} On one repeated token a relative "
+                           "encoding gives the same output everywhere by design, and no "
+                           "frequencies, slopes or bias table were found to perturb instead.",
+                           metrics)
+    owners = _knob_owners(adapter.model, knobs)
+    with _recording(owners) as tables:
+        clean = eval_logits(adapter, batch, options.seed).float()
+    with _perturbed(knobs, options.seed):
+        moved = eval_logits(adapter, batch, options.seed).float()
+    change = rel_diff(clean, moved)
+    metrics["max_rel_change"] = change
+    listed = ", ".join(f"'{n}'" for n, _ in knobs[:3]) + ("…" if len(knobs) > 3 else "")
+    if change > tol:
+        return CheckResult(name, 1, "pass", f"{where} Perturbing {listed} changes the outputs "
+                           f"(max relative change {change:.1e}): the encoding reaches them.",
+                           metrics, threshold)
+    unchanged = f"{where} Perturbing {listed} leaves the outputs unchanged (max relative " \
+                f"change {change:.1e} ≤ {tol:g})"
+    varies = {n: _varies_along(out, t) for n, out in tables.items()}
+    metrics["tables_vary_by_position"] = varies
+    if varies and not any(v for v in varies.values() if v is not None) and \
+            any(v is False for v in varies.values()):
+        module = next(n for n, v in varies.items() if v is False)
+        return CheckResult(
+            name, 1, "fail", f"{unchanged}: '{module}' returns the same rotation (or bias) at "
+            f"every one of the {t} positions, so it cancels in q · k — the model has no "
+            "positions. Feed the real positions (torch.arange(T), not zeros or a constant).",
+            metrics, threshold)
+    if any(varies.values()):
+        module = next(n for n, v in varies.items() if v)
+        if _library_code(dict(adapter.model.named_modules())[module]):
+            return CheckResult(name, 1, "skip", f"{unchanged}, though '{module}' computes a "
+                               "different table per position: this configuration of the "
+                               "library's model does not use it (Falcon with alibi=True "
+                               "computes rotary tables it never applies).", metrics)
+        return CheckResult(
+            name, 1, "fail", f"{unchanged}, though '{module}' computes a different table per "
+            "position: the tables are never applied to the queries and keys that attention "
+            "uses (q, k = apply_rotary(q, k, cos, sin) before the scores), so the model has no "
+            "positions.", metrics, threshold)
+    cached = [n for n, _ in adapter.model.named_buffers() if _CACHES.search(n)]
+    if cached:
+        return CheckResult(name, 1, "skip", f"{where} Perturbing {listed} left the outputs "
+                           f"unchanged, but the model reads precomputed tables ({cached[0]}), "
+                           "which this probe does not alter.", metrics)
+    return CheckResult(
+        name, 1, "fail", f"{unchanged}: the {family} encoding has no effect — every query and "
+        "key is rotated (or biased) as if at one position. Feed the real positions "
+        "(torch.arange(T), not zeros) and apply the encoding to the queries and keys that "
+        "attention uses.", metrics, threshold)
+
+
+def _knob_owners(model: nn.Module, knobs: list[tuple[str, torch.Tensor]]) -> dict[str, nn.Module]:
+    """The submodules holding the perturbed tensors (not the model itself, whose output is the
+    logits), by name."""
+    modules = dict(model.named_modules())
+    owners = {}
+    for name, _ in knobs:
+        owner = name.rpartition(".")[0]
+        if owner and owner in modules:
+            owners[owner] = modules[owner]
+    return owners
+
+
+@contextmanager
+def _recording(owners: dict[str, nn.Module]) -> Iterator[dict[str, Any]]:
+    """What each owner module returned on its first call inside the block."""
+    seen: dict[str, Any] = {}
+
+    def hook(name: str):
+        def record(_module, _args, out) -> None:  # returning None keeps the output as it is
+            seen.setdefault(name, out)
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in owners.items()]
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _varies_along(out: Any, t: int) -> bool | None:
+    """Whether the tensors in ``out`` differ along an axis of length ``t`` (the positions);
+    None when no tensor has such an axis."""
+    tensors = [out] if torch.is_tensor(out) else [v for v in (
+        out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list))
+        else ()) if torch.is_tensor(v)]
+    verdict = None
+    for x in tensors:
+        x = torch.view_as_real(x) if x.is_complex() else x
+        for dim, size in enumerate(x.shape):
+            if size == t and x.is_floating_point():
+                first = x.narrow(dim, 0, 1).expand_as(x)
+                if rel_diff(x, first) > 1e-6:
+                    return True
+                verdict = False
+    return verdict
+
+
+def _library_code(module: nn.Module) -> bool:
+    """The module's class comes from an installed package, not the user's files."""
+    import sys
+
+    file = getattr(sys.modules.get(type(module).__module__), "__file__", "") or ""
+    return "site-packages" in file or "dist-packages" in file

@@ -1,7 +1,8 @@
-"""residual_paths and position_information on models built here, each with a verdict known by
-construction: pre- and post-norm blocks, residuals missing around each sublayer, blocks whose
-sublayers dwarf the stream; absolute, rotary, ALiBi and bias-table positions, working and
-broken, in causal, bidirectional, pooled and seq2seq models."""
+"""residual_paths, position_information and context_use on models built here, each with a
+verdict known by construction: pre- and post-norm blocks, residuals missing around each
+sublayer, blocks whose sublayers dwarf the stream; absolute, rotary, ALiBi and bias-table
+positions, working and broken; attention to the diagonal only, causal encoders, decoders that
+ignore the encoder; branches closed at initialisation by design."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from torch import nn
 from utils import adapt
 from utils.checks import CheckOptions
 from utils.test_functions import test_position_information, test_residual_paths
-from utils.tier1.architecture import block_stacks
+from utils.tier1.residuals import block_stacks
 from utils.tier1_critical_validation import run_tier1
 
 
@@ -111,7 +112,7 @@ def test_a_missing_residual_fails_naming_the_sublayer_and_line(wiring, carrier, 
     assert result.status == "fail"
     assert "3 of 3 blocks ('blocks.0', 'blocks.1', 'blocks.2', Block)" in result.summary
     assert f"everything goes through '{carrier}'" in result.summary
-    assert line in result.summary and "test_tier1_architecture.py, line" in result.summary
+    assert line in result.summary and "test_tier1_structure.py, line" in result.summary
     assert f"x = x + self.{carrier}(…)" in result.summary
     assert all(abs(r["mean_cosine"]) < 0.2 for r in result.rows)
 
