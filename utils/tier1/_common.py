@@ -283,8 +283,8 @@ def without_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def moved_by_changing(adapter, batch: dict[str, torch.Tensor], key: str, where: slice, seed: int,
-           ref: torch.Tensor, look: slice | None) -> float:
+def moved_by_changing(adapter, batch: dict[str, torch.Tensor], key: str, where: slice,
+                      seed: int, ref: torch.Tensor, look: slice | None) -> float:
     """Largest relative change of the outputs (at positions ``look``, or all of a pooled
     output) when the tokens of ``key`` at ``where`` are replaced by others."""
     ids = batch[key].clone()

@@ -44,30 +44,27 @@ def _probes(adapter, options, t: int) -> list[tuple[str, float, str]]:
     else:
         side = "decoder " if key == "decoder_input_ids" else ""
         probes.append((f"the first {half} {side}tokens (outputs at positions {half}–{t - 1})",
-                       moved_by_changing(adapter, batch, key, slice(0, half), seed, ref, slice(half, t)),
+                       moved_by_changing(adapter, batch, key, slice(0, half), seed, ref,
+                                         slice(half, t)),
                        "every position sees only itself — the attention mask keeps only the "
                        "diagonal (tril(…).triu(), torch.eye) or the attention's output never "
                        "reaches the residual stream"))
         if not adapter.is_causal:
             probes.append((f"the last {t - half} tokens (outputs at positions 0–{half - 1})",
-                           moved_by_changing(adapter, batch, key, slice(half, t), seed + 1, ref,
-                                  slice(0, half)),
+                           moved_by_changing(adapter, batch, key, slice(half, t), seed + 1,
+                                             ref, slice(0, half)),
                            "no position sees the tokens after it — the encoder applies a causal "
                            "mask (is_causal=True, a tril mask), so a bidirectional model "
                            "cannot use its right context"))
         if adapter.task == "seq2seq":
             probes.append((f"every encoder token ({t})",
-                           moved_by_changing(adapter, batch, "input_ids", slice(0, t), seed + 2, ref, None),
+                           moved_by_changing(adapter, batch, "input_ids", slice(0, t),
+                                             seed + 2, ref, None),
                            "the decoder never reads the encoder — its cross-attention is given "
                            "something else as memory (the decoder's own input?) or its output "
                            "is dropped. It would train as a language model of the targets that "
                            "never reads the source"))
     return probes
-
-
-def _context_probes(adapter, options, t: int, tol: float) -> list[tuple[str, float, str]]:
-    """The probes under which the outputs did not move."""
-    return [p for p in _probes(adapter, options, t) if p[1] <= tol]
 
 
 @register("context_use", tier=1, thresholds=("rtol",))
@@ -84,22 +81,21 @@ def check_context_use(adapter, options) -> CheckResult:
     rows = [{"changed": what, "max_rel_change": change} for what, change, _ in probes]
     metrics = {"seq_len": t, "min_rel_change": min(r["max_rel_change"] for r in rows)}
     dead = [(what, change, why) for what, change, why in probes if change <= tol]
-    if dead:  # closed at initialisation by design (a zero-initialised projection or gain)?
-        with after_one_step(adapter, options):
-            still = _context_probes(adapter, options, t, tol)
-        metrics["dead_after_one_step"] = len(still)
-        if not still:
-            return CheckResult(name, 1, "pass", f"At initialisation changing {dead[0][0]} "
-                               f"leaves the outputs unchanged (max relative change "
-                               f"{dead[0][1]:.1e}) — a branch starts closed by design (a zero-"
-                               "initialised output projection, a layer scale or ReZero gain at "
-                               "0); after one optimizer step every probe moves the outputs, so "
-                               "the context path is there.", metrics, threshold, rows)
     if not dead:
         said = "; ".join(f"changing {what} moved the outputs by {change:.1e}"
                          for what, change, _ in probes)
         return CheckResult(name, 1, "pass", f"Outputs depend on the other tokens: {said} "
                            "(relative).", metrics, threshold, rows)
+    with after_one_step(adapter, options):  # closed at init by design (a zero projection)?
+        still = [p for p in _probes(adapter, options, t) if p[1] <= tol]
+    metrics["dead_after_one_step"] = len(still)
+    if not still:
+        return CheckResult(name, 1, "pass", f"At initialisation changing {dead[0][0]} "
+                           f"leaves the outputs unchanged (max relative change "
+                           f"{dead[0][1]:.1e}) — a branch starts closed by design (a zero-"
+                           "initialised output projection, a layer scale or ReZero gain at "
+                           "0); after one optimizer step every probe moves the outputs, so "
+                           "the context path is there.", metrics, threshold, rows)
     what, change, why = dead[0]
     return CheckResult(
         name, 1, "fail", f"Changing {what} leaves the outputs unchanged (max relative change "

@@ -84,7 +84,7 @@ def check_gradient_flow(adapter, options) -> CheckResult:
         if (missing or zero) and loss.requires_grad else []
     for r in rows:
         if r["parameter"] in closed:
-            r["state"] = "zero at init (a zero-initialised weight closes the branch)"
+            r["state"] = "closed at init (the first optimizer step opens it)"
     missing = [n for n in missing if n not in closed]
     zero = [n for n in zero if n not in closed]
     bad = [r["parameter"] for r in rows if r["state"] == "non-finite"]

@@ -223,8 +223,9 @@ def check_position_information(adapter, options) -> CheckResult:
                              family not in ("absolute", "none found")):
             return CheckResult(name, 1, "pass", f"{where} {order}: the model sees word order.",
                                metrics, threshold)
-        if change <= tol and moved_by_changing(adapter, batch, "input_ids", slice(1, t), options.seed + 3,
-                                    clean, None if pooled else slice(1, t)) <= tol:
+        if change <= tol and moved_by_changing(adapter, batch, "input_ids", slice(1, t),
+                                               options.seed + 3, clean,
+                                               None if pooled else slice(1, t)) <= tol:
             return CheckResult(name, 1, "skip", f"{where} The {side}tokens after the first do "
                                f"not move {what} even when replaced, so their order cannot "
                                "matter either; context_use reports why.", metrics)

@@ -118,19 +118,32 @@ class _Call:
         return _first_tensor(self.block(*args, **kwargs))
 
 
-def _record_calls(adapter, batch, blocks: list[nn.Module], seed: int) -> dict[int, _Call]:
+def _record_calls(run, modules: list[nn.Module]) -> dict[int, _Call]:
+    """The first call of each of ``modules`` while ``run()`` runs, by ``id``."""
     calls: dict[int, _Call] = {}
 
-    def hook(module, args, kwargs):
+    def hook(module, args, kwargs) -> None:  # None: the call goes on unchanged
         calls.setdefault(id(module), _Call(module, args, kwargs))
 
-    handles = [b.register_forward_pre_hook(hook, with_kwargs=True) for b in blocks]
+    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in modules]
     try:
-        eval_logits(adapter, batch, seed)
+        run()
     finally:
         for h in handles:
             h.remove()
     return calls
+
+
+def _nudge(call: _Call, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(δ, response)``: a 1 % random nudge of the call's hidden states and how its output
+    moved; None when the output is not shaped like the input. Replaying may raise."""
+    x = call.hidden
+    delta = torch.randn(x.shape, generator=gen).to(x.device, x.dtype) * \
+        (1e-2 * float(x.float().std()) or 1e-3)
+    base, moved = call(x), call(x + delta)
+    if base is None or moved is None or base.shape != x.shape:
+        return None
+    return delta, moved.float() - base.float()
 
 
 def _mean_cosine(delta_out: torch.Tensor, delta_in: torch.Tensor) -> float:
@@ -178,31 +191,12 @@ def _passes_input_through(child: nn.Module, call: _Call, x: torch.Tensor, need: 
     """Whether ``child``'s own output follows a nudge of its own input (a residual inside it);
     None when that cannot be told (its input and output differ in shape, or it cannot be
     replayed)."""
-    seen: dict[int, _Call] = {}
-
-    def record(module, args, kwargs) -> None:
-        seen.setdefault(0, _Call(module, args, kwargs))
-
-    handle = child.register_forward_pre_hook(record, with_kwargs=True)
     try:
-        call(x)
+        inner = _record_calls(lambda: call(x), [child]).get(id(child))
+        nudged = _nudge(inner, gen) if inner is not None and inner.hidden is not None else None
     except Exception:
         return None
-    finally:
-        handle.remove()
-    inner = seen.get(0)
-    if inner is None or inner.hidden is None:
-        return None
-    h = inner.hidden
-    delta = torch.randn(h.shape, generator=gen).to(h.device, h.dtype) * \
-        (1e-2 * float(h.float().std()) or 1e-3)
-    try:
-        base, moved = inner(h), inner(h + delta)
-    except Exception:
-        return None
-    if base is None or moved is None or base.shape != h.shape:
-        return None
-    return _mean_cosine(moved.float() - base.float(), delta) >= need
+    return None if nudged is None else _mean_cosine(nudged[1], nudged[0]) >= need
 
 
 def _call_site(block: nn.Module, child: str, files: set[str]) -> str:
@@ -234,7 +228,8 @@ def check_residual_paths(adapter, options) -> CheckResult:
                            "to follow.")
     blocks = [(n, b) for _, run in stacks for n, b in run]
     batch = adapter.make_inputs(2, min(options.max_len(adapter), 16), seed=options.seed)
-    calls = _record_calls(adapter, batch, [b for _, b in blocks], options.seed)
+    calls = _record_calls(lambda: eval_logits(adapter, batch, options.seed),
+                          [b for _, b in blocks])
     need = options.threshold(f"{name}.min_cosine", 0.2)
     gen = torch.Generator().manual_seed(options.seed)
     rows, broken, swamped, skipped = [], [], [], []
@@ -243,18 +238,16 @@ def check_residual_paths(adapter, options) -> CheckResult:
         if call is None or call.hidden is None:
             skipped.append(f"{label} (not called with hidden states)")
             continue
-        x = call.hidden
-        noise = torch.randn(x.shape, generator=gen).to(x.device, x.dtype)
-        delta = noise * (1e-2 * float(x.float().std()) or 1e-3)
         try:
-            base, moved_out = call(x), call(x + delta)
+            nudged = _nudge(call, gen)
         except Exception as exc:
             skipped.append(f"{label} (replaying it raised {type(exc).__name__})")
             continue
-        if base is None or moved_out is None or base.shape != x.shape:
+        if nudged is None:
             skipped.append(f"{label} (its output is not shaped like its input)")
             continue
-        response = moved_out.float() - base.float()
+        delta, response = nudged
+        x = call.hidden
         moved = float(response.norm())
         cosine = _mean_cosine(response, delta) if moved > 0 else 0.0
         row = {"block": label, "class": type(block).__name__, "mean_cosine": cosine}
