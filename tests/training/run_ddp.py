@@ -60,6 +60,23 @@ class RecordBatches(pl.Callback):
                              "indices": indices, "sha256": digest})
 
 
+def write_validation_late() -> None:
+    """Rank 0 appends each validation row to metrics.csv a second late (a slow Drive), so a rank
+    that took its final metrics from the file would report the previous validation's values."""
+    import time
+
+    from utils.training.callbacks import MetricsLog
+
+    write = MetricsLog._write
+
+    def late(self, row):
+        if self._writes and "val_loss" in row:
+            time.sleep(1.0)
+        write(self, row)
+
+    MetricsLog._write = late
+
+
 def main() -> None:
     model_dir, corpus, out, record_dir, config_json, *nan = sys.argv[1:]
     config = TrainingConfig.from_dict({**json.loads(config_json), "out_dir": out})
@@ -69,6 +86,7 @@ def main() -> None:
     if nan and int(os.environ.get("LOCAL_RANK", "0")) == int(nan[0]):
         loaded.model.nan_at_call = int(nan[1])
     recorder = RecordBatches()
+    write_validation_late()
     result = train(loaded, corpus, config, callbacks=[recorder], progress=False, gate=False,
                    say=lambda m: print(m, file=sys.stderr))
     record = Path(record_dir)

@@ -116,9 +116,12 @@ def build_result(run_dir, final_dir, metrics_log, resumed, trainer, module, stat
     csv = run_dir / "metrics.csv"
     history = pd.read_csv(csv) if csv.is_file() else pd.DataFrame()
     keys = ("train_loss", "val_loss", "val_perplexity", "val_accuracy", "lr")
-    # the last value of each, over the whole run (a resumed call may not validate again)
+    # the last value of each, over the whole run (a resumed call may not validate again) ...
     metrics = {k: float(history[k].dropna().iloc[-1]) for k in keys
                if k in history and history[k].notna().any()}
+    # ... but this call's own values from memory: under DDP only rank 0 writes metrics.csv, and
+    # another rank may read it before rank 0 has appended the last validation
+    metrics.update({k: float(metrics_log.final[k]) for k in keys if k in metrics_log.final})
     tps = metrics_log.tokens_per_second()
     if tps is not None:
         metrics["tokens_per_second"] = tps
