@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from utils.adapters.model_source import class_source, parse_python
 from utils.adapters.signature import ForwardSpec, extract_output
 from utils.errors import UserError, locate_in_files
 
@@ -109,7 +110,7 @@ def _source_markers(classes: set[type]) -> list[str]:
         if cls.__module__.startswith("torch.nn"):
             continue
         try:
-            tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+            tree = parse_python(textwrap.dedent(class_source(cls)))
         except (OSError, TypeError, SyntaxError):
             continue
         for node in ast.walk(tree):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import inspect
 import itertools
 import sys
 from collections.abc import Iterator
@@ -21,7 +22,8 @@ from types import ModuleType
 
 from utils.errors import CodeLocation, UserError, locate_in_files
 
-__all__ = ["ModelCode", "choose_model_class", "import_model_code", "parse_code"]
+__all__ = ["ModelCode", "choose_model_class", "class_source", "import_model_code", "parse_code",
+           "parse_python"]
 
 _counter = itertools.count()
 # import name -> pip package, where they differ
@@ -75,11 +77,37 @@ def _decode(path: Path, data: bytes) -> str:
         ) from None
 
 
+def _retrying_ast_race(build):
+    """``build()``, once more if CPython 3.11.0–3.11.7 raised its spurious AST SystemError.
+
+    Those versions keep the AST builder's recursion counter per interpreter (gh-106905, fixed
+    in 3.11.8): an ``ast.parse`` while another thread parses — a traceback printed from any
+    thread parses its line to place the ``^^^`` markers — can fail with "AST constructor
+    recursion depth mismatch". The next parse starts from a fresh counter.
+    """
+    for attempt in (1, 2, 3):
+        try:
+            return build()
+        except SystemError as exc:
+            if "recursion depth mismatch" not in str(exc) or attempt == 3:
+                raise
+
+
+def parse_python(text: str, filename: str = "<unknown>") -> ast.Module:
+    """``ast.parse``, safe from the 3.11 threading race above."""
+    return _retrying_ast_race(lambda: ast.parse(text, filename=filename))
+
+
+def class_source(cls: type) -> str:
+    """``inspect.getsource(cls)`` (which parses the whole file on 3.11), safe likewise."""
+    return _retrying_ast_race(lambda: inspect.getsource(cls))
+
+
 def parse_code(path: Path, data: bytes | None = None) -> ModelCode:
     """Parse ``path`` (or ``data``) without running it; a syntax error is a ``UserError``."""
     text = _decode(path, path.read_bytes() if data is None else data)
     try:
-        tree = ast.parse(text, filename=str(path))
+        tree = parse_python(text, filename=str(path))
     except SyntaxError as exc:
         caret = " " * max(0, (exc.offset or 1) - 1) + "^"
         line_text = (exc.text or "").rstrip("\n")
