@@ -87,5 +87,18 @@ def test_cli_on_each(name, tmp_path, capsys):
         model = report["model"]
         assert (model["task"], model["vocab_size"], model["max_seq_len"]) == (
             expected["task"], expected["vocab_size"], expected["max_seq_len"])
-        failing = sorted(c["name"] for c in report["checks"] if c["status"] in ("fail", "error"))
+        checks = {c["name"]: c for c in report["checks"]}
+        failing = sorted(n for n, c in checks.items() if c["status"] in ("fail", "error"))
         assert failing == sorted(expected["failing_checks"])
+        # each finding says what is wrong in the user's terms, not only that something is
+        diagnosis = expected.get("diagnosis", {})
+        assert sorted(diagnosis) == failing, "every failing check of a zoo case has a diagnosis"
+        for name, pattern in diagnosis.items():
+            assert re.search(pattern, checks[name]["summary"], re.DOTALL), checks[name]["summary"]
+        # a crash in the model is one finding: the checks it also stopped say they depend on it
+        dependents = sorted(n for n, c in checks.items() if c["status"] == "skip"
+                            and c["summary"].startswith("Depends on "))
+        assert dependents == expected.get("crash_dependents", [])
+        for name in dependents:
+            assert any(checks[name]["summary"].startswith(f"Depends on {first}: ")
+                       for first in failing), checks[name]["summary"]

@@ -174,6 +174,21 @@ def select(tier_names: list[str], checks: Iterable[str] | None,
                     fix=f"Use the bare names above, e.g. {form}.")
 
 
+def _mode_at_raise(exc: BaseException, adapter) -> str:
+    """'training' or 'eval': the model's mode when it raised ``exc``.
+
+    :meth:`ModelAdapter.forward` marks what passes through it (a check's ``finally`` — a
+    snapshot restored, ``train(was_training)`` — has put the model back in its earlier mode by
+    the time the exception reaches the runner); otherwise the mode the model is in now.
+    """
+    from utils.adapters.model_adapter import RAISED_IN_MODE
+
+    marked = getattr(exc, RAISED_IN_MODE, None)
+    if marked is not None:
+        return marked
+    return "training" if adapter.model.training else "eval"
+
+
 def _run_one(name: str, adapter, options: CheckOptions) -> CheckResult:
     tier, fn = REGISTRY[name].tier, REGISTRY[name].fn
     start = time.perf_counter()
@@ -192,7 +207,7 @@ def _run_one(name: str, adapter, options: CheckOptions) -> CheckResult:
                    "file": loc.file if loc else (frames[-1].filename if frames else None),
                    "line": loc.line if loc else (frames[-1].lineno if frames else None),
                    "in_model": loc is not None, "code": loc.text.strip() if loc else "",
-                   "mode": "training" if adapter.model.training else "eval"})
+                   "mode": _mode_at_raise(exc, adapter)})
     finally:
         adapter.model.train(was_training)
         adapter.model.zero_grad(set_to_none=True)

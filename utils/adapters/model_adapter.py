@@ -9,6 +9,7 @@ classification) and ``decoder_input_ids`` for seq2seq.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,11 @@ from utils.adapters.signature import ForwardSpec, analyse_forward, extract_outpu
 from utils.errors import UserError
 from utils.tasks import IGNORE_INDEX, Task
 
-__all__ = ["ModelAdapter", "adapt"]
+__all__ = ["RAISED_IN_MODE", "ModelAdapter", "adapt"]
+
+# The attribute ModelAdapter.forward sets on an exception the model raises: "training" or
+# "eval", the model's mode at that moment (a check may reset the mode before reporting).
+RAISED_IN_MODE = "testbench_raised_in_mode"
 
 
 @dataclass
@@ -133,7 +138,13 @@ class ModelAdapter:
     def forward(self, batch: dict[str, torch.Tensor]) -> Any:
         """Call the model on a batch dict; returns whatever the model returns."""
         args, kwargs = self.spec.build_call(batch)
-        return self.model(*args, **kwargs)
+        try:
+            return self.model(*args, **kwargs)
+        except Exception as exc:  # the mode it raised in, for a report made after it is reset
+            if getattr(exc, RAISED_IN_MODE, None) is None:
+                with contextlib.suppress(AttributeError, TypeError):
+                    setattr(exc, RAISED_IN_MODE, "training" if self.model.training else "eval")
+            raise
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                **extra: torch.Tensor) -> torch.Tensor:
