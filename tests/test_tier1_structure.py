@@ -364,6 +364,64 @@ def test_library_code_that_computes_tables_it_does_not_use_is_not_failed():
     assert result.status == "skip" and "does not use it" in result.summary, result.summary
 
 
+class MaskedRotaryLM(nn.Module):
+    """Two RoPE layers taking an attention_mask; ``fill`` is the masked score (-inf turns a
+    left pad's query row into NaN, which the second layer spreads); ``rotate`` 'hidden' rotates
+    the hidden states before the projections instead of q and k (absolute positions leak)."""
+
+    def __init__(self, fill=float("-inf"), rotate="qk", vocab=64, d=32, max_len=32):
+        super().__init__()
+        self.max_seq_len, self.fill, self.where = max_len, fill, rotate
+        self.emb, self.head = nn.Embedding(vocab, d), nn.Linear(d, vocab)
+        self.qkv = nn.ModuleList(nn.Linear(d, 3 * d) for _ in range(2))
+        self.out = nn.ModuleList(nn.Linear(d, d) for _ in range(2))
+        self.register_buffer("inv_freq", 10000 ** -(torch.arange(0, d, 2).float() / d))
+
+    def rotate(self, x, pos):
+        angles = pos[:, None].float() * self.inv_freq[: x.shape[-1] // 2]
+        cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+        x1, x2 = x.chunk(2, -1)
+        return x * cos + torch.cat([-x2, x1], -1) * sin
+
+    def forward(self, input_ids, attention_mask=None):
+        b, t = input_ids.shape
+        pos = torch.arange(t)
+        keep = torch.ones(t, t, dtype=torch.bool).tril()
+        if attention_mask is not None:
+            keep = keep & attention_mask[:, None, None, :].bool()
+        x = self.emb(input_ids)
+        for qkv, out in zip(self.qkv, self.out, strict=True):
+            h = self.rotate(x, pos) if self.where == "hidden" else x
+            q, k, v = (z.view(b, t, 2, -1).transpose(1, 2) for z in qkv(h).chunk(3, -1))
+            if self.where == "qk":
+                q, k = self.rotate(q, pos), self.rotate(k, pos)
+            scores = (q @ k.transpose(-1, -2) / 4).masked_fill(~keep, self.fill)
+            x = x + out((scores.softmax(-1) @ v).transpose(1, 2).reshape(b, t, -1))
+        return self.head(x)
+
+
+@pytest.mark.parametrize(("fill", "rotate", "status", "said"), [
+    (-1e4, "qk", "pass", "give the same outputs at the real positions (max relative"),
+    (float("-inf"), "qk", "warn", "give the same outputs at the real positions (the NaN of "
+                                  "the pad rows set to 0"),
+    (-1e4, "hidden", "fail", "the rotary encoding depends on absolute position"),
+    (float("-inf"), "hidden", "fail", "the rotary encoding depends on absolute position")])
+def test_a_shift_is_judged_even_when_minus_inf_masking_gives_nan_pad_rows(fill, rotate, status,
+                                                                           said):
+    model = MaskedRotaryLM(fill, rotate)
+    result = run(model, "position_shift", task="causal_lm")
+    assert result.status == status and said in result.summary, result.summary
+    nan_pads = fill == float("-inf")
+    assert result.metrics["nan_from_pad_rows"] is nan_pads
+    assert ("Left padding gives NaN" in result.summary or "left padding gives NaN" in
+            result.summary) is nan_pads
+    # the hooks are gone: the model again gives NaN under left padding
+    ids = torch.randint(1, 64, (1, 6))
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1]])
+    with torch.no_grad():
+        assert bool(torch.isfinite(model(ids, mask)).all()) is not nan_pads
+
+
 class Alibi(nn.Module):
     def __init__(self, broken=False, vocab=64, d=32, heads=4, max_len=32):
         super().__init__()

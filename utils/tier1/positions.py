@@ -91,6 +91,48 @@ def _pad_left(adapter, batch: dict[str, torch.Tensor], extra: int) -> dict[str, 
             "attention_mask": torch.cat([mask.new_zeros((b, extra)), mask], dim=1)}
 
 
+@contextmanager
+def _pad_rows_kept_finite(model: nn.Module, batch: int, length: int,
+                          pads: int) -> Iterator[None]:
+    """While inside, what any submodule returns has its non-finite values at the first
+    ``pads`` positions set to 0.
+
+    A causal model masking with ``-inf`` turns a left pad's query row (every key it may see
+    is masked) into NaN, and the next layer's ``0 · NaN`` spreads it to every real position,
+    so the shift cannot be judged. The pads' own states mean nothing by design: keeping them
+    finite changes no real position of a correct model (its weight on a masked key is exactly
+    0) and lets the shift be tested.
+    """
+    def finite(t):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() < 2:
+            return t
+        if t.shape[0] == batch and t.shape[1] == length:
+            axis = 1  # [B, T, …]
+        elif t.dim() >= 3 and t.shape[0] == batch and t.shape[2] == length:
+            axis = 2  # [B, H, T, …] (per-head states)
+        else:
+            return t
+        pad = torch.zeros(length, dtype=torch.bool, device=t.device)
+        pad[:pads] = True
+        pad = pad.view(*([1] * axis), length, *([1] * (t.dim() - axis - 1)))
+        return torch.where(pad & ~torch.isfinite(t), torch.zeros((), dtype=t.dtype,
+                                                                  device=t.device), t)
+
+    def hook(_module, _args, out):
+        if isinstance(out, torch.Tensor):
+            return finite(out)
+        if isinstance(out, tuple) and not hasattr(out, "_fields"):
+            return tuple(finite(o) for o in out)
+        return None
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 @register("position_shift", tier=1, thresholds=("rtol",))
 def check_position_shift(adapter, options) -> CheckResult:
     name = "position_shift"
@@ -119,34 +161,49 @@ def check_position_shift(adapter, options) -> CheckResult:
     noise = eval_randomness(adapter, batch, options.seed, clean)
     if noise > _EXACT:
         return random_in_eval(name, noise)
-    shifted = eval_logits(adapter, _pad_left(adapter, batch, extra), options.seed).float()
-    real = shifted[:, extra:]
+    padded = _pad_left(adapter, batch, extra)
+    real = eval_logits(adapter, padded, options.seed).float()[:, extra:]
+    nan_pads = not bool(torch.isfinite(real).all())
+    if nan_pads:  # -inf masking: NaN from the pad rows; test the shift with them kept finite
+        with _pad_rows_kept_finite(adapter.model, 2, t + extra, extra):
+            real = eval_logits(adapter, padded, options.seed).float()[:, extra:]
     tol = options.threshold(f"{name}.rtol", 1e-4)
     change = rel_diff(clean, real) if bool(torch.isfinite(real).all()) else float("inf")
-    metrics.update({"shift": extra, "real_len": t, "max_rel_change": change})
+    metrics.update({"shift": extra, "real_len": t, "max_rel_change": change,
+                    "nan_from_pad_rows": nan_pads})
     threshold = {"max_rel_change": tol}
     what = (f"Positions: {family} ({evidence}). The same {t} tokens moved right by {extra} "
             f"masked pad(s)")
-    if change <= tol:
-        return CheckResult(name, 1, "pass", f"{what} give the same outputs at the real positions "
-                           f"(max relative change {change:.1e} ≤ {tol:g}): attention depends on "
-                           "distance, not on absolute position.", metrics, threshold)
+    nan_note = ("Left padding gives NaN at the real positions: a pad's query, whose every "
+                "visible key is masked, softmaxes -inf to NaN and the next layer's 0 · NaN "
+                "spreads it (batched generation left-pads). Mask with torch.finfo(dtype).min "
+                "instead of -inf, or zero fully masked rows.")
     if change == float("inf"):
-        return CheckResult(name, 1, "warn", f"{what} give NaN/Inf at real positions: a query "
-                           "whose keys are all masked (a pad row) softmaxes -inf to NaN, which "
-                           "the next layer spreads. Mask with torch.finfo(dtype).min instead of "
-                           "-inf, or zero fully masked rows.", metrics, threshold)
+        return CheckResult(name, 1, "warn", f"{what}: {nan_note} The shift could not be "
+                           "tested.", metrics, threshold)
+    kept = (" (the NaN of the pad rows set to 0 inside the model, which leaves a correct "
+            "model's real positions unchanged)" if nan_pads else "")
+    if change <= tol:
+        verdict = (f"{what} give the same outputs at the real positions{kept} (max relative "
+                   f"change {change:.1e} ≤ {tol:g}): attention depends on distance, not on "
+                   "absolute position.")
+        if nan_pads:
+            return CheckResult(name, 1, "warn", f"{verdict} {nan_note}", metrics, threshold)
+        return CheckResult(name, 1, "pass", verdict, metrics, threshold)
+    what += kept
+    also = f" Also, {nan_note[0].lower()}{nan_note[1:]}" if nan_pads else ""
     if family == "none found":
         return CheckResult(name, 1, "warn", f"{what} moved the outputs at real positions by "
                            f"{change:.1e} (relative; allowed {tol:g}). If the model computes "
                            "absolute positions in forward (a sinusoid of arange), that is by "
                            "design; if it has no positions or relative ones, the padding mask "
-                           "or the positions of the real tokens are wrong.", metrics, threshold)
+                           "or the positions of the real tokens are wrong." + also,
+                           metrics, threshold)
     return CheckResult(
         name, 1, "fail", f"{what} moved the outputs at real positions by {change:.1e} "
         f"(relative; allowed {tol:g}): the {family} encoding depends on absolute position. "
         "Rotate queries and keys only (never the values or the hidden states), and index "
-        "position biases by the distance i − j, not by i or j.", metrics, threshold)
+        "position biases by the distance i − j, not by i or j." + also, metrics, threshold)
 
 
 # ---- position_information ----------------------------------------------------------------
