@@ -103,7 +103,31 @@ def test_seq2seq_decoders_are_checked_on_the_decoder_side(causal, status):
 def test_samples_mixing_in_eval_mode_fail(mix):
     result = run(adapt(MixLM(mix), task="causal_lm"), "batch_independence")
     assert result.status == "fail" and result.metrics["max_rel_diff_eval"] > 1e-2
-    assert "statistics over dim 0" in result.summary
+    assert "statistics over dim 0" in result.summary  # copies of one sample agree here
+
+
+class ByPlaceLM(MixLM):
+    """Adds ``table[:x.size(0)]`` of a (32, 1, d) tensor: one vector per sample, chosen by its
+    place in the batch — the PyTorch tutorial's seq-first encoding fed batch-first input."""
+
+    def __init__(self, table):
+        super().__init__("causal")
+        self.table = table
+        self.register_buffer(table, torch.randn(32, 1, 32))
+
+    def mixed(self, h):
+        return super().mixed(h) + getattr(self, self.table)[: h.shape[0]]
+
+
+@pytest.mark.parametrize(("table", "said"), [
+    ("pe", "the position tensor 'pe' of shape (32, 1, 32) has the (seq, batch, dim) layout of "
+           "PyTorch's tutorial encoding"),
+    ("slot", "something is indexed by the batch position")])
+def test_outputs_that_depend_on_the_place_in_the_batch_are_said_so(table, said):
+    result = run(adapt(ByPlaceLM(table), task="causal_lm"), "batch_independence")
+    assert result.status == "fail" and "Copies of one sample come out different by their " \
+        "place in the batch" in result.summary and said in result.summary, result.summary
+    assert "statistics over dim 0" not in result.summary
 
 
 class WithBatchNorm(MixLM):

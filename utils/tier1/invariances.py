@@ -126,6 +126,36 @@ def _train_mode_spread(adapter, batch, seed: int) -> tuple[float | None, str]:
         model.eval()
 
 
+def _batch_coupling_cause(adapter, batch: dict[str, torch.Tensor], seed: int,
+                          tol: float) -> str:
+    """What couples the samples, in the user's terms: copies of one sample that come out
+    different by their place in the batch point at something indexed by the batch position
+    (a seq-first position table fed batch-first input); otherwise batch statistics or a
+    reshape that mixes batch and sequence."""
+    from utils.tier1.positions import seq_first_position_table
+
+    b = batch["input_ids"].shape[0]
+    copies = {k: v[:1].expand(b, *v.shape[1:]).contiguous() for k, v in batch.items()}
+    out = eval_logits(adapter, copies, seed).float()
+    by_place = rel_diff(out, out[:1].expand_as(out)) if _finite(out) else 0.0
+    table = seq_first_position_table(adapter.model, adapter.max_seq_len)
+    if by_place > tol and table is not None:
+        return (f"Copies of one sample come out different by their place in the batch "
+                f"({by_place:.1e}), and the position tensor {table} has the (seq, batch, dim) "
+                "layout of PyTorch's tutorial encoding: fed (batch, seq, dim) input, "
+                "pe[:x.size(0)] adds one position per sample instead of one per token, so "
+                "the model sees no word order. Index it by the sequence: x + "
+                "self.pe[:x.size(1)].transpose(0, 1) (or build pe as (1, max_len, d_model) "
+                "and add pe[:, :x.size(1)]).")
+    if by_place > tol:
+        return (f"Copies of one sample come out different by their place in the batch "
+                f"({by_place:.1e}): something is indexed by the batch position — a position "
+                "table indexed with x.size(0) of batch-first input, or a reshape/view that "
+                "mixes batch and sequence (view(T, B, …) without transpose).")
+    return ("Look for statistics over dim 0 (a norm or mean over the batch), or a reshape/view "
+            "that mixes batch and sequence (e.g. view(T, B, …) without transpose).")
+
+
 @register("batch_independence", tier=1, thresholds=("rtol",))
 def check_batch_independence(adapter, options) -> CheckResult:
     b = max(2, options.batch(adapter, 4))
@@ -151,13 +181,12 @@ def check_batch_independence(adapter, options) -> CheckResult:
     metrics = {"batch": b, "seq_len": t, "max_rel_diff_eval": worst, "reordered_rel_diff": perm}
     threshold = {"max_rel_diff": tol}
     if worst > tol:
-        return CheckResult(
-            "batch_independence", 1, "fail",
-            f"In eval mode a sample's outputs change with the other samples in its batch (alone "
-            f"vs in a batch of {b}, or the batch reordered: relative difference {worst:.2e} > "
-            f"{tol:g}). Look for statistics over dim 0 (a norm or mean over the batch), or a "
-            "reshape/view that mixes batch and sequence (e.g. view(T, B, …) without transpose).",
-            metrics, threshold, rows)
+        said = (f"In eval mode a sample's outputs change with the other samples in its batch "
+                f"(alone vs in a batch of {b}, or the batch reordered: relative difference "
+                f"{worst:.2e} > {tol:g}).")
+        return CheckResult("batch_independence", 1, "fail",
+                           f"{said} {_batch_coupling_cause(adapter, batch, options.seed, tol)}",
+                           metrics, threshold, rows)
     spread, note = _train_mode_spread(adapter, batch, options.seed)
     metrics["max_rel_diff_train"] = spread
     if spread is not None and spread > tol:

@@ -83,6 +83,16 @@ def position_family(adapter) -> tuple[str, str]:
     return "none found", "no position table, rotary, ALiBi or relative bias in the structure"
 
 
+def seq_first_position_table(model: nn.Module, max_len: int | None) -> str | None:
+    """The name and shape of a position tensor laid out ``(seq, 1, dim)`` — the PyTorch
+    tutorial's sinusoidal encoding, written for seq-first input — or None."""
+    for name, t in [*model.named_buffers(), *model.named_parameters()]:
+        if _ABSOLUTE.search(name.rsplit(".", 1)[-1]) and t.dim() == 3 and t.shape[1] == 1 \
+                and t.shape[2] > 1 and t.shape[0] >= max(max_len or 0, 2):
+            return f"'{name}' of shape {tuple(t.shape)}"
+    return None
+
+
 def _pad_left(adapter, batch: dict[str, torch.Tensor], extra: int) -> dict[str, torch.Tensor]:
     pad = adapter.pad_token_id if adapter.pad_token_id is not None else 0
     ids, mask = batch["input_ids"], batch["attention_mask"]
