@@ -216,6 +216,55 @@ def test_a_causal_model_without_positions_warns_nope():
     assert result.metrics["family"] == "none found"
 
 
+class InlineAngles(nn.Module):
+    """Positions built in forward from sines and cosines, with no table or frequency tensor to
+    find: ``kind`` 'rotary' rotates q and k, 'sinusoid' adds the encoding to the embeddings;
+    ``fed`` 'zeros' gives every token position 0 (the slip), 'arange' the real positions."""
+
+    def __init__(self, kind, fed="arange", vocab=64, d=32, max_len=32):
+        super().__init__()
+        self.max_seq_len, self.kind, self.fed, self.d = max_len, kind, fed, d
+        self.emb, self.head = nn.Embedding(vocab, d), nn.Linear(d, vocab)
+        self.qkv, self.out = nn.Linear(d, 3 * d), nn.Linear(d, d)
+
+    @staticmethod
+    def angles(pos, dim):
+        return pos[:, None].float() * 10000 ** -(torch.arange(0, dim, 2).float() / dim)
+
+    def spin(self, x, pos):
+        a = self.angles(pos, x.shape[-1])
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        return torch.stack([x1 * a.cos() - x2 * a.sin(), x1 * a.sin() + x2 * a.cos()],
+                           -1).flatten(-2)
+
+    def forward(self, input_ids):
+        b, t = input_ids.shape
+        pos = torch.arange(t) if self.fed == "arange" else torch.zeros(t, dtype=torch.long)
+        x = self.emb(input_ids)
+        if self.kind == "sinusoid":
+            a = self.angles(pos, self.d)
+            x = x + torch.stack([torch.sin(a), torch.cos(a)], -1).flatten(-2)
+        q, k, v = (z.view(b, t, 2, -1).transpose(1, 2) for z in self.qkv(x).chunk(3, -1))
+        if self.kind == "rotary":
+            q, k = self.spin(q, pos), self.spin(k, pos)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.head(x + self.out(y.transpose(1, 2).reshape(b, t, -1)))
+
+
+@pytest.mark.parametrize(("kind", "fed", "status", "said"), [
+    ("rotary", "arange", "pass", "the sines and cosines the model computes in forward"),
+    ("rotary", "zeros", "fail", "that position encoding never reaches the output"),
+    ("sinusoid", "arange", "pass", "the outputs differ from position to position"),
+    ("sinusoid", "zeros", "fail", "that position encoding never reaches the output")])
+def test_positions_computed_in_forward_are_tested_by_scaling_their_angles(kind, fed, status,
+                                                                          said):
+    result = run(InlineAngles(kind, fed), "position_information", task="causal_lm")
+    assert result.status == status and said in result.summary, result.summary
+    assert result.metrics["family"] == "none found"
+    if status == "fail":
+        assert "test_tier1_structure.py, line" in result.summary  # where the angles are made
+
+
 class Encoder(nn.Module):
     """A bidirectional encoder; ``positions`` 'table', 'batch' (the tutorial's slip: one vector
     per sample) or 'none'; ``pool`` makes it a classifier."""

@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import math
 import re
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from utils.checks import register
 from utils.compare import rel_diff
@@ -254,6 +257,48 @@ def _perturbed(knobs: list[tuple[str, torch.Tensor]], seed: int) -> Iterator[Non
                 t.copy_(old)
 
 
+class _ScaledAngles(TorchFunctionMode):
+    """While active, every sine, cosine and ``torch.polar`` the model computes gets its angle
+    scaled by 1.37 — the frequencies of a position encoding built in forward, perturbed
+    without knowing its names. Counts the calls and keeps the first call site in the model's
+    own files."""
+
+    def __init__(self, files: set[str]) -> None:
+        super().__init__()
+        self.files, self.calls, self.site = files, 0, None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name in ("sin", "cos", "sin_", "cos_", "polar") and args and \
+                isinstance(args[-1 if name == "polar" else 0], torch.Tensor):
+            self.calls += 1
+            if self.site is None:
+                self.site = _call_site(self.files)
+            if name == "polar":
+                args = (args[0], args[1] * 1.37, *args[2:])
+            elif name.endswith("_"):
+                args[0].mul_(1.37)
+            else:
+                args = (args[0] * 1.37, *args[1:])
+        return func(*args, **kwargs)
+
+
+def _call_site(files: set[str]) -> str | None:
+    for frame in reversed(traceback.extract_stack()):
+        if frame.filename in files:
+            return f"{Path(frame.filename).name}, line {frame.lineno}: {(frame.line or '')[:80]}"
+    return None
+
+
+def _angles_probe(adapter, batch, seed: int, clean: torch.Tensor) -> tuple[_ScaledAngles, float]:
+    """The probe's record and how far the outputs moved with every angle scaled."""
+    probe = _ScaledAngles(adapter.model_files)
+    with probe:
+        moved = eval_logits(adapter, batch, seed).float()
+    return probe, (rel_diff(clean, moved) if probe.calls else 0.0)
+
+
 def _spread_over_positions(out: torch.Tensor) -> float:
     """How much the outputs differ across positions, relative to their size."""
     return rel_diff(out, out[:, :1].expand_as(out)) if out.shape[1] > 1 else math.inf
@@ -320,6 +365,26 @@ def check_position_information(adapter, options) -> CheckResult:
             return CheckResult(name, 1, "pass", f"{what} the outputs differ from position to "
                                f"position (relative spread {spread:.1e}): positions reach the "
                                "output.", metrics, threshold)
+        if family == "none found":  # positions may be computed in forward (sin/cos)
+            probe, change = _angles_probe(adapter, batch, options.seed,
+                                          eval_logits(adapter, batch, options.seed).float())
+            metrics.update({"sin_cos_calls": probe.calls, "computed_at": probe.site})
+            if probe.calls:
+                at = f" ({probe.site})" if probe.site else ""
+                if change > tol:
+                    return CheckResult(
+                        name, 1, "pass", f"{what} every position gives the same output, as a "
+                        "rotary encoding does (it depends on distances only); the sines and "
+                        f"cosines the model computes in forward{at} reach the output: scaling "
+                        f"their angles by 1.37 moved it by {change:.1e}.", metrics, threshold)
+                return CheckResult(
+                    name, 1, "fail", f"{what} every position gives the same output (relative "
+                    f"spread {spread:.1e}), and scaling the angles of the sines and cosines the "
+                    f"model computes in forward{at} leaves the outputs unchanged ({change:.1e} "
+                    f"≤ {tol:g}): that position encoding never reaches the output — fed one "
+                    "position (pe[:1], zeros), added along the batch axis, or its sum "
+                    "discarded. Add pe[:T] along the time axis (x = tok + pe[:T]) or rotate q "
+                    "and k by torch.arange(T).", metrics, threshold)
         if family == "none found":
             return CheckResult(
                 name, 1, "warn", f"{what} every position gives the same output (relative "
@@ -334,7 +399,25 @@ def check_position_information(adapter, options) -> CheckResult:
             "pe[:batch]), and keep its sum (x = tok + pos).", metrics, threshold)
     knobs = _relative_knobs(adapter.model)
     metrics["perturbed"] = [n for n, _ in knobs]
-    if not knobs:
+    if not knobs:  # the angles may still be computed in forward: scale them there
+        clean = eval_logits(adapter, batch, options.seed).float()
+        probe, change = _angles_probe(adapter, batch, options.seed, clean)
+        metrics.update({"sin_cos_calls": probe.calls, "computed_at": probe.site,
+                        "max_rel_change": change})
+        at = f" ({probe.site})" if probe.site else ""
+        if probe.calls and change > tol:
+            return CheckResult(name, 1, "pass", f"{where} Scaling the angles of the sines and "
+                               f"cosines computed in forward{at} by 1.37 changes the outputs "
+                               f"(max relative change {change:.1e}): the encoding reaches "
+                               "them.", metrics, threshold)
+        if probe.calls:
+            return CheckResult(
+                name, 1, "fail", f"{where} Scaling the angles of the sines and cosines "
+                f"computed in forward{at} leaves the outputs unchanged ({change:.1e} ≤ "
+                f"{tol:g}): the {family} encoding has no effect — every query and key is "
+                "rotated as if at one position. Feed the real positions (torch.arange(T), not "
+                "zeros) and apply it to the queries and keys that attention uses.",
+                metrics, threshold)
         return CheckResult(name, 1, "skip", f"{where} On one repeated token a relative "
                            "encoding gives the same output everywhere by design, and no "
                            "frequencies, slopes or bias table were found to perturb instead.",
