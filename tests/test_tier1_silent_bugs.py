@@ -380,3 +380,71 @@ def test_an_inverted_mask_is_named_as_such():
     assert result.status == "fail", result.summary
     assert "applies its mask 'attention_mask' inverted" in result.summary
     assert "masked_fill(attention_mask == 0" in result.summary
+
+
+# ---- model_loss ---------------------------------------------------------------------------
+class OwnLossLM(nn.Module):
+    """A causal LM that computes its own loss from ``labels`` (Hugging Face: the input ids,
+    -100 where padded) or ``targets`` (nanoGPT: already the next tokens); ``loss`` picks how."""
+
+    def __init__(self, loss, vocab=64, d=32, max_len=32):
+        super().__init__()
+        self.max_seq_len, self.how = max_len, loss
+        self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(max_len, d)
+        self.lin, self.head = nn.Linear(d, d), nn.Linear(d, vocab)
+
+    def logits(self, input_ids):
+        t = input_ids.shape[1]
+        h = self.tok(input_ids) + self.pos(torch.arange(t))
+        h = h + torch.tanh(self.lin(h.cumsum(1) / torch.arange(1, t + 1)[:, None]))
+        return self.head(h)
+
+    def hf_loss(self, input_ids, attention_mask=None, labels=None):
+        z = self.logits(input_ids)
+        if labels is None:
+            return z
+        flat = z[:, :-1].flatten(0, 1)
+        how = self.how
+        if how == "hf":
+            loss = F.cross_entropy(flat, labels[:, 1:].flatten())
+        elif how == "hf_unshifted":
+            loss = F.cross_entropy(z.flatten(0, 1), labels.flatten())
+        elif how == "hf_scores_padding":  # the loss from the inputs: padding scored too
+            loss = F.cross_entropy(flat, input_ids[:, 1:].flatten())
+        elif how == "hf_zeros_counted":
+            loss = F.cross_entropy(flat, labels[:, 1:].flatten(), reduction="none").mean()
+        else:  # label smoothing: a deliberate difference
+            loss = F.cross_entropy(flat, labels[:, 1:].flatten(), label_smoothing=0.1)
+        return loss, z
+
+
+class HFLossLM(OwnLossLM):
+    def forward(self, input_ids, attention_mask=None, labels=None):
+        return self.hf_loss(input_ids, attention_mask, labels)
+
+
+class NanoLossLM(OwnLossLM):
+    def forward(self, idx, targets=None):
+        z = self.logits(idx)
+        if targets is None:
+            return z, None
+        if self.how == "nano":
+            return z, F.cross_entropy(z.flatten(0, 1), targets.flatten(), ignore_index=-100)
+        # shifted once more: trains to predict two tokens ahead
+        return z, F.cross_entropy(z[:, :-1].flatten(0, 1), targets[:, 1:].flatten(),
+                                  ignore_index=-100)
+
+
+@pytest.mark.parametrize(("cls", "how", "status", "said"), [
+    (HFLossLM, "hf", "pass", "equals the task loss"),
+    (HFLossLM, "hf_unshifted", "fail", "the labels are not shifted"),
+    (HFLossLM, "hf_scores_padding", "fail", "it averages over padded positions too"),
+    (HFLossLM, "hf_zeros_counted", "fail", "padding counted as zero loss"),
+    (HFLossLM, "smoothing", "warn", "Not an unshifted label or a mean over padding"),
+    (NanoLossLM, "nano", "pass", "equals the task loss"),
+    (NanoLossLM, "nano_shifted_again", "fail", "it shifts targets once more")])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_models_own_loss_is_matched_to_the_slip_it_makes(cls, how, status, said, seed):
+    torch.manual_seed(seed)
+    result = run(adapt(cls(how), task="causal_lm"), "model_loss", seed=seed)
+    assert result.status == status and said in result.summary, result.summary

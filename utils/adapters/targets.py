@@ -101,6 +101,13 @@ def model_loss_agreement(model: nn.Module, spec: ForwardSpec, *, seq_len: int, i
         return abs(own - float(ref)) <= _AGREE * max(abs(float(ref)), 1e-6)
 
     name = spec.targets_param
+    if close(shifted) and name in ("targets", "target", "y"):
+        detail = (f"the model's own loss with {name}=ids ({own:.4f}) is next-token "
+                  f"cross-entropy: it shifts its {name} itself, though a '{name}' argument is, "
+                  "by nanoGPT's convention, already the next tokens — given them it would "
+                  "train to predict two tokens ahead")
+        return (Evidence("differs", "probe", detail),
+                f"{detail} (Tier 1's model_loss check)")
     if close(shifted):
         return Evidence("agrees", "probe", f"the model's own loss with {name}=ids ({own:.4f}) "
                         "equals the adapter's next-token cross-entropy: the model shifts "

@@ -41,6 +41,10 @@ def _own_loss(adapter, ids: torch.Tensor, mask: torch.Tensor | None,
     return extract_output(out)[0].float(), scalar_loss(out)
 
 
+def _rel(a: float, b: float) -> float:
+    return abs(a - b) / max(abs(b), 1e-6)
+
+
 def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> float:
     return float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                  ignore_index=IGNORE_INDEX))
@@ -90,7 +94,7 @@ def check_model_loss(adapter, options) -> CheckResult:
         return random_in_eval(name, noise)
     if next_tokens:
         expected = _cross_entropy(logits, labels)
-        unshifted = _cross_entropy(logits[:, 1:], labels[:, :-1])  # shifted once more
+        unshifted = _cross_entropy(logits[:, :-1], labels[:, 1:])  # shifted once more
         rule = f"{param} are the next tokens (nanoGPT's convention): cross-entropy at each position"
     else:
         expected = _cross_entropy(logits[:, :-1], labels[:, 1:])
@@ -98,38 +102,56 @@ def check_model_loss(adapter, options) -> CheckResult:
         rule = (f"{param} are the input ids (Hugging Face's convention): next-token "
                 "cross-entropy, the model shifting them")
     own_value = float(own)
-    # Exact up to float rounding: at init the logits are near uniform, so an unshifted loss
-    # differs from the right one by only ~1e-3 (relative) — a loose tolerance would miss it.
+    # Exact up to float rounding: at init the logits are near uniform, so a slip's loss can
+    # differ from the right one by only ~1e-5 (relative). So the loss is matched against each
+    # candidate — the task loss and what each known slip computes — and the closest one is the
+    # verdict when it is clearly closer than the task loss.
     tol = options.threshold(f"{name}.rtol", 1e-5)
-    diff = abs(own_value - expected) / max(abs(expected), 1e-6)
-    no_ignore = _cross_entropy(logits[:, :-1], ids[:, 1:]) if not next_tokens else \
-        _cross_entropy(logits, ids[:, 1:])
+    diff = _rel(own_value, expected)
+    scored = labels[:, 1:] if not next_tokens else labels
+    real = int((scored != IGNORE_INDEX).sum())
+    slips = {"unshifted": unshifted}
+    if mask is not None:  # padding scored against the pad ids
+        slips["no_ignore"] = _cross_entropy(logits[:, :-1], ids[:, 1:]) if not next_tokens \
+            else _cross_entropy(logits, ids[:, 1:])
+    if real < scored.numel():  # reduction='none' then .mean(): ignored ones count as 0
+        slips["zeros_counted"] = expected * real / scored.numel()
+    closest = min(slips, key=lambda k: _rel(own_value, slips[k]))
+    slip_diff = _rel(own_value, slips[closest])
     metrics = {"convention": "next tokens" if next_tokens else "input ids",
                "model_loss": own_value, "task_loss": expected, "rel_diff": diff,
-               "padded": mask is not None}
+               "padded": mask is not None, "closest_slip": closest,
+               "closest_slip_rel_diff": slip_diff}
     threshold = {"rel_diff": tol}
-    if diff <= tol:
+    slip = slip_diff <= tol and slip_diff * 10 < diff
+    if diff <= tol and not slip:
         return CheckResult(name, 1, "pass", f"The model's own loss ({own_value:.4f}) equals the "
                            f"task loss from its logits ({expected:.4f}; {rule}"
                            + (", padded positions ignored" if mask is not None else "") + ").",
                            metrics, threshold)
-    if abs(own_value - unshifted) <= tol * max(abs(unshifted), 1e-6):
-        cause = ("it scores each position against its own input token — the labels are not "
-                 "shifted, so training on this loss learns to copy the current token. Shift "
-                 "them: cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())"
-                 if not next_tokens else
-                 f"it shifts {param} once more, though they already are the next tokens: "
-                 "compute cross_entropy(logits.flatten(0, 1), targets.flatten()) unshifted")
-    elif mask is not None and abs(own_value - no_ignore) <= tol * max(abs(no_ignore), 1e-6):
-        cause = (f"it averages over padded positions too: pass ignore_index={IGNORE_INDEX} to "
-                 "cross_entropy (Hugging Face marks padding in labels with -100)")
-    else:  # not a known slip: label smoothing or an auxiliary term may be meant
+    if not slip:  # not a known slip: label smoothing or an auxiliary term may be meant
         return CheckResult(name, 1, "warn", f"The model's own loss is {own_value:.4f}, but the "
                            f"task loss from the logits it returned is {expected:.4f} ({rule}; "
                            f"relative difference {diff:.1e}, allowed {tol:g}). Not an unshifted "
                            "label or a mean over padding; if it is not label smoothing or an "
                            "auxiliary term you meant, look at how the loss is computed. Training "
                            "here uses the task loss.", metrics, threshold)
+    cause = {
+        "unshifted": "it scores each position against its own input token — the labels are "
+                     "not shifted, so training on this loss learns to copy the current token. "
+                     "Shift them: cross_entropy(logits[:, :-1].flatten(0, 1), "
+                     "labels[:, 1:].flatten())" if not next_tokens else
+                     f"it shifts {param} once more, though they already are the next tokens, "
+                     "so it trains to predict two tokens ahead: compute "
+                     "cross_entropy(logits.flatten(0, 1), targets.flatten()) unshifted",
+        "no_ignore": f"it averages over padded positions too: pass ignore_index={IGNORE_INDEX} "
+                     "to cross_entropy (Hugging Face marks padding in labels with -100)",
+        "zeros_counted": f"it averages over every position, padding counted as zero loss "
+                         f"({real} real targets of {scored.numel()}): "
+                         "cross_entropy(…, reduction='none').mean() divides by all of them, so "
+                         "the loss shrinks with the padding. Use the default reduction='mean' "
+                         "with ignore_index=-100, or divide the sum by the number of real "
+                         "targets"}[closest]
     return CheckResult(name, 1, "fail", f"The model's own loss is {own_value:.4f}, but the task "
                        f"loss from the logits it returned is {expected:.4f} ({rule}; relative "
                        f"difference {diff:.1e}, allowed {tol:g}): {cause}.", metrics, threshold)
