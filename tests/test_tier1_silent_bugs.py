@@ -448,3 +448,34 @@ def test_a_models_own_loss_is_matched_to_the_slip_it_makes(cls, how, status, sai
     torch.manual_seed(seed)
     result = run(adapt(cls(how), task="causal_lm"), "model_loss", seed=seed)
     assert result.status == status and said in result.summary, result.summary
+
+
+class KeepMaskAsPaddingMask(nn.Module):
+    """nn.TransformerEncoder given ``attention_mask.bool()`` (True = real token) where it
+    wants True = padding: with nothing padded every key is masked and the outputs are NaN."""
+
+    def __init__(self, vocab=64, d=32, classes=3, max_len=32):
+        super().__init__()
+        self.max_len = max_len
+        self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(max_len, d)
+        layer = nn.TransformerEncoderLayer(d, 4, 2 * d, dropout=0.0, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, input_ids, attention_mask=None):
+        x = self.tok(input_ids) + self.pos(torch.arange(input_ids.shape[1]))
+        pad = None if attention_mask is None else attention_mask.bool()  # the bug
+        return self.head(self.enc(x, src_key_padding_mask=pad)[:, 0])
+
+
+def test_a_mask_that_blocks_every_key_is_the_finding_not_its_nan():
+    adapter = adapt(KeepMaskAsPaddingMask(), task="classification", num_classes=3)
+    report = {r.name: r for r in run_tier1(adapter, options=CheckOptions(), progress=False)
+              .results}
+    pad = report["padding_invariance"]
+    assert pad.status == "fail" and "the mask blocks every key, so it is applied inverted" in \
+        pad.summary and "attention_mask == 0" in pad.summary, pad.summary
+    for name in ("context_use", "position_information"):  # NaN measures nothing
+        assert report[name].status == "skip" and "not finite" in report[name].summary
+    assert "outputs are not finite at init" in report["initial_loss"].summary
+    assert "blocks every key" in report["output_stability"].summary

@@ -235,6 +235,31 @@ def _real_part(adapter, out: torch.Tensor, t: int) -> torch.Tensor:
     return out[:, :t]
 
 
+def _nan_with_nothing_padded(adapter, batch: dict[str, torch.Tensor], seed: int,
+                             t: int) -> CheckResult:
+    """Outputs not finite with nothing padded: when they are finite without the mask, the
+    mask blocks every key — applied inverted — which is the finding; otherwise a skip."""
+    mask = batch.get("attention_mask")
+    if mask is not None and adapter.spec.takes_mask:
+        try:
+            unmasked = eval_logits(adapter, {k: v for k, v in batch.items()
+                                             if k != "attention_mask"}, seed).float()
+        except Exception:  # the mask is required: nothing to compare with
+            unmasked = None
+        if unmasked is not None and _finite(unmasked):
+            param = adapter.spec.mask_param
+            return CheckResult(
+                "padding_invariance", 1, "fail",
+                f"With nothing padded ({param} all ones, 1 = real token) the outputs are "
+                "NaN, and without the mask they are finite: the mask blocks every key, so it "
+                f"is applied inverted. A key-padding mask means True = padding: pass "
+                f"{param} == 0 (src_key_padding_mask=attention_mask == 0 for "
+                "nn.TransformerEncoder / nn.MultiheadAttention), not attention_mask.bool().",
+                {"takes_mask": True, "nan_with_all_ones_mask": True,
+                 "finite_without_mask": True})
+    return _not_finite("padding_invariance", f"at batch 1 × {t}")
+
+
 @register("padding_invariance", tier=1, thresholds=("rtol",))
 def check_padding_invariance(adapter, options) -> CheckResult:
     top = options.max_len(adapter)
@@ -248,7 +273,7 @@ def check_padding_invariance(adapter, options) -> CheckResult:
         batch = adapter.make_inputs(1, t, seed=options.seed + extra)
         clean = eval_logits(adapter, batch, options.seed).float()
         if not _finite(clean):
-            return _not_finite("padding_invariance", f"at batch 1 × {t}")
+            return _nan_with_nothing_padded(adapter, batch, options.seed, t)
         noise = eval_randomness(adapter, batch, options.seed, clean)
         if noise > _EXACT:
             return random_in_eval("padding_invariance", noise)

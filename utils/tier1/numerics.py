@@ -61,8 +61,14 @@ def check_output_stability(adapter, options) -> CheckResult:
         return CheckResult(
             "output_stability", 1, "fail",
             f"NaN/Inf in the {what} from length {onset} on ({first_bad['input']} input; "
-            f"finite up to {onset - 1}). Look for divisions, exp/log without clamping, or "
-            "scores that grow with length (scale attention by 1/sqrt(head_dim)).",
+            f"finite up to {onset - 1}). " + (
+                "NaN from the shortest lengths on, with nothing padded, is most often a "
+                "padding mask that blocks every key (applied inverted; padding_invariance "
+                "checks it) or a softmax over scores that are all -inf; otherwise look for "
+                "divisions and exp/log without clamping." if onset <= 2 and
+                adapter.spec.takes_mask else
+                "Look for divisions, exp/log without clamping, or scores that grow with "
+                "length (scale attention by 1/sqrt(head_dim))."),
             metrics, threshold, rows)
     if scale > options.threshold("output_stability.max_abs_logit", _LOGIT_WARN):
         return CheckResult(
@@ -106,7 +112,13 @@ def check_initial_loss(adapter, options) -> CheckResult:
     threshold = {"fail_above_ratio": high, "warn_above_ratio": warn_high,
                  "warn_below_ratio": 0.5}
     measured = f"Initial loss {loss:.3f} vs chance {formula} = {expected:.3f} (×{ratio:.2f})"
-    if not math.isfinite(loss) or ratio > high:
+    if not math.isfinite(loss):
+        return CheckResult("initial_loss", 1, "fail",
+                           f"The initial loss is {loss} (chance: {formula} = {expected:.3f}): the "
+                           "model's outputs are not finite at init, so nothing can train. "
+                           "output_stability says from which length; padding_invariance "
+                           "whether the mask is what makes them NaN.", metrics, threshold)
+    if ratio > high:
         return CheckResult("initial_loss", 1, "fail",
                            f"{measured}, above ×{high:g}: the model is confidently wrong at init. "
                            "Initialise weights small (std ~0.02) and do not scale the output up.",

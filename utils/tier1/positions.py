@@ -318,6 +318,11 @@ def check_position_information(adapter, options) -> CheckResult:
                            "around.", metrics)
     batch = without_padding(adapter.make_inputs(2, t, seed=options.seed))
     where = f"Positions: {family} ({evidence})."
+    if not bool(torch.isfinite(eval_logits(adapter, batch, options.seed)).all()):
+        return CheckResult(name, 1, "skip", f"{where} The outputs are not finite at length {t} "
+                           "(NaN or Inf), so whether positions reach them cannot be measured; "
+                           "output_stability and padding_invariance say where the NaN comes "
+                           "from.", metrics)
     if adapter.task != "causal_lm":  # bidirectional, pooled or seq2seq: shuffle the tokens
         perm = torch.cat([torch.zeros(1, dtype=torch.long), torch.arange(t - 1, 0, -1)])
         shuffled = {**batch, "input_ids": batch["input_ids"][:, perm]}
