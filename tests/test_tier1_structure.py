@@ -471,6 +471,37 @@ def test_a_shift_is_judged_even_when_minus_inf_masking_gives_nan_pad_rows(fill, 
         assert bool(torch.isfinite(model(ids, mask)).all()) is not nan_pads
 
 
+def rope_tables(t, dim):
+    angles = torch.arange(t)[:, None].float() * 10000 ** -(torch.arange(0, dim, 2).float() / dim)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x, cos, sin):
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).flatten(-2)
+
+
+class FunctionalRopeLM(MaskedRotaryLM):
+    """RoPE written as plain functions (no module, buffer or parameter says 'rotary'):
+    ``rotate`` 'qk' is right, 'hidden' rotates the hidden states instead of q and k."""
+
+    def __init__(self, rotate):
+        super().__init__(fill=-1e4, rotate=rotate)
+        del self.inv_freq
+
+    def rotate(self, x, pos):
+        return apply_rope(x, *rope_tables(len(pos), x.shape[-1]))
+
+
+@pytest.mark.parametrize(("rotate", "status"), [("qk", "pass"), ("hidden", "fail")])
+def test_rope_written_as_functions_is_found_from_what_forward_calls(rotate, status):
+    result = run(FunctionalRopeLM(rotate), "position_shift", task="causal_lm")
+    assert result.metrics["family"] == "rotary", result.summary
+    assert "function 'rope_tables' of test_tier1_structure.py, called in forward" in \
+        result.summary
+    assert result.status == status, result.summary
+
+
 class Alibi(nn.Module):
     def __init__(self, broken=False, vocab=64, d=32, heads=4, max_len=32):
         super().__init__()
@@ -496,6 +527,9 @@ def test_alibi_slopes_are_perturbed(broken, status):
     result = run(Alibi(broken), "position_information", task="causal_lm")
     assert result.status == status and result.metrics["family"] == "ALiBi", result.summary
     assert result.metrics["perturbed"] == ["slopes"]
+    if broken:  # said in ALiBi's terms, not RoPE's
+        assert "every key of a query gets the same bias" in result.summary
+        assert "rotat" not in result.summary, result.summary
 
 
 def test_the_facades_run_the_checks():

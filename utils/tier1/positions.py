@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,7 +49,7 @@ from utils.tier1._common import (
 _EXACT = 1e-5
 # Names (of modules, their classes, parameters and buffers) that say which encoding a model has.
 _RELATIVE = (("rotary", re.compile(r"rotary|\brope\b|_rope|rope_|inv_freq|freqs?_cis|"
-                                   r"(cos|sin)_cached", re.I)),
+                                   r"(cos|sin)_cached|rotate_half", re.I)),
              ("ALiBi", re.compile(r"alibi|slopes", re.I)),
              ("relative-position bias", re.compile(r"relative|rel_pos|relpos", re.I)))
 _ABSOLUTE = re.compile(r"(^|[._])(wpe|pos|pe|pos_emb\w*|pos_embed\w*|position\w*|"
@@ -83,7 +84,35 @@ def position_family(adapter) -> tuple[str, str]:
     model_type = getattr(config, "model_type", None)
     if model_type in _HF_FAMILY:
         return _HF_FAMILY[model_type], f"Hugging Face model_type '{model_type}'"
+    called = _called_in_forward(adapter)
+    for family, pattern in _RELATIVE:  # plain functions: apply_rope(…), rotate_half(…)
+        for file, function in called:
+            if pattern.search(function):
+                return family, f"function '{function}' of {file}, called in forward"
     return "none found", "no position table, rotary, ALiBi or relative bias in the structure"
+
+
+def _called_in_forward(adapter) -> list[tuple[str, str]]:
+    """``(file name, function name)`` of the functions of the model's own files that one
+    short forward calls, in call order (a profile hook, removed afterwards)."""
+    files = adapter.model_files
+    seen: dict[tuple[str, str], None] = {}
+
+    def profile(frame, event, _arg):
+        if event == "call" and frame.f_code.co_filename in files:
+            seen.setdefault((Path(frame.f_code.co_filename).name, frame.f_code.co_name), None)
+
+    t = max(2, min(adapter.max_seq_len or 8, 8))
+    batch = without_padding(adapter.make_inputs(1, t, seed=0))
+    before = sys.getprofile()
+    sys.setprofile(profile)
+    try:
+        eval_logits(adapter, batch, 0)
+    except Exception:  # a model that cannot run here: the other checks say why
+        pass
+    finally:
+        sys.setprofile(before)
+    return list(seen)
 
 
 def seq_first_position_table(model: nn.Module, max_len: int | None) -> str | None:
@@ -458,21 +487,31 @@ def check_position_information(adapter, options) -> CheckResult:
                                "different table per position: this configuration of the "
                                "library's model does not use it (Falcon with alibi=True "
                                "computes rotary tables it never applies).", metrics)
+        fix = ("the tables are never applied to the queries and keys that attention uses "
+               "(q, k = apply_rotary(q, k, cos, sin) before the scores)" if family == "rotary"
+               else "the bias never reaches the attention scores, or it is the same for every "
+               "key of a query — a bias of the query's position i alone is constant within "
+               "each softmax row and cancels; add -slope · (i − j) (or the table at the "
+               "distance i − j) to the scores before the softmax")
         return CheckResult(
             name, 1, "fail", f"{unchanged}, though '{module}' computes a different table per "
-            "position: the tables are never applied to the queries and keys that attention "
-            "uses (q, k = apply_rotary(q, k, cos, sin) before the scores), so the model has no "
-            "positions.", metrics, threshold)
+            f"position: {fix}, so the model has no positions.", metrics, threshold)
     cached = [n for n, _ in adapter.model.named_buffers() if _CACHES.search(n)]
     if cached:
         return CheckResult(name, 1, "skip", f"{where} Perturbing {listed} left the outputs "
                            f"unchanged, but the model reads precomputed tables ({cached[0]}), "
                            "which this probe does not alter.", metrics)
+    if family == "rotary":
+        return CheckResult(
+            name, 1, "fail", f"{unchanged}: the rotary encoding has no effect — every query "
+            "and key is rotated as if at one position. Feed the real positions "
+            "(torch.arange(T), not zeros) and rotate the queries and keys that attention "
+            "uses.", metrics, threshold)
     return CheckResult(
-        name, 1, "fail", f"{unchanged}: the {family} encoding has no effect — every query and "
-        "key is rotated (or biased) as if at one position. Feed the real positions "
-        "(torch.arange(T), not zeros) and apply the encoding to the queries and keys that "
-        "attention uses.", metrics, threshold)
+        name, 1, "fail", f"{unchanged}: the {family} encoding has no effect — every key of a "
+        "query gets the same bias (zero, clamped, or a function of the query's position "
+        "alone, which cancels in the softmax). Add -slope · (i − j) (or the bias table at the "
+        "distance i − j) to the scores before the softmax.", metrics, threshold)
 
 
 def _knob_owners(model: nn.Module, knobs: list[tuple[str, torch.Tensor]]) -> dict[str, nn.Module]:
