@@ -338,6 +338,50 @@ def test_mixed_precision_verdicts(model, status, pattern):
         assert result.metrics["bf16_rel_error"] < 0.06 and result.metrics["fp16_rel_error"] < 0.01
 
 
+class AdditiveMaskAttention(nn.Module):
+    """Two attention layers with an additive padding mask ``(1 - mask) * -1e9`` in the scores'
+    dtype (fp16 turns it into -inf). ``causal``: a causal -inf mask as well, so a leading pad
+    sees only masked keys; ``rows``: the pads' query rows are masked too (a 2-D pad mask)."""
+
+    def __init__(self, causal, rows=False, fill=-1e9, vocab=64, d=32, max_len=32):
+        super().__init__()
+        self.max_seq_len, self.causal, self.rows, self.fill = max_len, causal, rows, fill
+        self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(max_len, d)
+        self.qkv = nn.ModuleList(nn.Linear(d, 3 * d) for _ in range(2))
+        self.head = nn.Linear(d, vocab)
+
+    def forward(self, input_ids, attention_mask=None):
+        t = input_ids.shape[1]
+        x = self.tok(input_ids) + self.pos(torch.arange(t))
+        for qkv in self.qkv:
+            q, k, v = qkv(x).chunk(3, -1)
+            s = q @ k.transpose(1, 2) / 32 ** 0.5
+            if attention_mask is not None:
+                m = attention_mask[:, None, :].to(s.dtype)
+                if self.rows:
+                    m = m * attention_mask[:, :, None].to(s.dtype)
+                s = s + (1.0 - m) * self.fill
+            if self.causal:
+                s = s.masked_fill(~torch.ones(t, t, dtype=torch.bool).tril(), float("-inf"))
+            x = x + s.softmax(-1) @ v
+        return self.head(x)
+
+
+@pytest.mark.parametrize(("causal", "rows", "fill", "status", "said"), [
+    (True, False, -1e9, "warn", "when the batch is left-padded"),
+    (False, True, -1e9, "fail", "when the batch is right-padded"),
+    (True, False, torch.finfo(torch.float16).min, "pass", "close to fp32"),
+    (False, True, torch.finfo(torch.float16).min, "pass", "close to fp32")])
+def test_a_mask_constant_that_fp16_turns_into_nan_on_padded_batches(causal, rows, fill, status,
+                                                                    said):
+    model = AdditiveMaskAttention(causal, rows, fill)
+    result = run(adapt(model, task="causal_lm" if causal else "masked_lm", mask_token_id=1),
+                 "mixed_precision")
+    assert result.status == status and said in result.summary, result.summary
+    if status != "pass":
+        assert "fp16" in result.summary and "finfo(scores.dtype).min" in result.summary
+
+
 # ---- randomness left on in eval mode is reported once, by determinism -----------------------
 class DropoutAlwaysOn(MixLM):
     def mixed(self, h):

@@ -68,6 +68,54 @@ def _compare(adapter, batch, ref: torch.Tensor, ref_loss: float | None, dtype) -
     return row
 
 
+def _finite_where_real(out: torch.Tensor, real: torch.Tensor) -> bool:
+    """Finite at the real positions of a per-position output (everywhere for a pooled one)."""
+    out = out.float()
+    if out.ndim >= 2 and out.shape[:2] == real.shape:
+        return bool(torch.isfinite(out[real]).all())
+    return bool(torch.isfinite(out).all())
+
+
+def _padded_non_finite(adapter, batch: dict[str, torch.Tensor],
+                       dtypes: list[torch.dtype]) -> list[tuple[str, list[str]]]:
+    """``(side, [dtype names])`` for each padding side whose real positions hold NaN/Inf under
+    autocast while fp32 is finite: a mask constant the format cannot hold. Right padding for
+    every model that takes a mask; left padding too for a causal LM, where a leading pad's
+    query sees only masked keys."""
+    if not adapter.spec.takes_mask or not dtypes:
+        return []
+    ids = batch["input_ids"]
+    t = ids.shape[1]
+    n = max(1, t // 4)
+    if t < 4:
+        return []
+    sides = ["right"] + (["left"] if adapter.task == "causal_lm" else [])
+    found = []
+    for side in sides:
+        mask = torch.ones_like(ids)
+        cut = slice(t - n, t) if side == "right" else slice(0, n)
+        mask[-1, cut] = 0
+        pad_ids = ids.clone()
+        pad_ids[-1, cut] = adapter.pad_token_id if adapter.pad_token_id is not None else 0
+        probe = {k: v for k, v in batch.items() if k not in ("labels", "attention_mask")}
+        probe.update(input_ids=pad_ids, attention_mask=mask)
+        real = mask.bool()
+        if not _finite_where_real(eval_logits(adapter, probe), real):
+            continue  # fp32 already breaks: padding_invariance and position_shift say why
+        bad = []
+        for dtype in dtypes:
+            with torch.autocast(adapter.device.type, dtype=dtype):
+                try:
+                    out = eval_logits(adapter, probe)
+                except Exception:  # raised under this dtype: the unpadded run reports it
+                    continue
+            if not _finite_where_real(out, real):
+                bad.append(_NAMES[dtype])
+        if bad:
+            found.append((side, bad))
+    return found
+
+
 @register("mixed_precision", tier=1, thresholds=("fp16_rel_error", "bf16_rel_error"))
 def check_mixed_precision(adapter, options) -> CheckResult:
     t = min(options.max_len(adapter), 64)
@@ -125,6 +173,25 @@ def check_mixed_precision(adapter, options) -> CheckResult:
             "1/sqrt(head_dim), keep residual streams normalised, and avoid huge constants "
             "(use -inf or torch.finfo(x.dtype).min for masks, not -1e9).",
             metrics, threshold, rows)
+    padded = _padded_non_finite(adapter, batch, [d for d in _dtypes(adapter.device)
+                                                 if _NAMES[d] in {r["dtype"] for r in rows}])
+    if padded:
+        side, names = padded[0]
+        metrics["non_finite_when_padded"] = {s_: n for s_, n in padded}
+        t4 = " (what Colab's T4 trains in)" if "fp16" in names else ""
+        said = (f"Under {', '.join(names)} autocast{t4} the outputs at real positions hold "
+                f"NaN/Inf when the batch is {side}-padded, while fp32 is finite: a mask "
+                "constant such as -1e9 becomes -inf in fp16, and a query whose visible keys "
+                "are all masked then softmaxes to NaN, which the next layer spreads "
+                "(0 · NaN). Mask with torch.finfo(scores.dtype).min (it fits every format) "
+                "and add it in the scores' dtype, or zero fully masked rows.")
+        if side == "right":
+            return CheckResult("mixed_precision", 1, "fail", f"{said} Training on padded "
+                               "batches in this precision would give a NaN loss.", metrics,
+                               threshold, rows)
+        return CheckResult("mixed_precision", 1, "warn", f"{said} Right-padded batches are "
+                           "fine; left padding is what batched generation and some tokenizers "
+                           "(padding_side='left') use.", metrics, threshold, rows)
     if not rows:
         return CheckResult("mixed_precision", 1, "skip", "Autocast is not supported here: "
                            + "; ".join(unsupported), metrics, threshold, rows)
