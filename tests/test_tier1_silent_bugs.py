@@ -455,6 +455,8 @@ class OwnLossLM(nn.Module):
             loss = F.cross_entropy(z.flatten(0, 1), labels.flatten())
         elif how == "hf_scores_padding":  # the loss from the inputs: padding scored too
             loss = F.cross_entropy(flat, input_ids[:, 1:].flatten())
+        elif how == "hf_pad_id":  # padding marked by the pad id: -100 crashes it
+            loss = F.cross_entropy(flat, labels[:, 1:].flatten(), ignore_index=0)
         elif how == "hf_zeros_counted":
             loss = F.cross_entropy(flat, labels[:, 1:].flatten(), reduction="none").mean()
         else:  # label smoothing: a deliberate difference
@@ -492,6 +494,13 @@ def test_a_models_own_loss_is_matched_to_the_slip_it_makes(cls, how, status, sai
     torch.manual_seed(seed)
     result = run(adapt(cls(how), task="causal_lm"), "model_loss", seed=seed)
     assert result.status == status and said in result.summary, result.summary
+
+
+def test_a_loss_that_ignores_padding_by_the_pad_id_warns_that_minus_100_crashes_it():
+    result = run(adapt(HFLossLM("hf_pad_id"), task="causal_lm", pad_token_id=0), "model_loss")
+    assert result.status == "warn", result.summary
+    assert "it ignores padding by the pad id (ignore_index=pad_token_id)" in result.summary
+    assert "Target -100 is out of bounds" in result.summary
 
 
 class KeepMaskAsPaddingMask(nn.Module):

@@ -50,6 +50,39 @@ def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> float:
                                  ignore_index=IGNORE_INDEX))
 
 
+def _ignores_by_pad_id(adapter, x, mask, labels, param: str, next_tokens: bool,
+                       exc: Exception) -> CheckResult:
+    """The model raised on -100 in its labels: does it mark padding with its pad id instead?"""
+    name = "model_loss"
+    pad = adapter.pad_token_id if adapter.pad_token_id is not None else 0
+    by_pad = labels.masked_fill(labels == IGNORE_INDEX, pad)
+    said = (f"Calling forward with {param} marked -100 where padded (Hugging Face's "
+            f"convention, what its collators produce) raised {type(exc).__name__}: "
+            f"{str(exc)[:120].rstrip('.')}")
+    try:
+        logits, own = _own_loss(adapter, x, mask, by_pad)
+    except Exception:
+        own = None
+    if own is None:
+        return CheckResult(name, 1, "skip", f"{said}; with the pad id there instead it gives "
+                           "no loss either, so its own loss cannot be compared.")
+    expected = _cross_entropy(logits[:, :-1], labels[:, 1:]) if not next_tokens else \
+        _cross_entropy(logits, labels)
+    own_value = float(own)
+    metrics = {"model_loss": own_value, "task_loss": expected, "ignores": f"pad id {pad}",
+               "rel_diff": _rel(own_value, expected)}
+    if _rel(own_value, expected) <= 1e-5:
+        return CheckResult(name, 1, "warn", f"{said}. With the pad id ({pad}) there instead "
+                           f"its loss ({own_value:.4f}) equals the task loss ({expected:.4f}): "
+                           "it ignores padding by the pad id (ignore_index=pad_token_id). "
+                           "Batches from Hugging Face's collators, or any labels with -100, "
+                           "crash it; ignore_index=-100 takes both once pads are marked -100.",
+                           metrics)
+    return CheckResult(name, 1, "skip", f"{said}; with the pad id ({pad}) there its loss is "
+                       f"{own_value:.4f} against a task loss of {expected:.4f}, so what it "
+                       "ignores is unclear and its own loss cannot be compared.", metrics)
+
+
 @register("model_loss", tier=1, thresholds=("rtol",))
 def check_model_loss(adapter, options) -> CheckResult:
     name = "model_loss"
@@ -81,6 +114,8 @@ def check_model_loss(adapter, options) -> CheckResult:
     try:
         logits, own = _own_loss(adapter, x, mask, labels)
     except Exception as exc:  # the model's labels mean something else: nothing to compare
+        if mask is not None and str(IGNORE_INDEX) in str(exc):
+            return _ignores_by_pad_id(adapter, x, mask, labels, param, next_tokens, exc)
         return CheckResult(name, 1, "skip", f"Calling forward with {param}=<labels> raised "
                            f"{type(exc).__name__}: {str(exc)[:160]}; its own loss cannot be "
                            "compared.")
