@@ -532,3 +532,20 @@ def test_a_mask_that_blocks_every_key_is_the_finding_not_its_nan():
         assert report[name].status == "skip" and "not finite" in report[name].summary
     assert "outputs are not finite at init" in report["initial_loss"].summary
     assert "blocks every key" in report["output_stability"].summary
+
+
+def test_failures_that_only_follow_from_an_inverted_mask_depend_on_it():
+    adapter = adapt(InvertedMaskEncoder(), task="masked_lm", max_seq_len=32)
+    before = adapter.spec.mask_style
+    report = {r.name: r for r in run_tier1(adapter, options=CheckOptions(), progress=False)
+              .results}
+    assert report["padding_invariance"].status == "fail"
+    follows = [r for r in report.values() if r.summary.startswith("Depends on padding_invariance")]
+    assert {r.name for r in follows} == {"gradient_flow"}, {n: r.status for n, r in report.items()}
+    # the encoder has no positions at all: that failure is its own, and said to be
+    assert report["position_information"].status == "fail"
+    assert "it still fails" in report["position_information"].summary
+    for r in follows:  # asked again with the mask flipped, they pass
+        assert r.status == "skip" and r.metrics["with_mask_flipped"] in ("pass", "warn", "skip")
+        assert "fed the mask the other way round this check" in r.summary
+    assert adapter.spec.mask_style == before  # the adapter is left as it was

@@ -368,6 +368,50 @@ def _crash_finding(result: CheckResult, first_of: dict[tuple, str]) -> None:
                       + f": {err['type']}: {message}." + (f" {hint}." if hint else ""))
 
 
+_FLIPPED = {"keep": "pad", "keep_bool": "pad", "pad": "keep"}
+
+
+@contextmanager
+def _mask_flipped(adapter) -> Iterator[bool]:
+    """The adapter feeds the padding mask the other way round while inside (True when it
+    could)."""
+    spec = adapter.spec
+    old = spec.mask_style
+    if old not in _FLIPPED:
+        yield False
+        return
+    spec.mask_style = _FLIPPED[old]
+    try:
+        yield True
+    finally:
+        spec.mask_style = old
+
+
+def _inverted_mask_finding(result: CheckResult, first: str, adapter,
+                           options: CheckOptions) -> None:
+    """A failure after a check found the mask applied inverted is asked again with the mask
+    fed the other way round; when it then passes it only follows from that finding and says
+    it depends on it (``skip``), as the checks a crash stops do."""
+    if result.status != "fail":
+        return
+    with _mask_flipped(adapter) as flipped:
+        if not flipped:
+            return
+        again = _run_one(result.name, adapter, options)
+    if again.status in ("pass", "warn", "skip"):
+        result.status = "skip"
+        result.metrics["with_mask_flipped"] = again.status
+        verdict = "passes" if again.status == "pass" else "does not fail"
+        result.summary = (f"Depends on {first}: the model applies its padding mask inverted, "
+                          "so with nothing padded it blocks the real tokens; fed the mask the "
+                          f"other way round this check {verdict}, so fix the mask first. (As "
+                          f"run: {result.summary})")
+    else:
+        result.summary += (f" [Asked again with the padding mask fed the other way round "
+                           f"({first} found it applied inverted), it still fails: the mask "
+                           "is read elsewhere too (pooling?) or this is a second problem.]")
+
+
 def run_checks(adapter, names: list[str], options: CheckOptions | None = None, *,
                progress: bool = True, model_info: dict[str, Any] | None = None) -> Report:
     """Run the named checks on ``adapter``; a crash is an ``error`` result, never a stop.
@@ -389,6 +433,7 @@ def run_checks(adapter, names: list[str], options: CheckOptions | None = None, *
     bar = _progress(names, progress)
     capped_by = None
     crashes: dict[tuple, str] = {}  # (type, file, line) of a crash in the model -> first check
+    inverted_by: str | None = None  # the check that found the model's mask applied inverted
     said = LibraryWarnings()
     with said.capture("the length probe"):
         runnable, prober = _probe_lengths(adapter, names, options)
@@ -410,6 +455,10 @@ def run_checks(adapter, names: list[str], options: CheckOptions | None = None, *
         with said.capture(name):
             result = _run_one(name, adapter, options)
         _crash_finding(result, crashes)
+        if inverted_by is not None:
+            _inverted_mask_finding(result, inverted_by, adapter, options)
+        elif result.status == "fail" and result.metrics.get("inverted_mask"):
+            inverted_by = name  # later failures may only follow from it: asked again
         if capped_by is not None:
             result.summary += (f" [Lengths capped at {options.max_len_cap}: the model fails "
                                f"beyond — see {capped_by}.]")

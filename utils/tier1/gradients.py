@@ -102,6 +102,12 @@ def check_gradient_flow(adapter, options) -> CheckResult:
     def listed(names):
         return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
 
+    if not math.isfinite(metrics["loss"]):
+        return CheckResult("gradient_flow", 1, "fail",
+                           f"The training-mode loss is {metrics['loss']}: with outputs that are "
+                           "not finite every gradient is NaN or missing, so none can be judged. "
+                           "output_stability says from which length; padding_invariance "
+                           "whether the mask makes them NaN.", metrics, threshold, rows)
     if bad:
         return CheckResult("gradient_flow", 1, "fail",
                            f"NaN/Inf gradients in {len(bad)} parameter(s): {listed(bad)}. "

@@ -256,7 +256,7 @@ def _nan_with_nothing_padded(adapter, batch: dict[str, torch.Tensor], seed: int,
                 f"{param} == 0 (src_key_padding_mask=attention_mask == 0 for "
                 "nn.TransformerEncoder / nn.MultiheadAttention), not attention_mask.bool().",
                 {"takes_mask": True, "nan_with_all_ones_mask": True,
-                 "finite_without_mask": True})
+                 "finite_without_mask": True, "inverted_mask": True})
     return _not_finite("padding_invariance", f"at batch 1 × {t}")
 
 
@@ -307,6 +307,7 @@ def check_padding_invariance(adapter, options) -> CheckResult:
     inverted = probed is not None and "inverted" in (probed.detail or "")
     constant = _same_at_every_position(adapter, clean)
     if inverted or constant:
+        metrics["inverted_mask"] = True  # the runner re-asks later failures with it flipped
         seen = ("with nothing padded, the outputs are the same at every position — every key is "
                 "masked, so attention sees nothing but the mask's fill" if constant else
                 "the load-time probe found it works only the other way round")

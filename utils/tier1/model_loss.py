@@ -13,6 +13,7 @@ causal LM (labels unshifted for a ``labels`` parameter, already the next tokens 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 import torch.nn.functional as F
@@ -137,6 +138,13 @@ def check_model_loss(adapter, options) -> CheckResult:
         rule = (f"{param} are the input ids (Hugging Face's convention): next-token "
                 "cross-entropy, the model shifting them")
     own_value = float(own)
+    if not (math.isfinite(own_value) and math.isfinite(expected)):
+        return CheckResult(name, 1, "skip", ("On a padded batch t" if mask is not None else
+                                             "T") + "he model's own loss is "
+                           f"{own_value:.4g} and the task loss of its logits {expected:.4g}: not "
+                           "finite, so they cannot be compared; padding_invariance and "
+                           "output_stability say where the NaN comes from.",
+                           {"model_loss": own_value, "task_loss": expected})
     # Exact up to float rounding: at init the logits are near uniform, so a slip's loss can
     # differ from the right one by only ~1e-5 (relative). So the loss is matched against each
     # candidate — the task loss and what each known slip computes — and the closest one is the
