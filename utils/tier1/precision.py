@@ -68,6 +68,50 @@ def _compare(adapter, batch, ref: torch.Tensor, ref_loss: float | None, dtype) -
     return row
 
 
+def _non_finite(values) -> bool:
+    values = values if isinstance(values, (tuple, list)) else (values,)
+    return any(isinstance(v, torch.Tensor) and v.is_floating_point() and
+               not bool(torch.isfinite(v).all()) for v in values)
+
+
+def _first_non_finite(adapter, batch: dict[str, torch.Tensor], dtype) -> str | None:
+    """The first module whose inputs are finite and whose output holds NaN/Inf under
+    autocast to ``dtype`` — where they are made, in its own code — with where its forward is
+    defined; or None."""
+    found: list[str] = []
+    names = {m: n for n, m in adapter.model.named_modules()}
+
+    def hook(module, args, out):
+        if not found and not _non_finite(args) and _non_finite(out):
+            found.append(_describe(module, names.get(module, "")))
+
+    handles = [m.register_forward_hook(hook) for m in adapter.model.modules()]
+    try:
+        with torch.autocast(adapter.device.type, dtype=dtype):
+            eval_logits(adapter, batch)
+    except Exception:  # a crash is reported by the run that raised it
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return found[0] if found else None
+
+
+def _describe(module: torch.nn.Module, name: str) -> str:
+    import inspect
+
+    label = f"'{name}' ({type(module).__name__})" if name else type(module).__name__
+    try:
+        file = inspect.getsourcefile(type(module).forward)
+        line = inspect.getsourcelines(type(module).forward)[1]
+    except (OSError, TypeError):
+        return label
+    if file and "site-packages" not in file and "/torch/" not in file:
+        from pathlib import Path
+        return f"{label}, forward at {Path(file).name}, line {line}"
+    return label
+
+
 def _finite_where_real(out: torch.Tensor, real: torch.Tensor) -> bool:
     """Finite at the real positions of a per-position output (everywhere for a pooled one)."""
     out = out.float()
@@ -165,10 +209,15 @@ def check_mixed_precision(adapter, options) -> CheckResult:
     if broken:
         names = ", ".join(r["dtype"] for r in broken)
         t4 = " (what Colab's T4 trains in)" if any(r["dtype"] == "fp16" for r in broken) else ""
+        first = _first_non_finite(adapter, batch, next(d for d in _NAMES
+                                                       if _NAMES[d] == broken[0]["dtype"]))
+        if first:
+            metrics["first_non_finite_module"] = first
+        at = f" (made in {first})" if first else ""
         return CheckResult(
             "mixed_precision", 1, "fail",
             f"Under {names} autocast{t4} the outputs hold NaN/Inf "
-            f"({broken[0]['non_finite_share']:.1%} of values) while fp32 is finite: values "
+            f"({broken[0]['non_finite_share']:.1%} of values){at} while fp32 is finite: values "
             "exceed the format's range (fp16 max 65504). Scale attention scores by "
             "1/sqrt(head_dim), keep residual streams normalised, and avoid huge constants "
             "(use -inf or torch.finfo(x.dtype).min for masks, not -1e9).",
