@@ -18,6 +18,7 @@ import math
 from utils.checks import register
 from utils.report import CheckResult
 from utils.tier1._common import (
+    NAN_SOURCES,
     after_one_step,
     eval_logits,
     moved_by_changing,
@@ -84,8 +85,7 @@ def check_context_use(adapter, options) -> CheckResult:
     if any(not math.isfinite(change) for _, change, _ in probes):
         return CheckResult(name, 1, "skip", f"The outputs are not finite at length {t} (NaN or "
                            "Inf), so whether they depend on the other tokens cannot be "
-                           "measured; output_stability and padding_invariance say where the "
-                           "NaN comes from.", {"seq_len": t}, rows=rows)
+                           "measured. " + NAN_SOURCES, {"seq_len": t}, rows=rows)
     metrics = {"seq_len": t, "min_rel_change": min(r["max_rel_change"] for r in rows)}
     dead = [(what, change, why) for what, change, why in probes if change <= tol]
     if not dead:

@@ -15,7 +15,7 @@ import torch
 
 from utils.checks import register
 from utils.report import CheckResult
-from utils.tier1._common import after_one_step
+from utils.tier1._common import NAN_SOURCES, after_one_step
 
 # key biases: softmax(q·(k + b)) = softmax(q·k + q·b), and q·b is constant across keys
 _ZERO_BY_CONSTRUCTION = re.compile(r"(^|\.)(k_proj|key|k|to_k|wk|k_lin)\.bias$")
@@ -106,8 +106,7 @@ def check_gradient_flow(adapter, options) -> CheckResult:
         return CheckResult("gradient_flow", 1, "fail",
                            f"The training-mode loss is {metrics['loss']}: with outputs that are "
                            "not finite every gradient is NaN or missing, so none can be judged. "
-                           "output_stability says from which length; padding_invariance "
-                           "whether the mask makes them NaN.", metrics, threshold, rows)
+                           + NAN_SOURCES, metrics, threshold, rows)
     if bad:
         return CheckResult("gradient_flow", 1, "fail",
                            f"NaN/Inf gradients in {len(bad)} parameter(s): {listed(bad)}. "

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from utils.checks import register
 from utils.report import CheckResult
 from utils.tasks import IGNORE_INDEX
-from utils.tier1._common import eval_logits, eval_randomness, random_in_eval
+from utils.tier1._common import NAN_SOURCES, eval_logits, eval_randomness, random_in_eval
 
 _NEXT_TOKEN_NAMES = ("targets", "target", "y")  # nanoGPT: the caller passes the next tokens
 
@@ -142,8 +142,7 @@ def check_model_loss(adapter, options) -> CheckResult:
         return CheckResult(name, 1, "skip", ("On a padded batch t" if mask is not None else
                                              "T") + "he model's own loss is "
                            f"{own_value:.4g} and the task loss of its logits {expected:.4g}: not "
-                           "finite, so they cannot be compared; padding_invariance and "
-                           "output_stability say where the NaN comes from.",
+                           "finite, so they cannot be compared. " + NAN_SOURCES,
                            {"model_loss": own_value, "task_loss": expected})
     # Exact up to float rounding: at init the logits are near uniform, so a slip's loss can
     # differ from the right one by only ~1e-5 (relative). So the loss is matched against each

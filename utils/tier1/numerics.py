@@ -10,6 +10,7 @@ from utils.checks import register
 from utils.report import CheckResult
 from utils.tasks import chance_loss
 from utils.tier1._common import (
+    NAN_SOURCES,
     eval_logits,
     first_failing_length,
     grid_batch,
@@ -116,8 +117,7 @@ def check_initial_loss(adapter, options) -> CheckResult:
         return CheckResult("initial_loss", 1, "fail",
                            f"The initial loss is {loss} (chance: {formula} = {expected:.3f}): the "
                            "model's outputs are not finite at init, so nothing can train. "
-                           "output_stability says from which length; padding_invariance "
-                           "whether the mask is what makes them NaN.", metrics, threshold)
+                           + NAN_SOURCES, metrics, threshold)
     if ratio > high:
         return CheckResult("initial_loss", 1, "fail",
                            f"{measured}, above ×{high:g}: the model is confidently wrong at init. "

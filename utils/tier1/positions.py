@@ -38,6 +38,7 @@ from utils.checks import register
 from utils.compare import rel_diff
 from utils.report import CheckResult
 from utils.tier1._common import (
+    NAN_SOURCES,
     eval_logits,
     eval_randomness,
     moved_by_changing,
@@ -349,9 +350,8 @@ def check_position_information(adapter, options) -> CheckResult:
     where = f"Positions: {family} ({evidence})."
     if not bool(torch.isfinite(eval_logits(adapter, batch, options.seed)).all()):
         return CheckResult(name, 1, "skip", f"{where} The outputs are not finite at length {t} "
-                           "(NaN or Inf), so whether positions reach them cannot be measured; "
-                           "output_stability and padding_invariance say where the NaN comes "
-                           "from.", metrics)
+                           "(NaN or Inf), so whether positions reach them cannot be measured. "
+                           + NAN_SOURCES, metrics)
     if adapter.task != "causal_lm":  # bidirectional, pooled or seq2seq: shuffle the tokens
         perm = torch.cat([torch.zeros(1, dtype=torch.long), torch.arange(t - 1, 0, -1)])
         shuffled = {**batch, "input_ids": batch["input_ids"][:, perm]}
