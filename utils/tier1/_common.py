@@ -247,30 +247,38 @@ class Snapshot:
         self.copy = None
 
 
-@contextmanager
-def after_one_step(adapter, options, lr: float = 1e-3) -> Iterator[None]:
-    """The model as after one optimizer step on a random batch, while inside; its weights
-    (and train/eval mode) as before afterwards.
+# Optimizer steps after which a branch closed by design must have opened: two, because two
+# zero matrices in series (modded-nanogpt zero-initialises both lm_head and each c_proj) give
+# the inner one a gradient only once the outer one has moved.
+OPENING_STEPS = 2
 
-    The step is Adam's first, ``lr · sign(grad)``: every parameter with a gradient moves by
+
+@contextmanager
+def after_first_steps(adapter, options, lr: float = 1e-3) -> Iterator[None]:
+    """The model as after its first :data:`OPENING_STEPS` optimizer steps on random batches,
+    while inside; its weights (and train/eval mode) as before afterwards.
+
+    Each step is Adam's first, ``lr · sign(grad)``: every parameter with a gradient moves by
     the same amount whatever its scale. What starts closed by design — a zero-initialised
-    output projection (modded-nanogpt), a layer scale or ReZero gain at 0 — opens after it,
-    as in training; a real cut (``.detach()``, a diagonal-only mask) does not.
+    output projection or head (modded-nanogpt), a layer scale or ReZero gain at 0 — opens
+    after them, as in training; a real cut (``.detach()``, a diagonal-only mask) does not.
     """
     model = adapter.model
     was_training = model.training
     snapshot = Snapshot(model)
     try:
         train_without_dropout(model)
-        model.zero_grad(set_to_none=True)
         t = min(options.max_len(adapter), 16)
-        loss = adapter.loss(adapter.make_inputs(2, t, seed=options.seed + 97))
-        if loss.requires_grad:
+        for step in range(OPENING_STEPS):
+            model.zero_grad(set_to_none=True)
+            loss = adapter.loss(adapter.make_inputs(2, t, seed=options.seed + 97 + step))
+            if not loss.requires_grad:
+                break
             loss.backward()
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.grad is not None and bool(torch.isfinite(p.grad).all()):
-                    p.add_(p.grad.sign(), alpha=-lr)
+            with torch.no_grad():
+                for p in model.parameters():
+                    if p.grad is not None and bool(torch.isfinite(p.grad).all()):
+                        p.add_(p.grad.sign(), alpha=-lr)
         model.zero_grad(set_to_none=True)
         model.eval()
         yield

@@ -19,7 +19,7 @@ from utils.checks import register
 from utils.report import CheckResult
 from utils.tier1._common import (
     NAN_SOURCES,
-    after_one_step,
+    after_first_steps,
     eval_logits,
     moved_by_changing,
     token_key,
@@ -93,15 +93,15 @@ def check_context_use(adapter, options) -> CheckResult:
                          for what, change, _ in probes)
         return CheckResult(name, 1, "pass", f"Outputs depend on the other tokens: {said} "
                            "(relative).", metrics, threshold, rows)
-    with after_one_step(adapter, options):  # closed at init by design (a zero projection)?
+    with after_first_steps(adapter, options):  # closed at init by design (a zero projection)?
         still = [p for p in _probes(adapter, options, t) if p[1] <= tol]
-    metrics["dead_after_one_step"] = len(still)
+    metrics["dead_after_first_steps"] = len(still)
     if not still:
         return CheckResult(name, 1, "pass", f"At initialisation changing {dead[0][0]} "
                            f"leaves the outputs unchanged (max relative change "
                            f"{dead[0][1]:.1e}) — a branch starts closed by design (a zero-"
                            "initialised output projection, a layer scale or ReZero gain at "
-                           "0); after one optimizer step every probe moves the outputs, so "
+                           "0); after the first optimizer steps every probe moves the outputs, so "
                            "the context path is there.", metrics, threshold, rows)
     what, change, why = dead[0]
     return CheckResult(

@@ -15,7 +15,7 @@ import torch
 
 from utils.checks import register
 from utils.report import CheckResult
-from utils.tier1._common import NAN_SOURCES, after_one_step
+from utils.tier1._common import NAN_SOURCES, after_first_steps
 
 # key biases: softmax(q·(k + b)) = softmax(q·k + q·b), and q·b is constant across keys
 _ZERO_BY_CONSTRUCTION = re.compile(r"(^|\.)(k_proj|key|k|to_k|wk|k_lin)\.bias$")
@@ -48,7 +48,7 @@ def _closed_at_init(adapter, options, cut: list[str]) -> list[str]:
     """Of the parameters in ``cut`` (no or zero gradient), those that get one after a first
     optimizer step: their branch starts closed by design — a zero-initialised output
     projection (modded-nanogpt), a layer scale or ReZero gain at 0 — and training opens it."""
-    with after_one_step(adapter, options):
+    with after_first_steps(adapter, options):
         _, grads = _backward(adapter, options)
     return [n for n in cut if grads.get(n) is not None and
             bool(torch.isfinite(grads[n]).all()) and bool(grads[n].any())]
@@ -84,7 +84,7 @@ def check_gradient_flow(adapter, options) -> CheckResult:
         if (missing or zero) and loss.requires_grad else []
     for r in rows:
         if r["parameter"] in closed:
-            r["state"] = "closed at init (the first optimizer step opens it)"
+            r["state"] = "closed at init (the first optimizer steps open it)"
     missing = [n for n in missing if n not in closed]
     zero = [n for n in zero if n not in closed]
     bad = [r["parameter"] for r in rows if r["state"] == "non-finite"]
@@ -128,9 +128,9 @@ def check_gradient_flow(adapter, options) -> CheckResult:
             f"Layer gradient norms differ by ×{spread:.2g} (warn above ×{max_spread:g}); the "
             f"smallest is '{low}': gradients vanish there. Check residual connections and norms.",
             metrics, threshold, rows)
-    opened = (f" — {len(closed)} of them ({listed(closed)}) from the second step on: their "
+    opened = (f" — {len(closed)} of them ({listed(closed)}) only after the first steps: their "
               "branch starts closed by design (a zero-initialised output projection, a layer "
-              "scale or ReZero gain at 0) and the first optimizer step opens it" if closed
+              "scale or ReZero gain at 0) and the first optimizer steps open it" if closed
               else "")
     return CheckResult("gradient_flow", 1, "pass",
                        f"All {len(rows)} parameters receive finite gradients{opened}; layer "
