@@ -98,6 +98,35 @@ def test_seq2seq_decoders_are_checked_on_the_decoder_side(causal, status):
     assert result.status == status and "decoder tokens" in result.summary
 
 
+class LayerScaledMixLM(MixLM):
+    """The token mixing behind a CaiT-style layer scale of 1e-5: any leak starts ~1e-6."""
+
+    def __init__(self, mix):
+        super().__init__(mix)
+        self.gain = nn.Parameter(torch.full((32,), 1e-5))
+
+    def forward(self, input_ids):
+        h = self.tok(input_ids) + self.pos(torch.arange(input_ids.shape[1]))
+        h = h + self.gain * torch.tanh(self.lin(self.mixed(h)))
+        return self.head(F.layer_norm(h, h.shape[-1:]))
+
+
+@pytest.mark.parametrize(("mix", "status"), [("causal", "pass"), ("next", "fail")])
+def test_a_leak_through_a_branch_that_starts_small_is_caught(mix, status):
+    result = run(adapt(LayerScaledMixLM(mix), task="causal_lm"), "causal_masking")
+    assert result.status == status, result.summary
+    if status == "fail":
+        assert "At init the leak is only" in result.summary
+        assert result.metrics["max_rel_leak_at_init"] <= 1e-5 < result.metrics["max_rel_leak"]
+
+
+def test_a_bidirectional_model_with_a_small_mixing_branch_is_not_taken_for_causal():
+    adapter = adapt(LayerScaledMixLM("all"))
+    assert adapter.task == "masked_lm", adapter.evidence["task"]
+    assert "after two gradient steps" in adapter.evidence["causal_probe"].detail
+    assert adapt(LayerScaledMixLM("causal")).evidence["causal_probe"].value == "causal"
+
+
 # ---- batch_independence -------------------------------------------------------------------
 @pytest.mark.parametrize("mix", ["batch", "seq_first"])
 def test_samples_mixing_in_eval_mode_fail(mix):

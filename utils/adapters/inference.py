@@ -104,7 +104,10 @@ def decide_task(*, override: str | None, flat: dict, class_name: str, spec: Forw
         causal_probe = Evidence(
             "leaks" if leaks else "causal", "probe",
             f"changing the last token moved earlier outputs by {probe.leak:.2e} (relative; "
-            f"{'above' if leaks else 'within'} 1e-4)")
+            f"{'above' if leaks else 'within'} 1e-4)" + (
+                f" after two gradient steps — {probe.leak_at_init:.1e} at init, where its "
+                "mixing branch starts small (a layer scale)"
+                if probe.leak_at_init is not None else ""))
     if override:
         return Evidence(normalise_task(override, "The task override"), "override",
                         f"task={override!r} given explicitly"), causal_probe

@@ -17,6 +17,7 @@ from utils.compare import rel_diff
 from utils.report import CheckResult
 from utils.tasks import IGNORE_INDEX
 from utils.tier1._common import (
+    after_first_steps,
     different_ids,
     eval_logits,
     eval_randomness,
@@ -56,24 +57,27 @@ def check_causal_masking(adapter, options) -> CheckResult:
     ref = eval_logits(adapter, base, options.seed).float()
     if not _finite(ref):
         return _not_finite("causal_masking", f"at batch 1 × {t}")
-    scale = float(ref.abs().max())
     tol = options.threshold("causal_masking.rtol", _EXACT)
-    rows = []
-    for i, cut in enumerate(_cuts(t)):
-        ids = base[key].clone()
-        ids[:, cut:] = different_ids(adapter, ids[:, cut:], key, options.seed + 1 + i)
-        out = eval_logits(adapter, {**base, key: ids}, options.seed).float()
-        moved = (out[0, :cut] - ref[0, :cut]).abs().amax(-1) / max(scale, 1e-12)  # (cut,)
-        leaked = (moved > tol).nonzero().flatten().tolist()
-        rows.append({"changed_from": cut, "max_rel_change_before": float(moved.max()),
-                     "positions_moved": len(leaked), "earliest_moved": leaked[0] if leaked
-                     else None, "only_previous_moved": leaked == [cut - 1]})
+    rows = _leak_rows(adapter, base, key, ref, tol, options.seed)
     worst = max(r["max_rel_change_before"] for r in rows)
     side = "decoder " if key == "decoder_input_ids" else ""
     metrics = {"seq_len": t, "cuts_tested": len(rows), "max_rel_leak": worst,
                "leaking_cuts": sum(r["positions_moved"] > 0 for r in rows)}
     threshold = {"max_rel_leak": tol}
     leaks = [r for r in rows if r["positions_moved"]]
+    grown = ""
+    if not leaks and worst > _TINY_LEAK:  # a leak through a branch that starts small?
+        with after_first_steps(adapter, options):
+            later = _leak_rows(adapter, base, key, eval_logits(adapter, base, options.seed)
+                               .float(), tol, options.seed)
+        if any(r["positions_moved"] for r in later):
+            rows, leaks = later, [r for r in later if r["positions_moved"]]
+            metrics["max_rel_leak_at_init"] = worst
+            metrics["max_rel_leak"] = max(r["max_rel_change_before"] for r in later)
+            grown = (f" At init the leak is only {worst:.1e}, within the threshold, because the "
+                     "branch it goes through starts small (a layer scale, a zero-initialised "
+                     "projection); after the first two optimizer steps it is "
+                     f"{metrics['max_rel_leak']:.1e} and grows with training.")
     if not leaks:
         return CheckResult(
             "causal_masking", 1, "pass",
@@ -93,8 +97,32 @@ def check_causal_masking(adapter, options) -> CheckResult:
         f"Future {side}tokens leak into earlier outputs: changing tokens from position "
         f"{first['changed_from']} on moved earlier outputs by up to "
         f"{first['max_rel_change_before']:.2e} (relative; allowed {tol:g}); {diagnosis}. A model "
-        "that sees the future trains to a low loss and then cannot generate.",
+        "that sees the future trains to a low loss and then cannot generate." + grown,
         metrics, threshold, rows)
+
+
+# A causal model's earlier outputs do not move at all when later tokens change (masked scores
+# softmax to exactly 0); above this a leak within the threshold is looked at again after the
+# first optimizer steps, in case it runs through a branch that starts small.
+_TINY_LEAK = 1e-7
+
+
+def _leak_rows(adapter, base, key: str, ref: torch.Tensor, tol: float,
+               seed: int) -> list[dict]:
+    """Per cut k: how far outputs before k move when the tokens from k on change."""
+    t = base[key].shape[1]
+    scale = float(ref.abs().max())
+    rows = []
+    for i, cut in enumerate(_cuts(t)):
+        ids = base[key].clone()
+        ids[:, cut:] = different_ids(adapter, ids[:, cut:], key, seed + 1 + i)
+        out = eval_logits(adapter, {**base, key: ids}, seed).float()
+        moved = (out[0, :cut] - ref[0, :cut]).abs().amax(-1) / max(scale, 1e-12)  # (cut,)
+        leaked = (moved > tol).nonzero().flatten().tolist()
+        rows.append({"changed_from": cut, "max_rel_change_before": float(moved.max()),
+                     "positions_moved": len(leaked), "earliest_moved": leaked[0] if leaked
+                     else None, "only_previous_moved": leaked == [cut - 1]})
+    return rows
 
 
 # ---- batch_independence -----------------------------------------------------------------
