@@ -580,3 +580,54 @@ def test_failures_that_only_follow_from_an_inverted_mask_depend_on_it():
         assert r.status == "skip" and r.metrics["with_mask_flipped"] in ("pass", "warn", "skip")
         assert "fed the mask the other way round this check" in r.summary
     assert adapter.spec.mask_style == before  # the adapter is left as it was
+
+
+# ---- where a leak or the padding enters (module by module) --------------------------------
+class TimeNorm(nn.Module):
+    """RMSNorm over the wrong axis: the sequence (dim 1) instead of the features."""
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(1, keepdim=True) + 1e-6)
+
+
+class TimeNormLM(MixLM):
+    def __init__(self):
+        super().__init__("causal")
+        self.norm = TimeNorm()
+
+    def forward(self, input_ids):
+        h = self.tok(input_ids) + self.pos(torch.arange(input_ids.shape[1]))
+        h = h + torch.tanh(self.lin(self.mixed(self.norm(h))))
+        return self.head(h)
+
+
+def test_a_causal_leak_is_traced_to_the_module_it_enters_at():
+    result = run(adapt(TimeNormLM(), task="causal_lm"), "causal_masking")
+    assert result.status == "fail" and result.metrics["leak_enters_at"] == "norm"
+    assert "it enters at 'norm' (TimeNorm), forward at test_tier1_silent_bugs.py, line" in \
+        result.summary and "normalises over the sequence axis" in result.summary
+
+
+class LastPositionClassifier(nn.Module):
+    """Attention that honours the mask, then the last position pooled: a pad when padded."""
+
+    def __init__(self, vocab=64, d=32, classes=3, max_len=32):
+        super().__init__()
+        self.max_seq_len = max_len
+        self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(max_len, d)
+        self.attn = nn.MultiheadAttention(d, 4, batch_first=True)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, input_ids, attention_mask=None):
+        x = self.tok(input_ids) + self.pos(torch.arange(input_ids.shape[1]))
+        pad = None if attention_mask is None else attention_mask == 0
+        x = x + self.attn(x, x, x, key_padding_mask=pad, need_weights=False)[0]
+        return self.head(x[:, -1])  # the bug: a pad in a right-padded row
+
+
+def test_a_classifier_pooling_a_pad_is_told_from_a_mask_that_does_not_work():
+    result = run(adapt(LastPositionClassifier(), task="classification", num_classes=3),
+                 "padding_invariance")
+    assert result.status == "fail", result.summary
+    assert "the hidden states at the real positions are unchanged" in result.summary
+    assert "x[range(B), attention_mask.sum(1) - 1]" in result.summary

@@ -212,6 +212,83 @@ NAN_SOURCES = ("output_stability says from which length they are not finite; "
                "padding_invariance whether the padding mask is what makes them NaN.")
 
 
+def describe_module(module: nn.Module, name: str) -> str:
+    """``'name' (Class)``, with where its forward is defined when that is the user's code."""
+    import inspect
+    from pathlib import Path
+
+    label = f"'{name}' ({type(module).__name__})" if name else type(module).__name__
+    try:
+        file = inspect.getsourcefile(type(module).forward)
+        line = inspect.getsourcelines(type(module).forward)[1]
+    except (OSError, TypeError):
+        return label
+    if file and "site-packages" not in file and f"{Path('torch')}/" not in file:
+        return f"{label}, forward at {Path(file).name}, line {line}"
+    return label
+
+
+@dataclass(frozen=True)
+class Mixing:
+    """Where a change elsewhere in the sequence (later tokens, padding) enters the first
+    positions: ``first`` is ``(name, module)`` of the first module whose inputs there are the
+    same and whose output is not (None when no module's is); ``touched`` whether any
+    submodule's inputs or outputs there differ at all."""
+
+    first: tuple[str, nn.Module] | None
+    touched: bool
+
+
+def where_positions_mix(adapter, before: dict[str, torch.Tensor],
+                        after: dict[str, torch.Tensor], keep: int, seed: int,
+                        tol: float = 1e-5) -> Mixing | None:
+    """Compare, module by module (in the order calls finish), what the forwards of
+    ``before`` and ``after`` see and give at positions ``:keep``; None when the two forwards
+    cannot be lined up. Only batch-first tensors of the whole sequence are compared (dim 0
+    the batch, dim 1 the run's length)."""
+    names = {m: n for n, m in adapter.model.named_modules()}
+    b = before["input_ids"].shape[0]
+
+    def run(batch) -> list[tuple[nn.Module, list, list]]:
+        lengths = {v.shape[1] for v in batch.values() if v.ndim == 2}  # encoder, decoder
+
+        def early(values) -> list[torch.Tensor]:  # [B, T, …] tensors of a sequence's length
+            values = values if isinstance(values, (tuple, list)) else (values,)
+            return [v[:, :keep].detach().float().clone() for v in values
+                    if isinstance(v, torch.Tensor) and v.ndim >= 2 and v.shape[0] == b
+                    and v.shape[1] in lengths and (v.is_floating_point() or
+                                                   v.dtype == torch.long)]
+
+        calls: list[tuple[nn.Module, list, list]] = []
+        hooks = [m.register_forward_hook(
+            lambda mod, args, out: calls.append((mod, early(args), early(out))))
+            for m in adapter.model.modules()]
+        try:
+            eval_logits(adapter, batch, seed)
+        finally:
+            for h in hooks:
+                h.remove()
+        return calls
+
+    def same(xs: list, ys: list) -> bool:
+        return len(xs) == len(ys) and all(
+            x.shape == y.shape and rel_diff(x, y) <= tol for x, y in zip(xs, ys, strict=True))
+
+    try:
+        one, two = run(before), run(after)
+    except Exception:
+        return None
+    first, touched = None, False
+    for (mod, ins, outs), (mod2, ins2, outs2) in zip(one, two, strict=False):
+        if mod is not mod2:
+            return None  # the calls went differently: nothing to line up
+        if mod is not adapter.model and not (same(ins, ins2) and same(outs, outs2)):
+            touched = True
+        if first is None and outs and same(ins, ins2) and not same(outs, outs2):
+            first = names.get(mod, ""), mod
+    return Mixing(first, touched)
+
+
 def train_without_dropout(model: nn.Module) -> None:
     """Train mode with every dropout module in eval, so train-mode forwards are repeatable."""
     model.train()

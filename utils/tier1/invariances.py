@@ -18,12 +18,14 @@ from utils.report import CheckResult
 from utils.tasks import IGNORE_INDEX
 from utils.tier1._common import (
     after_first_steps,
+    describe_module,
     different_ids,
     eval_logits,
     eval_randomness,
     random_in_eval,
     token_key,
     train_without_dropout,
+    where_positions_mix,
 )
 
 _EXACT = 1e-5  # relative; what float noise between two equivalent forwards stays under
@@ -92,6 +94,21 @@ def check_causal_masking(adapter, options) -> CheckResult:
     else:
         diagnosis = (f"position {first['earliest_moved']} already sees later tokens — the "
                      "causal mask is missing, not applied, or built from the wrong length")
+    changed = base[key].clone()
+    changed[:, first["changed_from"]:] = different_ids(
+        adapter, changed[:, first["changed_from"]:], key, options.seed + 1)
+    mixing = where_positions_mix(adapter, base, {**base, key: changed}, first["changed_from"],
+                                 options.seed)
+    if mixing is not None and mixing.first is not None:
+        name, module = mixing.first
+        metrics["leak_enters_at"] = name
+        if _is_norm(module, name):
+            diagnosis = (f"it enters at {describe_module(module, name)}, which mixes "
+                         "positions: it normalises over the sequence axis (a mean or variance "
+                         "over dim 1) — normalise each position over its features (dim -1)")
+        else:
+            diagnosis += (f"; it enters at {describe_module(module, name)} (or its softmax "
+                          "runs over the wrong axis: dim=-1, the keys, not -2)")
     return CheckResult(
         "causal_masking", 1, "fail",
         f"Future {side}tokens leak into earlier outputs: changing tokens from position "
@@ -105,6 +122,10 @@ def check_causal_masking(adapter, options) -> CheckResult:
 # softmax to exactly 0); above this a leak within the threshold is looked at again after the
 # first optimizer steps, in case it runs through a branch that starts small.
 _TINY_LEAK = 1e-7
+
+
+def _is_norm(module, name: str) -> bool:
+    return "norm" in type(module).__name__.lower() or "norm" in name.rsplit(".", 1)[-1].lower()
 
 
 def _leak_rows(adapter, base, key: str, ref: torch.Tensor, tol: float,
@@ -347,10 +368,32 @@ def check_padding_invariance(adapter, options) -> CheckResult:
             "scores.masked_fill(attention_mask == 0, float('-inf')); key_padding_mask (True = "
             "padding) → scores.masked_fill(key_padding_mask, float('-inf'))." + found,
             metrics, threshold, rows)
+    advice = ("the mask is ignored or applied wrongly. Apply it to the attention scores of "
+              "every layer (masked keys → -inf before softmax), and mind its meaning: "
+              "attention_mask 1 = real token, key_padding_mask True = padding.")
+    mixing = where_positions_mix(adapter, batch, _pad_right(adapter, batch, extra), t,
+                                 options.seed)
+    enters = mixing.first if mixing is not None else None
+    if mixing is not None and not mixing.touched and adapter.task == "classification":
+        enters = ("", adapter.model)  # every hidden state agrees: the pooling reads the pads
+    if enters is not None:
+        name, module = enters
+        metrics["padding_enters_at"] = name
+        if module is adapter.model and adapter.task == "classification":
+            advice = ("the hidden states at the real positions are unchanged, so the mask works "
+                      "in attention; what changes is the pooling, which reads padded positions "
+                      "(x[:, -1] is a pad in a right-padded row, a mean over all positions "
+                      "counts the pads). Pool the first token, the last real one "
+                      "(x[range(B), attention_mask.sum(1) - 1]) or a mean weighted by the mask.")
+        elif _is_norm(module, name):
+            advice = (f"it enters at {describe_module(module, name)}, which normalises over "
+                      "the sequence axis, pads included — normalise each position over its "
+                      "features (dim -1).")
+        else:
+            advice += (" The padding first reaches the real positions in "
+                       f"{describe_module(module, name)}.")
     return CheckResult(
         "padding_invariance", 1, "fail",
         f"The model takes a mask ('{param}') but {how} moved the outputs at "
-        f"real positions by {worst:.2e} (relative; allowed {tol:g}): the mask is ignored or "
-        "applied wrongly. Apply it to the attention scores of every layer (masked keys → -inf "
-        "before softmax), and mind its meaning: attention_mask 1 = real token, "
-        "key_padding_mask True = padding." + found, metrics, threshold, rows)
+        f"real positions by {worst:.2e} (relative; allowed {tol:g}): {advice}" + found,
+        metrics, threshold, rows)

@@ -15,7 +15,7 @@ import torch
 from utils.checks import register
 from utils.errors import locate_in_files
 from utils.report import CheckResult
-from utils.tier1._common import eval_logits, eval_randomness, random_in_eval
+from utils.tier1._common import describe_module, eval_logits, eval_randomness, random_in_eval
 
 _NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
 # Relative Frobenius deviation from fp32 to warn above: ~8× each format's epsilon
@@ -83,7 +83,7 @@ def _first_non_finite(adapter, batch: dict[str, torch.Tensor], dtype) -> str | N
 
     def hook(module, args, out):
         if not found and not _non_finite(args) and _non_finite(out):
-            found.append(_describe(module, names.get(module, "")))
+            found.append(describe_module(module, names.get(module, "")))
 
     handles = [m.register_forward_hook(hook) for m in adapter.model.modules()]
     try:
@@ -95,21 +95,6 @@ def _first_non_finite(adapter, batch: dict[str, torch.Tensor], dtype) -> str | N
         for h in handles:
             h.remove()
     return found[0] if found else None
-
-
-def _describe(module: torch.nn.Module, name: str) -> str:
-    import inspect
-
-    label = f"'{name}' ({type(module).__name__})" if name else type(module).__name__
-    try:
-        file = inspect.getsourcefile(type(module).forward)
-        line = inspect.getsourcelines(type(module).forward)[1]
-    except (OSError, TypeError):
-        return label
-    if file and "site-packages" not in file and "/torch/" not in file:
-        from pathlib import Path
-        return f"{label}, forward at {Path(file).name}, line {line}"
-    return label
 
 
 def _finite_where_real(out: torch.Tensor, real: torch.Tensor) -> bool:
