@@ -380,6 +380,11 @@ def moved_by_changing(adapter, batch: dict[str, torch.Tensor], key: str, where: 
     ids = batch[key].clone()
     ids[:, where] = different_ids(adapter, ids[:, where], key, seed)
     out = eval_logits(adapter, {**batch, key: ids}, seed).float()
+    # Centred over the last axis: a constant added to every logit changes nothing (softmax),
+    # and one that dwarfs the rest (modded-nanogpt's 30·sigmoid(z / 7.5) soft cap sits at 15)
+    # must not hide a change as a tiny relative one.
+    if ref.shape[-1] > 1:
+        ref, out = ref - ref.mean(-1, keepdim=True), out - out.mean(-1, keepdim=True)
     if look is not None:
         return rel_diff(ref[:, look], out[:, look], scale=float(ref.abs().max()))
     return rel_diff(ref, out)
