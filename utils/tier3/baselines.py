@@ -276,14 +276,17 @@ def baseline_for(adapter: Any, baseline: str = "gpt", *, max_seq_len: int | None
         a, b = 12 * n_layer, vocab + length + 13 * n_layer + 2 + (classes or 0)
         c = (classes or 0) - target
         root = (-b + math.sqrt(b * b - 4 * a * c)) / (2 * a) if b * b - 4 * a * c >= 0 else 0
-        step = 1 if root < 64 else 8
-        for d in {max(8, math.floor(root / step) * step), max(8, math.ceil(root / step) * step)}:
+        # widths in steps of 8 when wide (round, as people choose them), or of 4 where no
+        # multiple of 8 comes within the tolerance at this depth
+        steps = (1,) if root < 64 else (8, 4)
+        widths = {max(8, f(root / step) * step) for step in steps for f in (math.floor, math.ceil)}
+        for d in sorted(widths):
             count = baseline_parameters(vocab, length, d, n_layer, classes)
             off = abs(count / target - 1)
             if off > tolerance:
                 continue
             shape = abs(math.log(n_layer / depth)) if depth else abs(math.log(d / n_layer / 32))
-            key = (round(shape, 6), off)
+            key = (round(shape, 6), root >= 64 and d % 8 != 0, off)
             if best_key is None or key < best_key:
                 best, best_key = (d, n_layer, count), key
     if best is None:
