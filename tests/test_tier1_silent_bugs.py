@@ -631,3 +631,38 @@ def test_a_classifier_pooling_a_pad_is_told_from_a_mask_that_does_not_work():
     assert result.status == "fail", result.summary
     assert "the hidden states at the real positions are unchanged" in result.summary
     assert "x[range(B), attention_mask.sum(1) - 1]" in result.summary
+
+
+class SoftmaxAxisAttention(nn.Module):
+    """One attention layer softmaxing its [B, H, T, T] scores over ``axis`` (-1 is right)."""
+
+    def __init__(self, axis=-1, causal=True, vocab=64, d=32, heads=2, max_len=32):
+        super().__init__()
+        self.max_seq_len, self.axis, self.causal, self.heads = max_len, axis, causal, heads
+        self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(max_len, d)
+        self.qkv, self.head = nn.Linear(d, 3 * d), nn.Linear(d, vocab)
+
+    def forward(self, input_ids, attention_mask=None):
+        b, t = input_ids.shape
+        x = self.tok(input_ids) + self.pos(torch.arange(t))
+        q, k, v = (z.view(b, t, self.heads, -1).transpose(1, 2) for z in self.qkv(x).chunk(3, -1))
+        s = q @ k.transpose(-1, -2) / 4
+        if attention_mask is not None:  # BERT's additive mask: a finite -1e4 on padded keys
+            s = s + (1.0 - attention_mask[:, None, None, :].float()) * -1e4
+        if self.causal:
+            s = s.masked_fill(~torch.ones(t, t, dtype=torch.bool).tril(), float("-inf"))
+        w = s.softmax(self.axis).nan_to_num()
+        return self.head(x + (w @ v).transpose(1, 2).reshape(b, t, -1))
+
+
+@pytest.mark.parametrize(("axis", "causal", "check", "said"), [
+    (-2, True, "causal_masking", "softmax over the queries (dim=-2)"),
+    (1, False, "padding_invariance", "softmax over the heads (dim=1)")])
+def test_a_softmax_over_the_wrong_axis_is_named(axis, causal, check, said):
+    model = SoftmaxAxisAttention(axis, causal)
+    result = run(adapt(model, task="causal_lm" if causal else "masked_lm", mask_token_id=1), check)
+    assert result.status == "fail" and said in result.summary, result.summary
+    assert "test_tier1_silent_bugs.py, line" in result.summary and "dim=-1" in result.summary
+    right = run(adapt(SoftmaxAxisAttention(-1, causal), task="causal_lm" if causal else
+                      "masked_lm", mask_token_id=1), check)
+    assert right.status == "pass", right.summary

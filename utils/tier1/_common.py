@@ -289,6 +289,56 @@ def where_positions_mix(adapter, before: dict[str, torch.Tensor],
     return Mixing(first, touched)
 
 
+def call_site(files: set[str]) -> str | None:
+    """'file, line N: code' of the innermost frame of the current stack in ``files``."""
+    import traceback
+    from pathlib import Path
+
+    for frame in reversed(traceback.extract_stack()):
+        if frame.filename in files:
+            return f"{Path(frame.filename).name}, line {frame.lineno}: {(frame.line or '')[:80]}"
+    return None
+
+
+def softmax_off_the_keys(adapter, batch: dict[str, torch.Tensor], seed: int) -> str | None:
+    """Where the model softmaxes attention scores over another axis than the keys, or None.
+
+    Scores are a tensor whose last two axes both have the sequence's length ([…, T, T]); a
+    softmax over them must run over the last (the keys). One over the queries (dim=-2) or the
+    heads (dim=1) trains, and leaks or mixes what it should not.
+    """
+    from torch.overrides import TorchFunctionMode
+
+    lengths = {v.shape[1] for v in batch.values() if v.ndim == 2}
+    files = adapter.model_files
+
+    class Watch(TorchFunctionMode):
+        found: str | None = None
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if self.found is None and getattr(func, "__name__", "") == "softmax" and args and \
+                    isinstance(args[0], torch.Tensor):
+                x = args[0]
+                dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+                if isinstance(dim, int) and x.ndim >= 3 and x.shape[-1] in lengths and \
+                        x.shape[-2] == x.shape[-1] and dim % x.ndim != x.ndim - 1:
+                    axis = "the queries" if dim % x.ndim == x.ndim - 2 else (
+                        "the heads" if x.ndim == 4 and dim % x.ndim == 1 else f"dim {dim}")
+                    site = call_site(files)
+                    self.found = (f"softmax over {axis} (dim={dim}) of scores shaped "
+                                  f"{tuple(x.shape)}" + (f" at {site}" if site else ""))
+            return func(*args, **kwargs)
+
+    watch = Watch()
+    try:
+        with watch:
+            eval_logits(adapter, batch, seed)
+    except Exception:
+        return None
+    return watch.found
+
+
 def train_without_dropout(model: nn.Module) -> None:
     """Train mode with every dropout module in eval, so train-mode forwards are repeatable."""
     model.train()

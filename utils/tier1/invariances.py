@@ -23,6 +23,7 @@ from utils.tier1._common import (
     eval_logits,
     eval_randomness,
     random_in_eval,
+    softmax_off_the_keys,
     token_key,
     train_without_dropout,
     where_positions_mix,
@@ -99,7 +100,13 @@ def check_causal_masking(adapter, options) -> CheckResult:
         adapter, changed[:, first["changed_from"]:], key, options.seed + 1)
     mixing = where_positions_mix(adapter, base, {**base, key: changed}, first["changed_from"],
                                  options.seed)
-    if mixing is not None and mixing.first is not None:
+    axis = softmax_off_the_keys(adapter, base, options.seed)
+    if axis is not None:
+        metrics["softmax_axis"] = axis
+        diagnosis = (f"the attention weights come from a {axis}: normalised over anything but "
+                     "the keys, a position's weights are made from later positions' scores — "
+                     "softmax over the keys, dim=-1")
+    elif mixing is not None and mixing.first is not None:
         name, module = mixing.first
         metrics["leak_enters_at"] = name
         if _is_norm(module, name):
@@ -376,6 +383,13 @@ def check_padding_invariance(adapter, options) -> CheckResult:
     enters = mixing.first if mixing is not None else None
     if mixing is not None and not mixing.touched and adapter.task == "classification":
         enters = ("", adapter.model)  # every hidden state agrees: the pooling reads the pads
+    axis = softmax_off_the_keys(adapter, batch, options.seed)
+    if axis is not None:
+        metrics["softmax_axis"] = axis
+        advice = (f"the attention weights come from a {axis}, not over the keys: the masked "
+                  "keys' -inf then does not make their weights 0 (they are normalised with "
+                  "other rows or heads). Softmax over the keys, dim=-1.")
+        enters = None
     if enters is not None:
         name, module = enters
         metrics["padding_enters_at"] = name

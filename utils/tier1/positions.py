@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import re
 import sys
-import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +38,7 @@ from utils.compare import rel_diff
 from utils.report import CheckResult
 from utils.tier1._common import (
     NAN_SOURCES,
+    call_site,
     eval_logits,
     eval_randomness,
     moved_by_changing,
@@ -304,7 +304,7 @@ class _ScaledAngles(TorchFunctionMode):
                 isinstance(args[-1 if name == "polar" else 0], torch.Tensor):
             self.calls += 1
             if self.site is None:
-                self.site = _call_site(self.files)
+                self.site = call_site(self.files)
             if name == "polar":
                 args = (args[0], args[1] * 1.37, *args[2:])
             elif name.endswith("_"):
@@ -312,13 +312,6 @@ class _ScaledAngles(TorchFunctionMode):
             else:
                 args = (args[0] * 1.37, *args[1:])
         return func(*args, **kwargs)
-
-
-def _call_site(files: set[str]) -> str | None:
-    for frame in reversed(traceback.extract_stack()):
-        if frame.filename in files:
-            return f"{Path(frame.filename).name}, line {frame.lineno}: {(frame.line or '')[:80]}"
-    return None
 
 
 def _angles_probe(adapter, batch, seed: int, clean: torch.Tensor) -> tuple[_ScaledAngles, float]:
