@@ -95,27 +95,27 @@ def check_causal_masking(adapter, options) -> CheckResult:
     else:
         diagnosis = (f"position {first['earliest_moved']} already sees later tokens — the "
                      "causal mask is missing, not applied, or built from the wrong length")
-    changed = base[key].clone()
-    changed[:, first["changed_from"]:] = different_ids(
-        adapter, changed[:, first["changed_from"]:], key, options.seed + 1)
-    mixing = where_positions_mix(adapter, base, {**base, key: changed}, first["changed_from"],
-                                 options.seed)
     axis = softmax_off_the_keys(adapter, base, options.seed)
     if axis is not None:
         metrics["softmax_axis"] = axis
         diagnosis = (f"the attention weights come from a {axis}: normalised over anything but "
                      "the keys, a position's weights are made from later positions' scores — "
                      "softmax over the keys, dim=-1")
-    elif mixing is not None and mixing.first is not None:
-        name, module = mixing.first
-        metrics["leak_enters_at"] = name
-        if _is_norm(module, name):
-            diagnosis = (f"it enters at {describe_module(module, name)}, which mixes "
-                         "positions: it normalises over the sequence axis (a mean or variance "
-                         "over dim 1) — normalise each position over its features (dim -1)")
-        else:
-            diagnosis += (f"; it enters at {describe_module(module, name)} (or its softmax "
-                          "runs over the wrong axis: dim=-1, the keys, not -2)")
+    else:  # where the leak enters: the first cut that leaked, with the ids it was given
+        cut, i = first["changed_from"], rows.index(first)
+        changed = base[key].clone()
+        changed[:, cut:] = different_ids(adapter, changed[:, cut:], key, options.seed + 1 + i)
+        mixing = where_positions_mix(adapter, base, {**base, key: changed}, cut, options.seed)
+        if mixing is not None and mixing.first is not None:
+            name, module = mixing.first
+            metrics["leak_enters_at"] = name
+            if _is_norm(module, name):
+                diagnosis = (f"it enters at {describe_module(module, name)}, which mixes "
+                             "positions: it normalises over the sequence axis (a mean or "
+                             "variance over dim 1) — normalise each position over its features "
+                             "(dim -1)")
+            else:
+                diagnosis += f"; it enters at {describe_module(module, name)}"
     return CheckResult(
         "causal_masking", 1, "fail",
         f"Future {side}tokens leak into earlier outputs: changing tokens from position "
@@ -378,18 +378,18 @@ def check_padding_invariance(adapter, options) -> CheckResult:
     advice = ("the mask is ignored or applied wrongly. Apply it to the attention scores of "
               "every layer (masked keys → -inf before softmax), and mind its meaning: "
               "attention_mask 1 = real token, key_padding_mask True = padding.")
-    mixing = where_positions_mix(adapter, batch, _pad_right(adapter, batch, extra), t,
-                                 options.seed)
-    enters = mixing.first if mixing is not None else None
-    if mixing is not None and not mixing.touched and adapter.task == "classification":
-        enters = ("", adapter.model)  # every hidden state agrees: the pooling reads the pads
+    enters = None
     axis = softmax_off_the_keys(adapter, batch, options.seed)
     if axis is not None:
         metrics["softmax_axis"] = axis
         advice = (f"the attention weights come from a {axis}, not over the keys: the masked "
                   "keys' -inf then does not make their weights 0 (they are normalised with "
                   "other rows or heads). Softmax over the keys, dim=-1.")
-        enters = None
+    elif (mixing := where_positions_mix(adapter, batch, _pad_right(adapter, batch, extra), t,
+                                        options.seed)) is not None:
+        enters = mixing.first
+        if not mixing.touched and adapter.task == "classification":
+            enters = ("", adapter.model)  # every hidden state agrees: the pooling reads pads
     if enters is not None:
         name, module = enters
         metrics["padding_enters_at"] = name

@@ -51,8 +51,14 @@ def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> float:
                                  ignore_index=IGNORE_INDEX))
 
 
+def _task_loss(logits: torch.Tensor, labels: torch.Tensor, next_tokens: bool) -> float:
+    """Next-token cross-entropy: ``labels`` already the next tokens, or shifted here."""
+    return _cross_entropy(logits, labels) if next_tokens else \
+        _cross_entropy(logits[:, :-1], labels[:, 1:])
+
+
 def _ignores_by_pad_id(adapter, x, mask, labels, param: str, next_tokens: bool,
-                       exc: Exception) -> CheckResult:
+                       exc: Exception, tol: float) -> CheckResult:
     """The model raised on -100 in its labels: does it mark padding with its pad id instead?"""
     name = "model_loss"
     pad = adapter.pad_token_id if adapter.pad_token_id is not None else 0
@@ -67,12 +73,11 @@ def _ignores_by_pad_id(adapter, x, mask, labels, param: str, next_tokens: bool,
     if own is None:
         return CheckResult(name, 1, "skip", f"{said}; with the pad id there instead it gives "
                            "no loss either, so its own loss cannot be compared.")
-    expected = _cross_entropy(logits[:, :-1], labels[:, 1:]) if not next_tokens else \
-        _cross_entropy(logits, labels)
+    expected = _task_loss(logits, labels, next_tokens)
     own_value = float(own)
     metrics = {"model_loss": own_value, "task_loss": expected, "ignores": f"pad id {pad}",
                "rel_diff": _rel(own_value, expected)}
-    if _rel(own_value, expected) <= 1e-5:
+    if _rel(own_value, expected) <= tol:
         return CheckResult(name, 1, "warn", f"{said}. With the pad id ({pad}) there instead "
                            f"its loss ({own_value:.4f}) equals the task loss ({expected:.4f}): "
                            "it ignores padding by the pad id (ignore_index=pad_token_id). "
@@ -116,7 +121,8 @@ def check_model_loss(adapter, options) -> CheckResult:
         logits, own = _own_loss(adapter, x, mask, labels)
     except Exception as exc:  # the model's labels mean something else: nothing to compare
         if mask is not None and str(IGNORE_INDEX) in str(exc):
-            return _ignores_by_pad_id(adapter, x, mask, labels, param, next_tokens, exc)
+            return _ignores_by_pad_id(adapter, x, mask, labels, param, next_tokens, exc,
+                                      options.threshold(f"{name}.rtol", 1e-5))
         return CheckResult(name, 1, "skip", f"Calling forward with {param}=<labels> raised "
                            f"{type(exc).__name__}: {str(exc)[:160]}; its own loss cannot be "
                            "compared.")
@@ -128,12 +134,11 @@ def check_model_loss(adapter, options) -> CheckResult:
                             eval_logits(adapter, probe, options.seed).float())
     if noise > 1e-5:
         return random_in_eval(name, noise)
+    expected = _task_loss(logits, labels, next_tokens)
     if next_tokens:
-        expected = _cross_entropy(logits, labels)
         unshifted = _cross_entropy(logits[:, :-1], labels[:, 1:])  # shifted once more
         rule = f"{param} are the next tokens (nanoGPT's convention): cross-entropy at each position"
     else:
-        expected = _cross_entropy(logits[:, :-1], labels[:, 1:])
         unshifted = _cross_entropy(logits, labels)
         rule = (f"{param} are the input ids (Hugging Face's convention): next-token "
                 "cross-entropy, the model shifting them")

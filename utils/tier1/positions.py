@@ -341,14 +341,14 @@ def check_position_information(adapter, options) -> CheckResult:
                            "around.", metrics)
     batch = without_padding(adapter.make_inputs(2, t, seed=options.seed))
     where = f"Positions: {family} ({evidence})."
-    if not bool(torch.isfinite(eval_logits(adapter, batch, options.seed)).all()):
+    clean = eval_logits(adapter, batch, options.seed).float()  # the reference of every probe
+    if not bool(torch.isfinite(clean).all()):
         return CheckResult(name, 1, "skip", f"{where} The outputs are not finite at length {t} "
                            "(NaN or Inf), so whether positions reach them cannot be measured. "
                            + NAN_SOURCES, metrics)
     if adapter.task != "causal_lm":  # bidirectional, pooled or seq2seq: shuffle the tokens
         perm = torch.cat([torch.zeros(1, dtype=torch.long), torch.arange(t - 1, 0, -1)])
         shuffled = {**batch, "input_ids": batch["input_ids"][:, perm]}
-        clean = eval_logits(adapter, batch, options.seed).float()
         moved = eval_logits(adapter, shuffled, options.seed).float()
         pooled = adapter.task in ("classification", "seq2seq")
         change = rel_diff(clean if pooled else clean[:, perm], moved)
@@ -393,8 +393,7 @@ def check_position_information(adapter, options) -> CheckResult:
                                f"position (relative spread {spread:.1e}): positions reach the "
                                "output.", metrics, threshold)
         if family == "none found":  # positions may be computed in forward (sin/cos)
-            probe, change = _angles_probe(adapter, batch, options.seed,
-                                          eval_logits(adapter, batch, options.seed).float())
+            probe, change = _angles_probe(adapter, batch, options.seed, clean)
             metrics.update({"sin_cos_calls": probe.calls, "computed_at": probe.site})
             if probe.calls:
                 at = f" ({probe.site})" if probe.site else ""
@@ -427,7 +426,6 @@ def check_position_information(adapter, options) -> CheckResult:
     knobs = _relative_knobs(adapter.model)
     metrics["perturbed"] = [n for n, _ in knobs]
     if not knobs:  # the angles may still be computed in forward: scale them there
-        clean = eval_logits(adapter, batch, options.seed).float()
         probe, change = _angles_probe(adapter, batch, options.seed, clean)
         metrics.update({"sin_cos_calls": probe.calls, "computed_at": probe.site,
                         "max_rel_change": change})
