@@ -101,3 +101,54 @@ def test_the_console_script_trains_from_a_fresh_process(tmp_path, model_and_data
                           timeout=300, cwd=tmp_path, env=os.environ.copy())
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Final    " in proc.stdout and "Traceback" not in proc.stderr
+
+
+def _console(tmp_path: Path, *args: str, wait: bool = True):
+    script = shutil.which("testbench", path=str(Path(sys.executable).parent))
+    cmd = [script, *args]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=tmp_path, env=os.environ.copy(),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env=os.environ.copy())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_one_command_twice_gives_one_model_and_a_killed_rerun_gives_it_too(tmp_path,
+                                                                          model_and_data):
+    """From outside, as a user runs it: the seed fixes the initial weights, so two fresh runs
+    of one command end with the same bytes, and so does a third one killed (SIGKILL, as a VM
+    that disconnects) after its first checkpoint and run again."""
+    import signal
+    import time
+
+    folder, data = model_and_data
+    flags = ["train", str(folder), "--data", str(data), "--preset", "smoke", "--seq-len", "32",
+             "--max-steps", "150", "--val-every", "50", "--checkpoint-every", "5", "--seed", "3",
+             "--samples", "0"]
+    finals = []
+    for name in ("first", "second"):
+        _console(tmp_path, *flags, "--out", str(tmp_path / name))
+        finals.append((tmp_path / name / "final" / "model.safetensors").read_bytes())
+    assert finals[0] == finals[1]
+
+    killed = tmp_path / "killed"
+    proc = _console(tmp_path, *flags, "--out", str(killed), wait=False)
+    deadline = time.monotonic() + 240
+    while not list((killed / "checkpoints").glob("step-*.ckpt")):
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not (killed / "final").exists(), "the run ended before it could be killed"
+    rerun = _console(tmp_path, *flags, "--out", str(killed))
+    assert "Resuming from step" in rerun.stderr
+    assert (killed / "final" / "model.safetensors").read_bytes() == finals[0]
+
+    other = _console(tmp_path, *[("4" if f == "3" else f) for f in flags], "--out",
+                     str(tmp_path / "seed4"))
+    assert other.returncode == 0
+    assert (tmp_path / "seed4" / "final" / "model.safetensors").read_bytes() != finals[0]

@@ -558,3 +558,57 @@ def test_a_single_model_py_does_not_pick_up_other_files_checkpoints(write_model)
     assert "weights" not in load(folder / "model.py").source
     with pytest.raises(UserError, match=r"several weights files: a\.pt, b\.pt"):
         load(folder)
+
+
+def _weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_the_seed_fixes_the_initial_weights_and_leaves_the_callers_generators_alone(tmp_path):
+    import random
+
+    import numpy as np
+
+    from utils.adapters.gist_loader import example_path
+
+    torch.manual_seed(11)
+    random.seed(11)
+    np.random.seed(11)
+    expected = (torch.rand(3), random.random(), np.random.rand())
+    torch.manual_seed(11)
+    random.seed(11)
+    np.random.seed(11)
+    first = _weights(load_model(example_path(), seed=3, say=lambda m: None).model)
+    # what the caller draws next is what it would have drawn without load_model
+    assert torch.equal(torch.rand(3), expected[0])
+    assert (random.random(), np.random.rand()) == expected[1:]
+    again = _weights(load_model(example_path(), seed=3, say=lambda m: None).model)
+    other = _weights(load_model(example_path(), seed=4, say=lambda m: None).model)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first)
+    assert load_model(example_path(), say=lambda m: None).source["seed"] == 0  # the default
+
+
+def test_seed_none_builds_on_the_callers_generator(tmp_path):
+    from utils.adapters.gist_loader import example_path
+
+    torch.manual_seed(5)
+    a = _weights(load_model(example_path(), seed=None, say=lambda m: None).model)
+    torch.manual_seed(5)
+    b = _weights(load_model(example_path(), seed=None, say=lambda m: None).model)
+    c = _weights(load_model(example_path(), seed=None, say=lambda m: None).model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_loaded_weights_are_untouched_by_the_seed(tmp_path):
+    from utils.adapters.gist_loader import example_path
+
+    model = load_model(example_path(), seed=1, say=lambda m: None).model
+    for p in model.parameters():
+        p.data.fill_(0.25)
+    path = tmp_path / "w.pt"
+    torch.save(model.state_dict(), path)
+    for seed in (1, 2):
+        rebuilt = load_model(example_path(), seed=seed, weights=path, say=lambda m: None).model
+        assert all(torch.equal(p, torch.full_like(p, 0.25)) for p in rebuilt.parameters())

@@ -44,7 +44,9 @@ def source_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", metavar="PATH",
                         help="write the result as JSON here (also when loading fails)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the model's initial weights, "
+                        "the checks' inputs and training (default 0): the same command with the "
+                        "same seed gives the same model and numbers")
     over = parser.add_argument_group("overrides (beat everything inferred)")
     over.add_argument("--task", choices=TASKS)
     over.add_argument("--vocab-size", type=int, metavar="N")
@@ -85,7 +87,8 @@ def load_and_adapt(args: argparse.Namespace, *, say: Callable[[str], None] = say
     from utils.environment import resolve_device
 
     device = resolve_device(args.device)
-    loaded = load_model(args.source, model_class=args.model_class, weights=args.weights, say=say)
+    loaded = load_model(args.source, model_class=args.model_class, weights=args.weights,
+                        seed=args.seed, say=say)
     if on_load is not None:
         on_load(loaded)
     adapter = adapt(loaded, task=args.task, vocab_size=args.vocab_size,

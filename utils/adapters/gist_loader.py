@@ -27,6 +27,7 @@ from utils.adapters.weights import WEIGHT_SUFFIXES, load_weights
 from utils.atomic import sha256
 from utils.errors import CodeLocation, UserError
 from utils.report import source_label
+from utils.seeding import seeded
 
 __all__ = ["LoadedModel", "load_model"]
 
@@ -125,6 +126,7 @@ def load_model(
     api_url: str | None = None,
     token: str | None = None,
     cache_dir: str | os.PathLike | None = None,
+    seed: int | None = 0,
     say: Callable[[str], None] = print,
 ) -> LoadedModel:
     """Fetch, parse and build the model that ``source`` names.
@@ -137,6 +139,10 @@ def load_model(
             ``nn.Module`` no other class uses).
         weights: A ``.safetensors``/``.pt`` state dict to load (else one found beside the code).
         api_url, token, cache_dir: See :func:`utils.adapters.gist_client.fetch_gist`.
+        seed: Seeds the model's construction, so the same seed gives the same initial weights
+            (loaded ``weights`` replace them either way); the caller's random generators are
+            left as they were. ``None`` builds on the caller's generators instead (after
+            ``torch.manual_seed`` of your own, say).
         say: Where notices go (which gist and revision runs, config warnings).
 
     Raises:
@@ -181,7 +187,9 @@ def load_model(
           ("model_name" if config.get("model_name") else "model_class"))
     class_name = choose_model_class(code, module, requested, by)
     cls = getattr(module, class_name)
-    model, record = build_model(cls, module, config)
+    with seeded(seed):
+        model, record = build_model(cls, module, config)
+    provenance["seed"] = seed
     warnings += record.warnings
     weights_path = _weights_file(folder, weights, discover=spec.kind != "file")
     if weights_path is not None:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from utils.environment import require
-from utils.training.rng import capture_rng, restore_rng
+from utils.seeding import capture_rng, restore_rng
 
 __all__ = ["METRIC_FIELDS", "ManagerIO", "MetricsLog", "RunState"]
 

@@ -60,6 +60,8 @@ class _Field:
 # the notebook and this table in step).
 FORM_FIELDS: dict[str, _Field] = {
     "GIST_ID": _Field(str, "", "the gist id or URL (else the page URL, else the hand-off)"),
+    "SEED": _Field(int, 0, "seeds the model's initial weights and training: the same seed "
+                   "gives the same model"),
     "DATA": _Field(str, "", "a file or folder path, a Hugging Face dataset name, 'upload', or "
                    "empty for the shipped Shakespeare corpus"),
     "DATA_CONFIG": _Field(str, "", "the Hugging Face dataset's configuration"),
