@@ -152,3 +152,47 @@ def test_one_command_twice_gives_one_model_and_a_killed_rerun_gives_it_too(tmp_p
                      str(tmp_path / "seed4"))
     assert other.returncode == 0
     assert (tmp_path / "seed4" / "final" / "model.safetensors").read_bytes() != finals[0]
+
+
+def test_the_data_flags_reach_the_dataset_and_the_summary_says_how_text_was_cut(
+        tmp_path, model_and_data, capsys):
+    folder, _ = model_and_data
+    poem = tmp_path / "poem.txt"  # no blank line anywhere: one document, trained as written
+    poem.write_text("\n".join(f"the king hath {i} crowns and thou art my lord"
+                              for i in range(200)) + "\n")
+    out, report = tmp_path / "poem-run", tmp_path / "poem.json"
+    assert main(["train", str(folder), "--data", str(poem), *FAST, "--out", str(out),
+                 "--json", str(report), "--samples", "0"]) == 0
+    doc = json.loads(report.read_text())
+    assert "each file is one document, as written" in doc["data"]
+    assert "validation: the last 5% of every document" in doc["data"]
+    assert doc["val_loss"] is not None
+    assert "Data     " in capsys.readouterr().out
+
+    csv = tmp_path / "rows.csv"
+    csv.write_text("id,body,note\n" + "".join(f"{i},the king hath {i} crowns,x\n"
+                                                for i in range(60)))
+    args = ["train", str(folder), "--data", str(csv), "--text-column", "body",
+            "--val-fraction", "0.1", "--holdout", "documents", *FAST, "--samples", "0"]
+    assert main([*args, "--out", str(tmp_path / "csv-run"), "--json", str(report)]) == 0
+    doc = json.loads(report.read_text())
+    assert "train 54 documents" in doc["data"] and "6 whole documents of 60" in doc["data"]
+
+    assert main(["train", str(folder), "--data", str(poem), "--document", "line",
+                 "--val-fraction", "0", *FAST, "--out", str(tmp_path / "lines"), "--json",
+                 str(report), "--samples", "0"]) == 0
+    doc = json.loads(report.read_text())
+    assert "each line is one document" in doc["data"] and "train 200 documents" in doc["data"]
+    assert "validation: none" in doc["data"]
+
+
+@pytest.mark.parametrize("flags, pattern", [
+    (["--val-fraction", "0.9"], "validation_fraction=0.9"),
+    (["--text-column", "nope"], "The column 'nope'"),
+])
+def test_bad_data_flags_exit_2_with_the_message(tmp_path, model_and_data, capsys, flags,
+                                                pattern):
+    folder, data = model_and_data
+    code = main(["train", str(folder), "--data", str(data), *flags, *FAST, "--out",
+                 str(tmp_path / "r")])
+    assert code == 2 and pattern in capsys.readouterr().err

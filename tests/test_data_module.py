@@ -26,7 +26,7 @@ def corpus(tmp_path_factory):
     # of their own, shared by this module's tests only.
     with pytest.MonkeyPatch.context() as env:
         env.setenv("TESTBENCH_HOME", str(tmp_path_factory.mktemp("corpus-home")))
-        return load_text_dataset(MACBETH, validation_fraction=0.1)
+        return load_text_dataset(MACBETH, validation_fraction=0.1, document="paragraph")
 
 
 def _data_for(task, corpus, classes: int | None = None):

@@ -19,9 +19,13 @@ def test_shipped_corpus_loads_with_a_source_note():
     files = sorted(example_corpus().glob("*.txt"))
     assert len(files) == 18
     assert (example_corpus().parent / "SOURCE.txt").read_text().count("public domain") == 1
-    data = load_text_dataset(files[0])
-    assert data.stats["train"].documents > 500 and data.stats["validation"].documents > 10
-    assert all(t.strip() for t in list(data.train["text"]))
+    data = load_text_dataset(files[0])  # one play: one document, its last 5% held out
+    assert data.stats["train"].documents == data.stats["validation"].documents == 1
+    assert 0.04 < data.stats["validation"].characters / 88_927 < 0.06
+    paragraphs = load_text_dataset(files[0], document="paragraph")
+    assert paragraphs.stats["train"].documents > 500
+    assert paragraphs.stats["validation"].documents > 10
+    assert all(t.strip() for t in list(paragraphs.train["text"]))
 
 
 def test_split_is_by_document_deterministic_and_disjoint():
@@ -39,7 +43,7 @@ def test_blank_documents_dropped_and_dedup(tmp_path):
     # WikiText's blank lines (" \n") crashed the reference project
     (tmp_path / "w.txt").write_text(" = Title = \n \n\nfirst line\n \nfirst line\nsecond\n")
     data = load_text_dataset(tmp_path / "w.txt", document="line", dedup=True,
-                             validation_fraction=0.25)
+                             validation_fraction=0.25, holdout="documents")
     texts = list(data.train["text"]) + list(data.validation["text"])
     assert sorted(texts) == sorted([" = Title = ", "first line", "second"])
     assert data.dropped["duplicates"] == 1 and data.dropped["blank documents"] == 3
@@ -82,7 +86,8 @@ def test_colab_upload_reads_the_uploaded_files(monkeypatch):
     colab.files = files
     monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
     monkeypatch.setitem(sys.modules, "google.colab", colab)
-    data = load_text_dataset("upload", validation_fraction=0.34)
+    data = load_text_dataset("upload", validation_fraction=0.34, document="paragraph",
+                             holdout="documents")
     assert sorted(list(data.train["text"]) + list(data.validation["text"])) == ["one", "three", "two"]
 
 
@@ -119,5 +124,62 @@ def test_bad_arguments_reported_together(tmp_path):
         load_text_dataset(["a"], task="lm", validation_fraction=0.9)
     with pytest.raises(UserError, match="File not found"):
         load_text_dataset(tmp_path / "nope.txt")
-    with pytest.raises(UserError, match="too few for a train/validation"):
-        load_text_dataset(["only one"])
+    with pytest.raises(UserError, match=r"too few for a train/validation(.|\n)*holdout='tail'"):
+        load_text_dataset(["only one"], holdout="documents")
+    with pytest.raises(UserError, match=r"holdout='every'"):
+        load_text_dataset(["a"], holdout="every")
+    with pytest.raises(UserError, match=r"holdout='tail' cuts documents in two.*classification"):
+        load_text_dataset([{"text": "a b", "label": 0}] * 4, task="classification",
+                          holdout="tail")
+    with pytest.raises(UserError, match=r"document='page'(.|\n)*--document"):
+        load_text_dataset(tmp_path, document="page")
+
+
+# ---- text as written ---------------------------------------------------------------------
+PLAY = ("ACT I\n\nSCENE I. A heath.\n\nKING:\nWho goes there?\nStand and unfold.\n\n"
+        "QUEEN:\nA friend.\n\n") * 40
+
+
+def test_a_text_file_reaches_the_model_as_written(tmp_path):
+    """Blank lines and line breaks are text: the train and validation parts of a file, put
+    back together, are the file, byte for byte (the validation part begins at a line start)."""
+    (tmp_path / "play.txt").write_text(PLAY)
+    data = load_text_dataset(tmp_path / "play.txt")
+    head, tail = list(data.train["text"]), list(data.validation["text"])
+    assert len(head) == len(tail) == 1 and head[0] + tail[0] == PLAY
+    assert "\n\n" in head[0] and head[0].endswith("\n")
+    assert 0.04 < len(tail[0]) / len(PLAY) < 0.06
+    assert "as written" in data.describe() and "last 5% of every document" in data.describe()
+
+
+def test_a_file_without_blank_lines_trains_and_tiny_files_keep_a_line_to_score(tmp_path):
+    (tmp_path / "poem.txt").write_text("line one of a poem\nline two of it\nline three\n")
+    data = load_text_dataset(tmp_path / "poem.txt")
+    assert list(data.train["text"]) == ["line one of a poem\nline two of it\n"]
+    assert list(data.validation["text"]) == ["line three\n"]
+    assert load_text_dataset(tmp_path / "poem.txt", validation_fraction=0).stats[
+        "validation"].documents == 0
+
+
+def test_auto_holds_out_tails_for_few_long_documents_and_documents_otherwise(tmp_path):
+    few = [PLAY * 10, PLAY.lower() * 10, PLAY.upper() * 10]  # tails of 1,500 characters
+    data = load_text_dataset(few)
+    assert data.stats["train"].documents == data.stats["validation"].documents == 3
+    assert "last 5%" in data.split_by
+    short = [PLAY[:200 + i] for i in range(40)]  # tails of 10 characters: too short to score
+    data = load_text_dataset(short)
+    assert (data.stats["train"].documents, data.stats["validation"].documents) == (38, 2)
+    many = [f"document {i}\nwith two lines" for i in range(400)]  # 20 held out: by document
+    data = load_text_dataset(many)
+    assert (data.stats["train"].documents, data.stats["validation"].documents) == (380, 20)
+    assert "whole documents" in data.split_by
+    assert not set(list(data.train["text"])) & set(list(data.validation["text"]))
+
+
+def test_a_folder_of_plays_keeps_every_play_in_training(tmp_path):
+    for i in range(4):
+        (tmp_path / f"play{i}.txt").write_text(f"PLAY {i}\n\n" + PLAY * 5)
+    data = load_text_dataset(tmp_path, validation_fraction=0.1)
+    assert sorted(t.split("\n")[0] for t in data.train["text"]) == [f"PLAY {i}" for i in range(4)]
+    assert all(t.startswith(("QUEEN", "KING", "A friend", "ACT", "SCENE", "Who", "Stand", "\n"))
+               for t in data.validation["text"])

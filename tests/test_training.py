@@ -100,7 +100,8 @@ def test_run_folder_final_rebuilds_and_samples(tmp_path, tiny_lm):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 30 and summary["final_dir"] == str(run / "final")
     assert summary["data"] == result.data and summary["data"].startswith(
-        "40 records in memory (train 38 documents, validation 2 documents; split by")
+        "40 records in memory (train 38 documents (")
+    assert "each row is one document; validation: 2 whole documents of 40" in summary["data"]
 
 
 def test_running_again_resumes_and_a_longer_budget_continues(tmp_path, tiny_lm):
@@ -249,3 +250,79 @@ def test_an_adapter_with_overrides_trains_as_adapted_and_keeps_the_code(tmp_path
     assert sorted(p.name for p in result.final_dir.glob("*.py")) == ["layers.py", "model.py"]
     saved = json.loads((result.final_dir / "config.json").read_text())
     assert {k: saved[k] for k in loaded.config} == loaded.config
+
+
+SPEECHES = "".join(f"{who}:\n{line}\n\n" for who, line in [
+    ("KING", "Who goes there?"), ("QUEEN", "A friend, my lord."), ("KING", "Then stand."),
+    ("QUEEN", "I stand and wait.")] * 60)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("document", ["file", "paragraph"])
+def test_a_char_model_trained_on_a_text_file_samples_its_blank_lines(tmp_path, document):
+    """Text as written: a blank line between speeches is text the model learns to write. When
+    blank lines are taken as document boundaries instead, they become eos and never appear."""
+    from utils.training.dataset_utilities import load_text_dataset
+
+    model = write_tiny_lm(tmp_path / "chars", {**CONFIG, "vocab_size": 48, "dropout": 0.0})
+    (tmp_path / "play.txt").write_text(SPEECHES)
+    data = load_text_dataset(tmp_path / "play.txt", document=document)
+    result = train(utils.load_model(model, say=lambda m: None), data,
+                   tiny_config(tmp_path, max_steps=120, val_every=60, batch_size=8),
+                   gate=False, **QUIET)
+    assert result.tokenizer.strategy == "char"
+    text = "".join(result.sample("KING:\n", n_tokens=120, seed=s) for s in range(3))
+    if document == "file":
+        assert "\n\nQUEEN:\n" in text or "\n\nKING:\n" in text, repr(text)
+    else:
+        assert "\n\n" not in text, repr(text)
+
+
+def test_what_a_person_sees_at_the_end_of_short_finished_and_unvalidated_runs(tmp_path, tiny_lm):
+    """A run shorter than val_every is validated once at its end; a warm-up longer than the run
+    is a note; running a finished run again says it is complete; no validation text is a
+    note, not a Lightning warning."""
+    import warnings
+
+    loaded = utils.load_model(tiny_lm, say=lambda m: None)
+    config = tiny_config(tmp_path, max_steps=6, val_every=50, warmup_steps=20,
+                         checkpoint_every=0)
+    result = train(loaded, corpus(40), config, gate=False, **QUIET)
+    assert result.metrics.get("val_loss") is not None
+    val_rows = result.history.dropna(subset=["val_loss"])
+    assert list(val_rows["step"]) == [6]
+    assert any("warmup_steps=20 is not shorter than the run (6 steps)" in n
+               for n in result.notes)
+
+    said: list[str] = []
+    again = train(utils.load_model(tiny_lm, say=lambda m: None), corpus(40), config,
+                  gate=False, say=said.append, progress=False)
+    assert again.resumed_from["complete"] and again.steps == 6
+    assert any("already complete" in m and "max_steps=6" in m for m in said)
+    assert not any(m.startswith("Resuming") for m in said)
+    assert list(again.history.dropna(subset=["val_loss"])["step"]) == [6]  # not validated twice
+
+    from utils.training.dataset_utilities import load_text_dataset
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # Lightning's "length ... is zero"
+        bare = train(loaded, load_text_dataset(corpus(40), validation_fraction=0),
+                     tiny_config(tmp_path / "bare", max_steps=4, val_every=2), gate=False,
+                     **QUIET)
+    assert "val_loss" not in bare.metrics
+    assert any("No validation text" in n for n in bare.notes)
+
+
+@pytest.mark.slow
+def test_a_pretrained_tokenizer_that_could_not_be_had_is_said_on_screen(tmp_path, monkeypatch):
+    """Offline, a 50,304-row model cannot get GPT-2's tokenizer: the screen says so, not only
+    tokenizer_config.json."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = write_tiny_lm(tmp_path / "wide", {**CONFIG, "vocab_size": 50304})
+    said: list[str] = []
+    train(utils.load_model(folder, say=lambda m: None), corpus(40),
+          tiny_config(tmp_path, max_steps=1, val_every=0, checkpoint_every=0), gate=False,
+          say=said.append, progress=False)
+    tokenizer_lines = [m for m in said if m.startswith(("Tokenizer:", "  note:"))]
+    assert tokenizer_lines[0].startswith("Tokenizer: bpe")
+    assert any("gpt2" in m.lower() and "unavailable" in m for m in tokenizer_lines[1:]), said

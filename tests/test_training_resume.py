@@ -81,7 +81,7 @@ def test_the_straight_run_crosses_epochs_and_validates(straight):
     history = pd.read_csv(out / "metrics.csv")
     steps_per_epoch = int((history.dropna(subset=["train_loss"])["epoch"] == 0).sum())
     assert steps_per_epoch == 5, "the corpus no longer gives 5 batches an epoch; adjust k below"
-    assert history["val_loss"].notna().sum() == 4  # steps 3, 6, 9, 12
+    assert history["val_loss"].notna().sum() == 5  # steps 3, 6, 9, 12 and the last, 14
     assert summary["resumed_from_step"] is None and summary["steps"] == 14
 
 

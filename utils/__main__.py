@@ -75,6 +75,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _data_flags(parser: argparse.ArgumentParser) -> None:
+    """The data options of every command that trains: what ``load_text_dataset`` takes."""
+    from utils.training.text_sources import DOCUMENT_MODES
+
+    d = parser.add_argument_group("data")
+    d.add_argument("--data", metavar="PATH|NAME", help="a .txt/.csv/.jsonl/.parquet file or "
+                   "folder, or a Hugging Face dataset name (default: the shipped corpus)")
+    d.add_argument("--data-config", metavar="NAME", help="the Hub dataset's configuration")
+    d.add_argument("--document", choices=list(DOCUMENT_MODES), help="how text files are cut "
+                   "into documents: file (default: each file as written, blank lines kept), "
+                   "paragraph (blank lines separate documents) or line (one per line)")
+    d.add_argument("--val-fraction", type=float, metavar="F", help="share of the text held out "
+                   "for validation, 0 to 0.5 (default 0.05; 0: no validation)")
+    d.add_argument("--holdout", choices=["auto", "documents", "tail"], help="hold out whole "
+                   "documents, or the tail of every document (default auto: the tail when "
+                   "fewer than 20 documents would be held out)")
+    d.add_argument("--text-column", metavar="NAME", help="the column holding the text "
+                   "(csv/jsonl/parquet/Hub data)")
+
+
 def _lr(text: str) -> float | str:
     return text if text == "auto" else float(text)
 
@@ -85,9 +105,7 @@ def _train_parser(sub) -> None:
                        description="Train the model on text with Lightning. The Tier 1 gate "
                        "runs first; checkpoints go to the run folder (and --mirror, e.g. Google "
                        "Drive); running the same command again resumes the run.")
-    t.add_argument("--data", metavar="PATH|NAME", help="a .txt/.csv/.jsonl/.parquet file or "
-                   "folder, or a Hugging Face dataset name (default: the shipped corpus)")
-    t.add_argument("--data-config", metavar="NAME", help="the Hub dataset's configuration")
+    _data_flags(t)
     t.add_argument("--preset", metavar="NAME", help="smoke, cpu, colab-t4 or colab-a100 "
                    "(default: sized to this device's memory)")
     t.add_argument("--force", action="store_true", help="train even if the Tier 1 gate fails")
@@ -120,9 +138,7 @@ def _search_parser(sub) -> None:
                        "weights and is scored by its validation loss; lagging trials are "
                        "pruned. Running the same command again continues the study; processes "
                        "on several machines given the same --storage and --study-name share it.")
-    s.add_argument("--data", metavar="PATH|NAME", help="a .txt/.csv/.jsonl/.parquet file or "
-                   "folder, or a Hugging Face dataset name (default: the shipped corpus)")
-    s.add_argument("--data-config", metavar="NAME", help="the Hub dataset's configuration")
+    _data_flags(s)
     s.add_argument("--trials", type=int, required=True, metavar="N",
                    help="the study's total number of trials, across all its workers")
     s.add_argument("--steps-per-trial", type=int, metavar="M",
@@ -230,13 +246,21 @@ def _train_config(args: argparse.Namespace, adapter: Any):
     return preset_for(adapter, None if args.device == "auto" else args.device, **given)
 
 
-def _data(args: argparse.Namespace, adapter: Any) -> Any:
-    """``--data`` as ``train()`` takes it (a Hub configuration loads the dataset here)."""
-    if args.data is not None and args.data_config:
-        from utils.training.dataset_utilities import load_text_dataset
+# data flag (argparse dest) -> load_text_dataset's keyword
+_DATA_OPTIONS = {"data_config": "config", "document": "document",
+                 "val_fraction": "validation_fraction", "holdout": "holdout",
+                 "text_column": "text_column"}
 
-        return load_text_dataset(args.data, config=args.data_config, task=adapter.task)
-    return args.data
+
+def _data(args: argparse.Namespace, adapter: Any) -> Any:
+    """``--data`` as ``train()`` takes it: loaded here when a data option is given."""
+    given = {kw: getattr(args, flag) for flag, kw in _DATA_OPTIONS.items()
+             if getattr(args, flag, None) is not None}
+    if not given:
+        return args.data
+    from utils.training.dataset_utilities import load_text_dataset
+
+    return load_text_dataset(args.data, task=adapter.task, **given)
 
 
 def _training_command(args: argparse.Namespace, command: str,
@@ -279,11 +303,16 @@ def _training_command(args: argparse.Namespace, command: str,
 
 def _print_run(result: Any, samples: list[str]) -> None:
     m = result.metrics
-    resumed = (f" (resumed from step {result.resumed_from['step']})" if result.resumed_from
-               else "")
+    resumed = ""
+    if result.resumed_from:
+        how = ("already complete at" if result.resumed_from.get("complete") else
+               "resumed from")
+        resumed = f" ({how} step {result.resumed_from['step']})"
     print(f"Run      {result.run_dir}{resumed}")
     tps = f", {result.tokens_per_second:,.0f} tokens/s" if result.tokens_per_second else ""
     print(f"Steps    {result.steps:,} ({result.tokens:,} tokens{tps})")
+    if result.data:
+        print(f"Data     {result.data}")
     parts = [f"{label} {m[k]:.4g}" for k, label in (
         ("train_loss", "train loss"), ("val_loss", "val loss"),
         ("val_perplexity", "perplexity"), ("val_accuracy", "accuracy")) if k in m]
@@ -375,9 +404,7 @@ def _benchmark_parser(sub) -> None:
                        "data, tokenizer, steps, seed and optimizer settings; print a table and "
                        "which is better, against the seed-to-seed noise of the baseline. "
                        "Exit 0 when the benchmark ran, whichever model won.")
-    b.add_argument("--data", metavar="PATH|NAME", help="a .txt/.csv/.jsonl/.parquet file or "
-                   "folder, or a Hugging Face dataset name (default: the shipped corpus)")
-    b.add_argument("--data-config", metavar="NAME", help="the Hub dataset's configuration")
+    _data_flags(b)
     b.add_argument("--steps", type=int, default=300, metavar="N",
                    help="optimizer steps per model (default 300)")
     b.add_argument("--seeds", type=int, default=2, metavar="N",

@@ -1,10 +1,28 @@
-"""Text datasets for training: load, find the columns, clean, split by document, summarise.
+"""Text datasets for training: load, find the columns, clean, split, summarise.
 
 ``load_text_dataset`` turns any source (:mod:`utils.training.text_sources`) into a
 :class:`TextDataset`: a train and a validation ``datasets.Dataset`` whose rows are documents,
 with the roles of the columns decided (text; label for classification; source and target for
-seq2seq) and blank documents dropped. The split is by document and happens before any
-tokenization or packing, so no document straddles it.
+seq2seq) and blank documents dropped. The split happens before any tokenization or packing.
+
+Text is trained as written. A text file is one document by default (``document="file"``), so
+its line breaks and blank lines reach the model, as in nanoGPT's one stream and litgpt's
+``TextFiles``; the tokenizer's ``eos`` marks where one file ends and the next begins (the
+packing in :mod:`utils.tokenization.batching`). ``document="paragraph"`` or ``"line"`` makes
+the blank line or the line break a document boundary instead (the separator becomes ``eos``),
+for files that hold one document per paragraph or per line.
+
+How the validation text is held out (``holdout``):
+
+* ``"documents"`` — a seeded choice of whole documents, for corpora of many documents (a Hub
+  dataset, a table of rows).
+* ``"tail"`` — the last ``validation_fraction`` of every document's characters, starting at a
+  line start: every document is both trained on and scored, like nanoGPT's contiguous 90/10
+  split of its one stream. A corpus of one file trains; 18 plays do not lose one whole play.
+* ``"auto"`` (default) — for a task trained on packed text, ``tail`` when whole documents
+  would hold out fewer than :data:`MIN_HELD_OUT_DOCUMENTS` documents and a typical tail has
+  :data:`MIN_TAIL_CHARS` characters or more (or when there are too few documents to hold one
+  out); else ``documents``.
 
 Example:
     >>> from utils.training.dataset_utilities import load_text_dataset
@@ -25,13 +43,21 @@ from utils.errors import UserError
 from utils.tasks import TASKS
 from utils.training.text_sources import example_corpus, read_source
 
-__all__ = ["DatasetStats", "TextDataset", "example_corpus", "load_text_dataset"]
+__all__ = ["HOLDOUTS", "MIN_HELD_OUT_DOCUMENTS", "DatasetStats", "TextDataset", "example_corpus",
+           "load_text_dataset"]
 
 TEXT_NAMES = ("text", "content", "document", "sentence", "body", "article", "review", "passage")
 LABEL_NAMES = ("label", "labels", "class", "category", "sentiment", "target", "y")
 PAIR_NAMES = (("source", "target"), ("src", "tgt"), ("input", "output"), ("question", "answer"),
               ("document", "summary"), ("article", "highlights"), ("prompt", "completion"))
 CHARS_PER_TOKEN = 4  # rough English average for BPE tokenizers; real counts come after tokenizing
+HOLDOUTS = ("auto", "documents", "tail")
+# Fewer whole documents than this in the validation split make its loss the loss of whichever
+# documents were drawn: holdout="auto" takes the tail of every document instead, when a tail
+# is long enough to be scored with context (a few hundred tokens), or when there is no choice.
+MIN_HELD_OUT_DOCUMENTS = 20
+MIN_TAIL_CHARS = 1_000
+_PACKED_TASKS = ("causal_lm", "masked_lm", "encoder")  # text as a stream; rows are not samples
 
 
 @dataclass(frozen=True)
@@ -65,14 +91,20 @@ class TextDataset:
     """Class names when labels were strings (label id = index here)."""
     num_classes: int | None = None
     source: str = ""
+    cut: str = ""
+    """How the source was cut into documents (a text file's mode, or one per row)."""
     split_by: str = "documents, seeded"
     stats: dict[str, DatasetStats] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)
 
     def describe(self) -> str:
-        """One line naming the data and its split sizes: what a run folder records."""
-        sizes = ", ".join(f"{name} {s.documents:,} documents" for name, s in self.stats.items())
-        return f"{self.source} ({sizes}; split by {self.split_by})" if sizes else self.source
+        """One line naming the data, how it was cut and split, and the split sizes: what a run
+        folder's ``summary.json`` records."""
+        sizes = ", ".join(f"{name} {s.documents:,} documents ({s.characters:,} chars)"
+                          for name, s in self.stats.items())
+        cut = f"; {self.cut}" if self.cut else ""
+        return (f"{self.source} ({sizes}{cut}; validation: {self.split_by})" if sizes
+                else self.source)
 
     def summary(self) -> str:
         """A few lines for a notebook or a log."""
@@ -87,15 +119,18 @@ class TextDataset:
         if any(self.dropped.values()):
             lines.append("  dropped    " + ", ".join(f"{n:,} {why}" for why, n
                                                       in self.dropped.items() if n))
-        lines.append(f"  split by   {self.split_by}")
+        if self.cut:
+            lines.append(f"  documents  {self.cut}")
+        lines.append(f"  validation {self.split_by}")
         return "\n".join(lines)
 
 
 def load_text_dataset(source: Any = None, *, config: str | None = None, split: str | None = None,
                       task: str = "causal_lm", text_column: str | None = None,
                       label_column: str | None = None, target_column: str | None = None,
-                      document: str = "paragraph", validation_fraction: float = 0.05,
-                      dedup: bool = False, seed: int = 0, max_documents: int | None = None,
+                      document: str = "file", validation_fraction: float = 0.05,
+                      holdout: str = "auto", dedup: bool = False, seed: int = 0,
+                      max_documents: int | None = None,
                       cache_dir: str | Path | None = None) -> TextDataset:
     """Load text from ``source`` and split it into train and validation documents.
 
@@ -107,11 +142,14 @@ def load_text_dataset(source: Any = None, *, config: str | None = None, split: s
         split: Only this split of a Hub dataset (then it is split here).
         task: The model's task; decides which columns are needed.
         text_column, label_column, target_column: Column roles, when detection is not enough.
-        document: How .txt files are cut into documents: ``paragraph``, ``line`` or ``file``.
-        validation_fraction: Share of documents held out, in [0, 0.5]; ignored when the source
+        document: How text files are cut into documents: ``file`` (default: each file as
+            written, its line breaks and blank lines kept), ``paragraph`` (blank lines separate
+            documents) or ``line`` (one document per line).
+        validation_fraction: Share of the text held out, in [0, 0.5]; ignored when the source
             has its own validation split.
+        holdout: How it is held out: ``auto``, ``documents`` or ``tail`` (module docstring).
         dedup: Drop documents whose text repeats an earlier one exactly.
-        seed: Seed of the split.
+        seed: Seed of the split by documents.
         max_documents: Keep only the first N documents (quick runs).
         cache_dir: Where ``datasets`` keeps its Arrow files.
 
@@ -123,17 +161,21 @@ def load_text_dataset(source: Any = None, *, config: str | None = None, split: s
         problems.append(f"task={task!r} (allowed: {', '.join(TASKS)})")
     if not 0 <= validation_fraction <= 0.5:
         problems.append(f"validation_fraction={validation_fraction} (allowed: 0 to 0.5)")
+    if holdout not in HOLDOUTS:
+        problems.append(f"holdout={holdout!r} (allowed: {', '.join(HOLDOUTS)})")
     if max_documents is not None and max_documents < 1:
         problems.append(f"max_documents={max_documents} (allowed: 1 or more, or None)")
     if problems:
         raise UserError("load_text_dataset got " + "; ".join(problems) + ".",
                         fix="Correct the arguments listed.")
-    raw, described = read_source(example_corpus() if source is None else source, config=config,
-                                 split=split, document=document, cache_dir=cache_dir)
+    raw, described, cut = read_source(example_corpus() if source is None else source,
+                                      config=config, split=split, document=document,
+                                      cache_dir=cache_dir)
     given = dict(raw) if hasattr(raw, "keys") else {"train": raw}
     first = next(iter(given.values()))
     roles = _roles(first, task, text_column, label_column, target_column)
-    data = TextDataset(train=None, validation=None, task=task, source=described, **roles)
+    data = TextDataset(train=None, validation=None, task=task, source=described, cut=cut,
+                       **roles)
     cleaned = {}
     for name, ds in given.items():
         if max_documents is not None:
@@ -146,9 +188,8 @@ def load_text_dataset(source: Any = None, *, config: str | None = None, split: s
         data.train, data.validation = cleaned["train"], cleaned[val_name]
         data.split_by = f"the source's own '{val_name}' split"
     else:
-        data.train, data.validation = _split(cleaned.get("train", first), validation_fraction,
-                                             seed)
-        data.split_by = f"documents, seeded permutation (seed {seed}, {validation_fraction:.0%})"
+        data.train, data.validation, data.split_by = _split(
+            cleaned.get("train", first), data, validation_fraction, holdout, seed)
     data.stats = {"train": _stats(data.train, data.text_column),
                   "validation": _stats(data.validation, data.text_column)}
     return data
@@ -256,7 +297,8 @@ def _with(features, col: str, feature):
     return features
 
 
-def _split(ds, fraction: float, seed: int):
+def _split(ds, data: TextDataset, fraction: float, holdout: str, seed: int):
+    """``(train, validation, how)`` for a source without its own validation split."""
     import numpy as np
 
     n = len(ds)
@@ -264,15 +306,74 @@ def _split(ds, fraction: float, seed: int):
         raise UserError("The dataset has no text: every document was empty or blank.",
                         why="Blank documents are dropped, and nothing was left to train on.",
                         fix="Check the file or the text_column; for a Hub dataset, the config.")
-    n_val = 0 if fraction == 0 else max(1, round(n * fraction))
+    if fraction == 0:
+        return ds, ds.select([]), "none (validation_fraction=0)"
+    n_val = max(1, round(n * fraction))
+    if holdout == "auto":
+        packed = data.task in _PACKED_TASKS
+        few = n_val < MIN_HELD_OUT_DOCUMENTS and packed and \
+            _median_chars(ds, data.text_column) * fraction >= MIN_TAIL_CHARS
+        holdout = "tail" if few or (packed and n_val >= n) else "documents"
+    if holdout == "tail":
+        if data.task not in _PACKED_TASKS:
+            raise UserError(f"holdout='tail' cuts documents in two, which a {data.task} "
+                            "dataset's rows cannot be (each is one labelled sample).",
+                            fix="Use holdout='documents' (or 'auto').")
+        return (*_tails(ds, data.text_column, fraction),
+                f"the last {fraction:.0%} of every document, from a line start")
     if n_val >= n:
         raise UserError(f"The dataset has {n} document(s): too few for a train/validation "
                         "split by document.", why="Each split needs at least one document.",
-                        fix='Add text, use document="line" to cut it finer, or pass '
-                        "validation_fraction=0.")
+                        fix="Hold out the tail of every document instead (holdout='tail' or "
+                        "'auto'), add text, or set validation_fraction=0 (--val-fraction 0).")
     order = np.random.default_rng(seed).permutation(n)
     # (n_val,) indices; both splits keep the source order, shuffling is the sampler's job
-    return ds.select(np.sort(order[n_val:])), ds.select(np.sort(order[:n_val]))
+    return (ds.select(np.sort(order[n_val:])), ds.select(np.sort(order[:n_val])),
+            f"{n_val:,} whole documents of {n:,}, a seeded choice (seed {seed}, "
+            f"{fraction:.0%})")
+
+
+def _median_chars(ds, column: str) -> float:
+    import numpy as np
+    import pyarrow.compute as pc
+
+    lengths = pc.utf8_length(ds.with_format("arrow")[:].column(column)).to_numpy()
+    return float(np.median(lengths)) if len(lengths) else 0.0
+
+
+def tail_cut(text: str, fraction: float) -> int:
+    """Where ``text``'s held-out tail starts: about ``fraction`` of its characters from the
+    end, moved to a line start (else a word start) so no line is cut in two — the next one,
+    unless that leaves no text to score, then the one before."""
+    at = len(text) - max(1, round(len(text) * fraction))
+    if at <= 0:
+        return 0
+    end = len(text.rstrip())  # the tail must hold text, not only the final line break
+    for sep in ("\n", " "):
+        after = text.find(sep, at - 1)
+        if after != -1 and after + 1 < end:
+            return after + 1
+        before = text.rfind(sep, 0, at)
+        if before != -1:
+            return before + 1
+    return at
+
+
+def _head_and_tail(batch: dict[str, list], column: str, fraction: float, part: str):
+    cuts = [tail_cut(t, fraction) for t in batch[column]]
+    texts = [t[:c] if part == "head" else t[c:] for t, c in zip(batch[column], cuts, strict=True)]
+    return {column: texts}
+
+
+def _tails(ds, column: str, fraction: float):
+    """Every document's head (train) and tail (validation); parts with no text are dropped."""
+    parts = []
+    for part in ("head", "tail"):
+        cut = ds.map(_head_and_tail, batched=True, desc=f"Holding out the tails ({part})",
+                     fn_kwargs={"column": column, "fraction": fraction, "part": part})
+        parts.append(cut.filter(lambda b: [bool(t.strip()) for t in b[column]], batched=True,
+                                desc="Dropping empty parts"))
+    return parts[0], parts[1]
 
 
 def _stats(ds, column: str) -> DatasetStats:

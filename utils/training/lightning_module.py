@@ -95,6 +95,7 @@ class AdapterModule(L.LightningModule):
         self.tokens_seen = 0
         self._good_in_step = False  # a micro-batch of the current optimizer step was stepped on
         self._val_metrics: dict[str, Any] | None = None
+        self.last_validated: int | None = None  # the optimizer step of the last validation
 
     # ---- optimisation -----------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
@@ -221,3 +222,4 @@ class AdapterModule(L.LightningModule):
         for key, value in values.items():
             self.log(key, value, prog_bar=key == "val_loss", sync_dist=True)
         self._val_metrics = None
+        self.last_validated = self.trainer.global_step

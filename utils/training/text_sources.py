@@ -16,7 +16,8 @@ from typing import Any
 from utils.environment import require, testbench_home
 from utils.errors import UserError
 
-__all__ = ["DOCUMENT_MODES", "SUFFIX_BUILDER", "example_corpus", "read_source"]
+__all__ = ["DOCUMENT_CUTS", "DOCUMENT_MODES", "ROW_CUT", "SUFFIX_BUILDER", "example_corpus",
+           "read_source"]
 
 # File suffix -> the `datasets` packaged builder that reads it.
 SUFFIX_BUILDER = {
@@ -25,8 +26,17 @@ SUFFIX_BUILDER = {
     ".jsonl": "json", ".json": "json",
     ".parquet": "parquet",
 }
-# How a .txt file is cut into documents -> the `text` builder's sample_by.
-DOCUMENT_MODES = {"paragraph": "paragraph", "line": "line", "file": "document"}
+# How a .txt file is cut into documents -> the `text` builder's sample_by. "file" keeps the text
+# as written (line breaks and blank lines reach the model); "paragraph" and "line" make the blank
+# line or the line break a document boundary, so the separator becomes the tokenizer's eos.
+DOCUMENT_MODES = {"file": "document", "paragraph": "paragraph", "line": "line"}
+# What each mode means, as a run's summary says it.
+DOCUMENT_CUTS = {
+    "file": "each file is one document, as written (line breaks and blank lines kept)",
+    "paragraph": "blank lines cut the files into documents (the blank lines become eos)",
+    "line": "each line is one document (the line breaks become eos)",
+}
+ROW_CUT = "each row is one document"
 _FEATURE = "Loading a text dataset"
 
 
@@ -36,17 +46,18 @@ def example_corpus() -> Path:
 
 
 def read_source(source: Any, *, config: str | None = None, split: str | None = None,
-                document: str = "paragraph", cache_dir: Path | None = None,
-                ) -> tuple[Any, str]:
-    """Read ``source`` into a ``Dataset`` or ``DatasetDict``; also return a one-line description.
+                document: str = "file", cache_dir: Path | None = None,
+                ) -> tuple[Any, str, str]:
+    """Read ``source`` into a ``Dataset`` or ``DatasetDict``; also return a one-line description
+    of the source and one of how it was cut into documents.
 
     Args:
         source: A path (file or folder), ``"upload"`` (Colab), a list of strings or of dicts, a
             ``datasets.Dataset``/``DatasetDict``, or a Hugging Face dataset name.
         config: The Hub dataset's configuration (``"wikitext-2-raw-v1"``).
         split: Only this split of a Hub dataset.
-        document: How text files are cut into documents: ``paragraph`` (blank-line separated),
-            ``line`` or ``file``.
+        document: How text files are cut into documents: ``file`` (each file as written),
+            ``paragraph`` (blank-line separated) or ``line``.
         cache_dir: Where ``datasets`` keeps its Arrow files.
     """
     datasets = require("datasets", _FEATURE)
@@ -54,27 +65,40 @@ def read_source(source: Any, *, config: str | None = None, split: str | None = N
     if document not in DOCUMENT_MODES:
         raise UserError(f"document={document!r} is not a way to cut text into documents.",
                         why=f"Allowed: {', '.join(DOCUMENT_MODES)}.",
-                        fix='Use document="paragraph" (blank-line separated) or "line".')
+                        fix='Use document="file" (each file as written), "paragraph" (blank-'
+                        'line separated) or "line" (--document on the command line).')
     if isinstance(source, (datasets.Dataset, datasets.DatasetDict)):
-        return source, f"a datasets.{type(source).__name__} in memory"
+        return source, f"a datasets.{type(source).__name__} in memory", ROW_CUT
     if isinstance(source, Sequence) and not isinstance(source, (str, bytes)):
-        return _from_records(datasets, source), f"{len(source)} records in memory"
+        return _from_records(datasets, source), f"{len(source)} records in memory", ROW_CUT
     if hasattr(source, "to_dict") and hasattr(source, "columns"):  # a pandas DataFrame
-        return datasets.Dataset.from_pandas(source, preserve_index=False), "a DataFrame"
+        return datasets.Dataset.from_pandas(source, preserve_index=False), "a DataFrame", ROW_CUT
     if not isinstance(source, (str, Path)):
         raise UserError(f"Cannot read text from a {type(source).__name__}.",
                         why="A source is a path, 'upload', a list of strings, a datasets.Dataset "
                         "or a Hugging Face dataset name.",
                         fix="Pass the path of a .txt/.csv/.jsonl/.parquet file or folder.")
     if str(source) == "upload":
-        return _read_files(datasets, _colab_upload(cache), document, cache), "a Colab upload"
+        files = _colab_upload(cache)
+        return (_read_files(datasets, files, document, cache), "a Colab upload",
+                _cut(files, document))
     path = Path(source).expanduser()
     if path.exists():
-        return _read_files(datasets, _local_files(path), document, cache), str(path)
+        files = _local_files(path)
+        return (_read_files(datasets, files, document, cache), str(path),
+                _cut(files, document))
     if path.suffix.lower() in SUFFIX_BUILDER or str(source).startswith(("/", ".", "~")):
         raise UserError(f"File not found: {path}.", why="No file or folder has that path.",
                         fix="Check the path (in Colab, files you upload land in /content).")
-    return _from_hub(datasets, str(source), config, split, cache), f"Hub dataset {source}"
+    return (_from_hub(datasets, str(source), config, split, cache), f"Hub dataset {source}",
+            ROW_CUT)
+
+
+def _cut(files: list[Path], document: str) -> str:
+    """How ``files`` were cut into documents: text files by ``document``, tables by row."""
+    if files and SUFFIX_BUILDER[files[0].suffix.lower()] == "text":
+        return DOCUMENT_CUTS[document]
+    return ROW_CUT
 
 
 def _from_records(datasets, records: Sequence) -> Any:

@@ -82,14 +82,18 @@ def _data_module(adapter: Any, data: Any, config: TrainingConfig, run_dir: Path,
         return data, data.tokenizer
     dataset = data if hasattr(data, "train") and hasattr(data, "validation") else \
         load_text_dataset(data, task=adapter.task)
+    if getattr(dataset, "cut", None):
+        say(f"Data: {dataset.source}: {dataset.cut}; validation: {dataset.split_by}.")
     tok_dir = run_dir / "tokenizer"
     if tokenizer is None and (tok_dir / "tokenizer.json").is_file():
         tokenizer = AdaptiveTokenizer.load(tok_dir)  # the run's own: tokenize as before
         say(f"Tokenizer: the run's own ({tokenizer.strategy}, {tokenizer.vocab_size:,} ids).")
     elif tokenizer is None:
         tokenizer = tokenizer_for_model(adapter, dataset)
-        say(f"Tokenizer: {tokenizer.strategy}, {tokenizer.vocab_size:,} ids — "
-            f"{tokenizer.reason.split(';')[0]}.")
+        first, *more = [part.strip() for part in tokenizer.reason.split(";") if part.strip()]
+        say(f"Tokenizer: {tokenizer.strategy}, {tokenizer.vocab_size:,} ids — {first}.")
+        for part in more:  # a pretrained tokenizer passed over or unavailable offline, …
+            say(f"  note: {part}.")
     dm = TextDataModule(dataset, tokenizer, adapter, seq_len=config.seq_len_for(
                         adapter.max_seq_len),
                         batch_size=config.batch_size, seed=config.seed,
@@ -281,6 +285,15 @@ def _train(adapter, loaded, data, config, run_dir, manager, extra_callbacks, tok
     batches = len(dm.train_dataloader())
     steps_per_epoch = max(1, math.ceil(batches / config.grad_accum))
     total = config.max_steps if config.max_steps > 0 else steps_per_epoch * (config.epochs or 1)
+    validating = bool(config.val_every)
+    if validating and not _has_validation(dm):
+        validating = False
+        notes.append("No validation text (validation_fraction=0, or the source's validation "
+                     "split is empty): val_loss is not measured.")
+    if config.warmup_steps >= total and start is None:
+        notes.append(f"warmup_steps={config.warmup_steps} is not shorter than the run "
+                     f"({total} steps): the learning rate rose for {max(total - 1, 0)} steps "
+                     "and never reached its cosine decay.")
     module = AdapterModule(adapter, config, total_steps=total)
     metrics_log = MetricsLog(run_dir / "metrics.csv", log_every=max(1, config.log_every),
                              plain=plain, say=say)
@@ -307,12 +320,12 @@ def _train(adapter, loaded, data, config, run_dir, manager, extra_callbacks, tok
         accumulate_grad_batches=config.grad_accum,
         gradient_clip_val=config.grad_clip or None,
         limit_val_batches=(config.val_batches if config.val_batches else 1.0)
-        if config.val_every else 0,
-        check_val_every_n_epoch=None if config.val_every else 1,
+        if validating else 0,
+        check_val_every_n_epoch=None if validating else 1,
         num_sanity_val_steps=0, use_distributed_sampler=False, enable_model_summary=False,
         default_root_dir=str(run_dir), logger=_logger(config, run_dir),
         enable_checkpointing=False, deterministic=False)
-    if config.val_every:
+    if validating:
         kwargs["val_check_interval"] = val_every
     if config.lr == "auto" and start is None:
         with _quiet_lightning():
@@ -327,10 +340,20 @@ def _train(adapter, loaded, data, config, run_dir, manager, extra_callbacks, tok
                              callbacks=callbacks, plugins=[ManagerIO(manager)],
                              enable_progress_bar=not plain)
     resumed = None
+    complete = False
     if start is not None:
         path = getattr(start, "path", start)
         resumed = {"step": getattr(start, "step", None), "file": str(path)}
-        say(f"Resuming from step {resumed['step']} ({Path(path).name}).")
+        complete = config.max_steps > 0 and (resumed["step"] or 0) >= config.max_steps
+        if complete:
+            resumed["complete"] = True
+            done = (f"The run is already complete: its checkpoint of step {resumed['step']} "
+                    f"reached max_steps={config.max_steps}, so nothing was trained; raise "
+                    "max_steps (--max-steps) to train on.")
+            notes.append(done)
+            say(done)
+        else:
+            say(f"Resuming from step {resumed['step']} ({Path(path).name}).")
     began = time.perf_counter()
     interrupted = False
     with _quiet_lightning():
@@ -343,6 +366,10 @@ def _train(adapter, loaded, data, config, run_dir, manager, extra_callbacks, tok
             interrupted = True
     if resumed is not None and resumed["step"] is None:
         resumed["step"] = state.resumed_step
+    if validating and not interrupted and not complete and \
+            module.last_validated != trainer.global_step:
+        with _quiet_lightning():  # the run's last step gets a val_loss (a short run its only)
+            trainer.validate(module, datamodule=dm, verbose=False)
     notes += state.events
     if module.skipped_steps:
         notes.append(f"{module.skipped_steps} step(s) skipped by the loss guard "
@@ -368,6 +395,13 @@ def _train(adapter, loaded, data, config, run_dir, manager, extra_callbacks, tok
         manager.mirror_file("metrics.csv")
         manager.drain()
     return result
+
+
+def _has_validation(dm: Any) -> bool:
+    """Whether the data module has validation rows (True when it cannot tell)."""
+    rows = getattr(dm, "rows", None)
+    return not isinstance(rows, dict) or "validation" not in rows or \
+        len(rows["validation"]) > 0
 
 
 def _logger(config: TrainingConfig, run_dir: Path):
