@@ -7,6 +7,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 BLOCKED = ["lightning", "pytorch_lightning", "optuna", "optuna_integration", "torchmetrics",
            "wandb", "huggingface_hub", "datasets", "tokenizers", "transformers", "ipywidgets",
@@ -96,3 +98,26 @@ def test_tier1_and_tier2_run_without_extras():
     """)
     assert proc.returncode == 0, proc.stderr
     assert "OK" in proc.stdout
+
+
+@pytest.mark.parametrize("argv, extra", [
+    (["train", "--preset", "smoke"], "train,data"),
+    (["search", "--trials", "2", "--preset", "smoke"], "train,data"),
+    (["benchmark", "--steps", "2", "--preset", "smoke"], "train,data"),
+    (["export", "--formats", "onnx", "--out", "OUT"], "export"),
+    (["push", "DIR", "--repo", "alice/tiny-gpt"], "mlops"),
+])
+def test_every_command_names_its_missing_extra(tmp_path, argv, extra):
+    """In a base install (what `make demo` makes) each command that needs an extra exits 2
+    with the extra's name and the command that installs it — no traceback, not a 'bug'."""
+    argv = [str(tmp_path / a) if a in ("OUT", "DIR") else a for a in argv]
+    (tmp_path / "DIR").mkdir()  # an exported folder, as far as push's first look goes
+    (tmp_path / "DIR" / "config.json").write_text("{}")
+    (tmp_path / "DIR" / "model.safetensors").write_bytes(b"")
+    proc = run_blocked(f"""
+        from utils.__main__ import main
+        sys.exit(main({argv!r}))
+    """)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+    assert f"[{extra}]" in proc.stderr or f"'{extra}' extra" in proc.stderr, proc.stderr

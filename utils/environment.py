@@ -22,6 +22,7 @@ __all__ = [
     "in_colab",
     "is_available",
     "require",
+    "require_all",
     "resolve_device",
     "testbench_home",
     "versions",
@@ -62,6 +63,16 @@ def require(module: str, feature: str) -> ModuleType:
         if exc.name is not None and exc.name.split(".")[0] != top:
             raise  # the package is there but broken: its own error is the useful one
         raise MissingExtraError(top, EXTRA_OF.get(top, "all"), feature, colab=in_colab()) from None
+
+
+def require_all(modules: list[str] | tuple[str, ...], feature: str) -> None:
+    """Raise one :class:`MissingExtraError` naming every missing module of ``modules`` and
+    every extra that installs them (``pip install -e ".[train,data]"``), before any work."""
+    missing = [m for m in modules if not is_available(m)]
+    if missing:
+        extras = list(dict.fromkeys(EXTRA_OF.get(m.split(".")[0], "all") for m in missing))
+        raise MissingExtraError(", ".join(missing), ",".join(extras), feature,
+                                colab=in_colab())
 
 
 def is_available(module: str) -> bool:

@@ -121,12 +121,17 @@ class MissingExtraError(UserError):
     installs it here (see :func:`install_command`)."""
 
     def __init__(self, module: str, extra: str, feature: str, *, colab: bool = False) -> None:
-        self.module = module
-        self.extra = extra
+        self.module = module  # "lightning", or several: "lightning, datasets"
+        self.extra = extra  # "train", or several: "train,data"
+        modules, extras = module.split(", "), extra.split(",")
+        named = ", ".join(f"'{m}'" for m in modules)
+        belong = (f"'{extras[0]}' extra" if len(extras) == 1 else
+                  " and ".join(f"'{e}'" for e in extras) + " extras")
         super().__init__(
-            f"{feature} needs the package '{module}', which is not installed.",
-            why=f"'{module}' belongs to the optional '{extra}' extra, which the zero-install "
-            "path (loading, Tier 1, Tier 2) does not need.",
+            f"{feature} needs the package{'s' if len(modules) > 1 else ''} {named}, which "
+            f"{'are' if len(modules) > 1 else 'is'} not installed.",
+            why=f"{'They belong' if len(modules) > 1 else 'It belongs'} to the optional "
+            f"{belong}, which the zero-install path (loading, Tier 1, Tier 2) does not need.",
             fix=install_command(extra, colab=colab),
         )
 

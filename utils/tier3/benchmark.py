@@ -173,8 +173,11 @@ def benchmark_comparison(model: Any, data: Any = None, baseline: str = "gpt", *,
         GateFailed: your model failed the Tier 1 gate (and ``force`` is False).
     """
     from utils.checks import as_adapter
+    from utils.environment import require_all
     from utils.training.runs import write_json
+    from utils.training.training_core import TRAINING_PACKAGES
 
+    require_all(TRAINING_PACKAGES, "The benchmark")
     problems = [f"{name}={value!r} (need an integer >= 1)" for name, value in
                 (("steps", steps), ("seeds", seeds))
                 if not isinstance(value, int) or isinstance(value, bool) or value < 1]

@@ -88,12 +88,12 @@ def hyperparameter_search(model: Any, data: Any = None, space: SearchSpace | dic
         KeyboardInterrupt: after an interrupt; the interrupted trial is queued again, so
             calling again continues the study.
     """
-    from utils.environment import require, testbench_home
+    from utils.environment import require_all, testbench_home
+    from utils.training.training_core import TRAINING_PACKAGES
 
     pruner = _check_arguments(n_trials, pruner, timeout, heartbeat, steps_per_trial)
     check_storage(storage)
-    for module in ("optuna", "optuna_integration", "lightning"):
-        require(module, "Hyperparameter search")
+    require_all(("optuna", "optuna_integration", *TRAINING_PACKAGES), "Hyperparameter search")
     import optuna
 
     adapter, model_arg = _as_adapter(model)

@@ -191,6 +191,7 @@ def push_to_hub(folder: str | Path, repo_id: str, *, private: bool = True,
 
     repo_id = check_repo_id(repo_id)
     path, notes = resolve_folder(folder, force=force)
+    hub = require("huggingface_hub", "Pushing to the Hugging Face Hub")  # the extra, then a token
     token, _where = find_token(token)
     if not token:
         raise UserError("No Hugging Face token was found, so nothing can be pushed.",
@@ -199,7 +200,6 @@ def push_to_hub(folder: str | Path, repo_id: str, *, private: bool = True,
                         fix="Create one at https://huggingface.co/settings/tokens (type: "
                         "Write), then pass token=..., set HF_TOKEN, or in Colab add it as the "
                         "secret HF_TOKEN (the key icon) and allow this notebook to read it.")
-    hub = require("huggingface_hub", "Pushing to the Hugging Face Hub")
     endpoint = (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
     api = hub.HfApi(endpoint=endpoint, token=token, library_name="transformer-testbench")
     files = sorted(str(p.relative_to(path)) for p in path.rglob("*")

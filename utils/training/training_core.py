@@ -42,6 +42,9 @@ from utils.training.runs import (
 
 __all__ = ["TIER1_GATE", "GateFailed", "TrainResult", "train"]
 
+# What a training run imports (the train and data extras), checked before any work.
+TRAINING_PACKAGES = ("lightning", "torchmetrics", "safetensors", "datasets", "tokenizers")
+
 # The Tier 1 checks that catch bugs training would hide: a model that runs but is wrong.
 TIER1_GATE: tuple[str, ...] = ("shape_robustness", "causal_masking", "batch_independence",
                                "padding_invariance", "context_use", "position_information",
@@ -209,8 +212,10 @@ def train(model_or_adapter: Any, data: Any = None, config: TrainingConfig | None
         GateFailed: the Tier 1 gate failed (and ``force`` is False).
         UserError: bad data, a run folder that belongs to another model, a corrupt checkpoint.
     """
+    from utils.environment import require_all
     from utils.training.checkpoint_manager import CheckpointManager
 
+    require_all(TRAINING_PACKAGES, "Training")  # before any work: every missing extra at once
     config = config or TrainingConfig()
     adapter, loaded = _as_adapter(model_or_adapter)
     run_dir = Path(config.out_dir) if config.out_dir else default_run_dir(adapter, config)
