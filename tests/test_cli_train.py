@@ -196,3 +196,32 @@ def test_bad_data_flags_exit_2_with_the_message(tmp_path, model_and_data, capsys
     code = main(["train", str(folder), "--data", str(data), *flags, *FAST, "--out",
                  str(tmp_path / "r")])
     assert code == 2 and pattern in capsys.readouterr().err
+
+
+def test_advice_speaks_in_flags_on_the_command_line_and_in_arguments_in_python(
+        tmp_path, model_and_data, capsys):
+    from utils.errors import UserError
+    from utils.training.config import TrainingConfig
+
+    folder, data = model_and_data
+    assert main(["train", str(folder), "--data", str(data), *FAST, "--max-steps", "-5"]) == 2
+    err = capsys.readouterr().err
+    assert "--max-steps: got -5" in err and "testbench train --help" in err
+    assert "max_steps=" not in err and "field_docs" not in err
+    with pytest.raises(UserError, match=r"(?s)    max_steps: got -5.*field_docs\(\)"):
+        TrainingConfig(max_steps=-5)
+
+    out = tmp_path / "run"
+    assert main(["train", str(folder), "--data", str(data), *FAST, "--out", str(out),
+                 "--samples", "0"]) == 0
+    capsys.readouterr()
+    assert main(["train", str(folder), "--data", str(data), *FAST, "--out", str(out),
+                 "--resume", "never"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume auto" in err and "--out <another folder>" in err and "resume=" not in err
+
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--lr", "fast"])
+    assert info.value.code == 64
+    err = capsys.readouterr().err
+    assert "'fast' is not a learning rate" in err and "usage:" not in err

@@ -183,3 +183,28 @@ def test_a_folder_of_plays_keeps_every_play_in_training(tmp_path):
     assert sorted(t.split("\n")[0] for t in data.train["text"]) == [f"PLAY {i}" for i in range(4)]
     assert all(t.startswith(("QUEEN", "KING", "A friend", "ACT", "SCENE", "Who", "Stand", "\n"))
                for t in data.validation["text"])
+
+
+def test_no_network_without_offline_variables_fails_fast_with_what_to_do(tmp_path):
+    """The Hub libraries retry for ~27 s without a network; the one connection test answers at
+    once, and the message says what to do (a local path, or the shipped corpus)."""
+    import os
+    import subprocess
+    import time
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # the discard port: nothing listens, as offline
+    env["TESTBENCH_HOME"] = str(tmp_path)
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", (
+        "from utils.training.dataset_utilities import load_text_dataset\n"
+        "from utils.errors import UserError\n"
+        "try:\n"
+        "    load_text_dataset('wikitext', config='wikitext-2-raw-v1')\n"
+        "except UserError as e:\n"
+        "    print(e)\n")], capture_output=True, text=True, env=env, timeout=120)
+    seconds = time.monotonic() - started
+    assert "Offline: 127.0.0.1 could not be reached" in proc.stdout, proc.stdout + proc.stderr
+    assert "local path" in proc.stdout and "Retrying" not in proc.stderr
+    print(f"failed in {seconds:.1f} s, imports included")

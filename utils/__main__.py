@@ -38,7 +38,7 @@ from utils.cli_common import (
 )
 from utils.cli_common import Parser as _Parser
 from utils.cli_common import say_stderr as _stderr
-from utils.errors import UserError
+from utils.errors import UserError, cli_surface
 from utils.report import Report, envelope, source_label
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERNAL", "EXIT_OK", "EXIT_SOURCE", "EXIT_USAGE",
@@ -96,7 +96,13 @@ def _data_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _lr(text: str) -> float | str:
-    return text if text == "auto" else float(text)
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a learning rate: give a number "
+                                         "such as 3e-4, or auto") from None
 
 
 def _train_parser(sub) -> None:
@@ -399,7 +405,7 @@ def _benchmark_parser(sub) -> None:
     b = sub.add_parser("benchmark", parents=[source_parser()],
                        help="train the model and a baseline of matched size; compare",
                        description="Train the model (after the Tier 1 gate) and a plain pre-LN "
-                       "transformer whose parameter count is within 10%% of it — a GPT for a "
+                       "transformer whose parameter count is within 10% of it — a GPT for a "
                        "causal LM, an encoder for masked LM and classification — on the same "
                        "data, tokenizer, steps, seed and optimizer settings; print a table and "
                        "which is better, against the seed-to-seed noise of the baseline. "
@@ -457,8 +463,9 @@ def _push(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"validate": validate, "train": train, "search": search,
-                "benchmark": benchmark, "export": _export, "push": _push}[args.command](args)
+        with cli_surface():  # every message from here on speaks in flags
+            return {"validate": validate, "train": train, "search": search, "benchmark":
+                    benchmark, "export": _export, "push": _push}[args.command](args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -24,8 +24,8 @@ EMBEDDED = "(embedded example)"
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse's default exit code 2 is ours for bad sources
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        # the message and where to read more, not a screenful of usage
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n(see {self.prog} --help)\n")
 
 
 def say_stderr(message: str) -> None:

@@ -6,10 +6,12 @@ so the zero-install path (``import utils``, adapters, Tier 1, Tier 2) runs on wh
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
 import platform
+import socket
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -19,6 +21,7 @@ from utils.errors import MissingExtraError, UserError
 __all__ = [
     "EXTRA_OF",
     "free_memory_bytes",
+    "hub_reachable",
     "in_colab",
     "is_available",
     "require",
@@ -73,6 +76,34 @@ def require_all(modules: list[str] | tuple[str, ...], feature: str) -> None:
         extras = list(dict.fromkeys(EXTRA_OF.get(m.split(".")[0], "all") for m in missing))
         raise MissingExtraError(", ".join(missing), ",".join(extras), feature,
                                 colab=in_colab())
+
+
+_TRUE = ("1", "true", "yes", "on")
+
+
+def hub_reachable(timeout: float = 2.0) -> tuple[bool, str]:
+    """``(True, "")`` when the Hugging Face Hub can be reached, else ``(False, why)``: in
+    ``timeout`` seconds at most, decided once per process and address — one TCP connection to
+    ``HF_ENDPOINT`` (default huggingface.co), not the Hub libraries' retries (27 s here without
+    a network). ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` answer
+    without trying."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in _TRUE:
+            return False, f"{var} is set"
+    from urllib.parse import urlsplit
+
+    url = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = url.port or (80 if url.scheme == "http" else 443)
+    return _connects(url.hostname or "huggingface.co", port, timeout)
+
+
+@functools.lru_cache(maxsize=8)
+def _connects(host: str, port: int, timeout: float) -> tuple[bool, str]:
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return False, f"{host} could not be reached ({type(exc).__name__}: {exc})"
+    return True, ""
 
 
 def is_available(module: str) -> bool:

@@ -8,14 +8,55 @@ only (no traceback wall) while still stopping "Run all" like any exception.
 
 from __future__ import annotations
 
+import contextlib
 import linecache
 import traceback
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
-__all__ = ["REPOSITORY", "CodeLocation", "MissingExtraError", "UserError", "install_command",
-           "locate_in_files"]
+__all__ = ["REPOSITORY", "CodeLocation", "MissingExtraError", "UserError", "advice", "arg",
+           "cli_surface", "in_cli", "install_command", "locate_in_files"]
+
+# Where a message will be read: "python" (a notebook, a script) or "cli" (testbench …). Set by
+# the command line's main() around each command, read when a message is built: one place
+# decides whether a setting is spelled `resume='auto'` or `--resume auto`.
+_SURFACE: ContextVar[str] = ContextVar("testbench_surface", default="python")
+# A setting whose command-line flag is not its name with dashes.
+_FLAGS = {"out_dir": "--out", "mirror_dir": "--mirror", "validation_fraction": "--val-fraction",
+          "n_trials": "--trials", "max_steps": "--max-steps"}
+
+
+@contextlib.contextmanager
+def cli_surface() -> Iterator[None]:
+    """Messages built inside this block speak in command-line flags."""
+    token = _SURFACE.set("cli")
+    try:
+        yield
+    finally:
+        _SURFACE.reset(token)
+
+
+def in_cli() -> bool:
+    """Whether messages are being built for a terminal user of ``testbench``."""
+    return _SURFACE.get() == "cli"
+
+
+def arg(name: str, value: Any = ..., *, flag: str | None = None) -> str:
+    """A setting as the reader gives it: ``resume='auto'`` in Python, ``--resume auto`` on the
+    command line (``flag`` when its flag is not ``--`` + the name with dashes)."""
+    if in_cli():
+        spelled = flag or _FLAGS.get(name) or "--" + name.replace("_", "-")
+        return spelled if value is ... else f"{spelled} {value}"
+    return name if value is ... else f"{name}={value!r}"
+
+
+def advice(python: str, cli: str) -> str:
+    """The one of two wordings that fits where the message will be read."""
+    return cli if in_cli() else python
 
 # Where the package comes from: it is not on PyPI. template.ipynb's REPO names the same one.
 REPOSITORY = "https://github.com/transformer-testbench/transformer-testbench"

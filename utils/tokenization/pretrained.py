@@ -4,11 +4,10 @@ the Hub ever runs, so ``trust_remote_code`` never arises."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
-from utils.environment import require
+from utils.environment import hub_reachable, require
 
 __all__ = ["PretrainedUnavailable", "hub_offline", "load_tokenizer_json"]
 
@@ -20,9 +19,9 @@ class PretrainedUnavailable(Exception):
 
 
 def hub_offline() -> bool:
-    """Whether the Hugging Face libraries were told not to go online."""
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    """Whether the Hub is out of reach: offline variables set, or no connection (checked once,
+    in seconds: :func:`utils.environment.hub_reachable`)."""
+    return not hub_reachable()[0]
 
 
 def load_tokenizer_json(name_or_path: str | Path, *, allow_download: bool | None = None,
@@ -55,6 +54,7 @@ def load_tokenizer_json(name_or_path: str | Path, *, allow_download: bool | None
                                    cache_dir=str(cache_dir) if cache_dir else None,
                                    local_files_only=not download)
     except Exception as exc:  # LocalEntryNotFound, gated/401, network errors, no such repo
-        where = "the Hub" if download else "the local Hugging Face cache (offline)"
+        where = ("the Hub" if download else
+                 f"the local Hugging Face cache (offline: {hub_reachable()[1]})")
         raise PretrainedUnavailable(f"not in {where}: {type(exc).__name__}") from exc
     return tk.Tokenizer.from_file(file), f"{name_or_path} ({file})"

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from utils import atomic
-from utils.errors import UserError
+from utils.errors import UserError, arg
 from utils.training.checkpoint_files import (
     LATEST,
     CheckpointInfo,
@@ -307,8 +307,8 @@ class CheckpointManager:
         except FileNotFoundError as exc:
             raise UserError(f"Checkpoint {path} does not exist.",
                             why="It was deleted or moved, or the path is wrong.",
-                            fix="Pass resume='auto' to use the newest valid checkpoint, or a "
-                            "path to an existing one.") from exc
+                            fix=f"Pass {arg('resume', 'auto')} to use the newest valid "
+                            "checkpoint, or a path to an existing one.") from exc
         except Exception as exc:
             refused = "Weights only load failed" in str(exc)
             raise UserError(
@@ -318,8 +318,8 @@ class CheckpointManager:
                 if refused else "The file is truncated or corrupt (an interrupted copy or a "
                 "full disk) or was not written by torch.save.",
                 fix="Store only tensors, numbers, strings and containers in the state."
-                if refused else "Resume with resume='auto', which falls back to the previous "
-                "valid checkpoint, or delete the file.") from exc
+                if refused else f"Resume with {arg('resume', 'auto')}, which falls back to "
+                "the previous valid checkpoint, or delete the file.") from exc
 
     def restore_local(self, info: CheckpointInfo | None = None) -> CheckpointInfo | None:
         """Make the run folder complete again from the mirror (a recycled Colab VM): copy the

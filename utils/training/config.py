@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from utils.errors import UserError
+from utils.errors import UserError, advice, arg
 
 __all__ = ["ACCELERATORS", "LOGGERS", "PRECISIONS", "RESUME_OVERRIDABLE", "STRATEGIES",
            "ConfigError", "TrainingConfig", "effective_precision", "field_docs",
@@ -152,11 +152,14 @@ class TrainingConfig:
             object.__setattr__(self, name, value)
         problems = _problems(self)
         if problems:
-            lines = "".join(f"\n    {name}: {msg}" for name, msg in problems.items())
+            lines = "".join(f"\n    {arg(name)}: {msg}" for name, msg in problems.items())
             raise ConfigError(
-                f"Invalid training config: {len(problems)} field(s) are wrong:{lines}", problems,
-                fix="Change the fields listed above; TrainingConfig's docstring (or "
-                "field_docs()) describes each one.")
+                f"Invalid training settings: {len(problems)} "
+                f"{advice('field(s) are', 'flag(s) are')} wrong:{lines}", problems,
+                fix=advice("Change the fields listed above; TrainingConfig's docstring (or "
+                           "field_docs()) describes each one.",
+                           "Change the flags listed above; `testbench train --help` describes "
+                           "each one."))
 
     # ---- conversions ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from utils.errors import UserError
+from utils.errors import UserError, advice
 
 __all__ = ["PushResult", "add_push_parser", "find_token", "push_to_hub", "resolve_folder",
            "run_push"]
@@ -198,7 +198,9 @@ def push_to_hub(folder: str | Path, repo_id: str, *, private: bool = True,
                         why="Creating a repository and committing to it needs a token with "
                         "write permission.",
                         fix="Create one at https://huggingface.co/settings/tokens (type: "
-                        "Write), then pass token=..., set HF_TOKEN, or in Colab add it as the "
+                        f"Write), then {advice('pass token=...', 'set HF_TOKEN')}, "
+                        f"{advice('set HF_TOKEN', 'or run `hf auth login`')}, or in Colab add "
+                        "it as the "
                         "secret HF_TOKEN (the key icon) and allow this notebook to read it.")
     endpoint = (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
     api = hub.HfApi(endpoint=endpoint, token=token, library_name="transformer-testbench")
@@ -233,7 +235,8 @@ def _push_error(exc: Exception, repo_id: str, endpoint: str, token: str) -> User
         return UserError(f"The Hub at {endpoint} rejected the token (401 Unauthorized).",
                          why="The token is wrong, expired or was revoked.",
                          fix="Create a new token at https://huggingface.co/settings/tokens and "
-                         "pass it as token=... / HF_TOKEN / Colab's secret HF_TOKEN.")
+                         + advice("pass it as token=... / HF_TOKEN / Colab's secret HF_TOKEN.",
+                                  "set it as HF_TOKEN (or run `hf auth login`)."))
     if status == 403:
         return UserError(f"The token may not write to {repo_id} (403 Forbidden).",
                          why=f"The Hub said: {said}. A read-only or fine-grained token without "

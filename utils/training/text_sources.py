@@ -9,12 +9,13 @@ the cache is what lets the data module's tokenization be cached by fingerprint t
 from __future__ import annotations
 
 import codecs
+import contextlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from utils.environment import require, testbench_home
-from utils.errors import UserError
+from utils.environment import hub_reachable, require, testbench_home
+from utils.errors import UserError, advice
 
 __all__ = ["DOCUMENT_CUTS", "DOCUMENT_MODES", "ROW_CUT", "SUFFIX_BUILDER", "example_corpus",
            "read_source"]
@@ -199,16 +200,35 @@ def _colab_upload(cache: Path) -> list[Path]:
     return [p for p in paths if p.suffix.lower() in SUFFIX_BUILDER] or _local_files(paths[0])
 
 
-def _from_hub(datasets, name: str, config: str | None, split: str | None, cache: Path) -> Any:
+@contextlib.contextmanager
+def _offline(datasets, offline: bool):
+    """``datasets`` in offline mode for one call (its flags are read when a call runs)."""
+    names = [n for n in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if hasattr(datasets.config, n)]
+    before = {n: getattr(datasets.config, n) for n in names}
+    if offline:
+        for n in names:
+            setattr(datasets.config, n, True)
     try:
-        return datasets.load_dataset(name, config, split=split, cache_dir=str(cache))
+        yield
+    finally:
+        for n, v in before.items():
+            setattr(datasets.config, n, v)
+
+
+def _from_hub(datasets, name: str, config: str | None, split: str | None, cache: Path) -> Any:
+    online, why_not = hub_reachable()
+    try:
+        with _offline(datasets, not online):  # the cache only: no 27 s of retries
+            return datasets.load_dataset(name, config, split=split, cache_dir=str(cache))
     except ConnectionError as exc:
         raise UserError(
-            f"Could not reach the Hugging Face Hub to load the dataset '{name}'.",
-            why=f"{exc} — no network, the Hub is down, or HF_DATASETS_OFFLINE / HF_HUB_OFFLINE "
-            "is set.",
+            f"Could not reach the Hugging Face Hub to load the dataset '{name}', and it is not "
+            "in the local cache.",
+            why=(f"Offline: {why_not}." if not online else
+                 f"{exc} — the Hub is down or refused the request."),
             fix="Download the data once and pass its local path (a .txt/.csv/.jsonl/.parquet file "
-            "or folder), or use the shipped corpus: load_text_dataset(example_corpus()).",
+            "or folder), or use the shipped corpus: "
+            + advice("load_text_dataset(example_corpus()).", "leave out --data."),
         ) from None
     except FileNotFoundError as exc:  # DatasetNotFoundError is one
         raise UserError(f"There is no dataset '{name}' on the Hugging Face Hub, and no local "

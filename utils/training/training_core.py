@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from utils.errors import UserError
+from utils.errors import UserError, arg
 from utils.training.config import TrainingConfig, merge_for_resume
 from utils.training.result import GateFailed, TrainResult, build_result
 from utils.training.runs import (
@@ -118,10 +118,10 @@ def _resume_point(config: TrainingConfig, manager: Any, run_dir: Path):
         found = manager.latest_valid()
         if found is not None:
             raise UserError(f"{run_dir} already holds a run (checkpoint of step {found.step}), "
-                            "and resume='never' would overwrite it.",
+                            f"and {arg('resume', 'never')} would overwrite it.",
                             why="Starting from scratch in a folder with checkpoints would mix "
-                            "two runs.", fix="Pass resume='auto' to continue it, or out_dir="
-                            "<another folder> (--out) to start a new run beside it.")
+                            "two runs.", fix=f"Pass {arg('resume', 'auto')} to continue it, or "
+                            f"{arg('out_dir', '<another folder>')} to start a new run beside it.")
         return None
     if config.resume == "auto":
         return manager.latest_valid()
@@ -132,13 +132,14 @@ def _resume_point(config: TrainingConfig, manager: Any, run_dir: Path):
         with CheckpointManager(path, keep_last=config.keep_last) as other:
             found = other.latest_valid()
         if found is None:
-            raise UserError(f"resume={config.resume!r}: no valid checkpoint in that folder.",
-                            fix="Point resume at a run folder with checkpoints/, or a .ckpt.")
+            raise UserError(f"{arg('resume', config.resume)}: no valid checkpoint in that "
+                            "folder.", fix=f"Point {arg('resume')} at a run folder with "
+                            "checkpoints/, or a .ckpt.")
         return found
     if not path.is_file():
-        raise UserError(f"resume={config.resume!r}: no such checkpoint file or run folder.",
-                        fix="Use resume='auto' (the newest valid checkpoint of the run), "
-                        "'never', or an existing path.")
+        raise UserError(f"{arg('resume', config.resume)}: no such checkpoint file or run "
+                        "folder.", fix=f"Use {arg('resume', 'auto')} (the newest valid checkpoint "
+                        f"of the run), {arg('resume', 'never')}, or an existing path.")
     return path
 
 
@@ -353,8 +354,8 @@ def _train(adapter, loaded, data, config, run_dir, manager, extra_callbacks, tok
         if complete:
             resumed["complete"] = True
             done = (f"The run is already complete: its checkpoint of step {resumed['step']} "
-                    f"reached max_steps={config.max_steps}, so nothing was trained; raise "
-                    "max_steps (--max-steps) to train on.")
+                    f"reached {arg('max_steps', config.max_steps)}, so nothing was trained; "
+                    f"raise {arg('max_steps')} to train on.")
             notes.append(done)
             say(done)
         else:
