@@ -203,3 +203,23 @@ def test_notebook_shows_the_message_not_a_traceback():
     shown = captured.stdout + captured.stderr
     assert "Gist abc was not found." in shown and "Check the id." in shown
     assert "Traceback" not in shown and "raise UserError" not in shown
+
+
+def test_a_librarys_deprecation_of_its_own_internals_is_not_a_note():
+    """torch.export's LeafSpec FutureWarning was passed on as an export note: noise the user
+    cannot act on. A deprecated call in the user's own code still is one."""
+    import warnings
+
+    from utils.checks import LibraryWarnings
+
+    said = LibraryWarnings()
+    with said.capture("pt2"):
+        warnings.warn_explicit("LeafSpec is deprecated", FutureWarning,
+                               "/env/lib/python3.11/site-packages/torch/utils/_pytree.py", 10)
+        warnings.warn_explicit("torch.cuda.amp.autocast(args...) is deprecated", FutureWarning,
+                               "/content/model.py", 12)
+        warnings.warn_explicit("the axis name will not be used", UserWarning,
+                               "/env/lib/python3.11/site-packages/torch/onnx/_x.py", 3)
+    notes = said.notes()
+    assert not any("LeafSpec" in n for n in notes)
+    assert any("autocast" in n for n in notes) and any("axis name" in n for n in notes)

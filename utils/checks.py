@@ -300,12 +300,26 @@ class LibraryWarnings:
                     yield
                 finally:
                     for w in caught:
-                        self.add(label, f"{w.category.__name__}: {w.message}")
+                        if not _library_deprecation(w):
+                            self.add(label, f"{w.category.__name__}: {w.message}")
         finally:
             for lg in targets:
                 lg.removeHandler(handler)
             for h in printers:
                 h.removeFilter(quiet)
+
+
+_DEPRECATIONS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+
+
+def _library_deprecation(w: warnings.WarningMessage) -> bool:
+    """A library's deprecation notice about its own internals (torch.export's ``LeafSpec``…):
+    nothing the user wrote or can change, so not a note. One that points at the user's code
+    (a deprecated call in model.py) stays."""
+    where = str(w.filename).replace("\\", "/")
+    return issubclass(w.category, _DEPRECATIONS) and ("/site-packages/" in where
+                                                      or "/dist-packages/" in where
+                                                      or "/lib/python3" in where)
 
 
 class _LibraryRecords(logging.Filter):

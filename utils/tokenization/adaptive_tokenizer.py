@@ -22,7 +22,6 @@ Example:
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -243,8 +242,7 @@ def _train(vocab_size: int, corpus: Any, specials: list[str], min_frequency: int
                  f"characters) ran out of pairs seen {min_frequency}+ times at "
                  f"{result.reached:,} tokens, so {unused:,} of the model's {vocab_size:,} rows "
                  "stay unused (untrained); more text would fill them")
-        warnings.warn(f"Tokenizer smaller than the model's embedding: {short}.", stacklevel=3)
-        why = f"{why}; {short}"
+        why = f"{why}; {short}"  # said with the tokenizer (train()'s notes), not a warning
     return result.tokenizer, why
 
 
