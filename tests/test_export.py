@@ -152,6 +152,7 @@ def test_every_format_matches_eager_when_reloaded_at_a_new_batch_and_length(
         for heading in ("## Model", "## Provenance", "## Tier 1", "## Parity", "## Use it"):
             assert heading in card
         assert "passed parity" in card and "sha256 model.py" in card
+        assert str(tmp_path) not in card and str(ZOO) not in card  # no local path is published
 
 
 def _planted(tmp_path: Path) -> Path:

@@ -118,12 +118,11 @@ def test_no_gist_anywhere_says_where_it_looked():
         tn.training_gist("my model", env={})
 
 
-def test_optional_feature_says_what_is_missing(capsys):
-    assert tn.optional_feature(False, "Export", "utils.training.export_utilities", "x") is False
-    assert "skipped (tick its box" in capsys.readouterr().out
-    assert tn.optional_feature(True, "Teleport", "utils.teleport", "issue 99") is False
-    assert "not in this version of Transformer Testbench yet (issue 99)" in capsys.readouterr().out
-    assert tn.optional_feature(True, "HPO", "utils.tier3.search", "issue 14") is True
+def test_an_optional_step_runs_when_ticked_and_says_how_otherwise(capsys):
+    assert tn.optional_step(False, "Export") is False
+    assert "Export: skipped (tick its box to run it)." in capsys.readouterr().out
+    assert tn.optional_step(True, "Export") is True
+    assert capsys.readouterr().out == ""
 
 
 def test_run_location_outside_colab(capsys):

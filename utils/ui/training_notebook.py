@@ -34,7 +34,7 @@ __all__ = [
     "TrainingGist",
     "gpu_notice",
     "newer_revision",
-    "optional_feature",
+    "optional_step",
     "prepare_data",
     "run_location",
     "settings",
@@ -353,24 +353,11 @@ def show_training(result: Any, *, samples: int = 2) -> None:
             print(f"Sample {seed + 1}: {text}")
 
 
-def optional_feature(flag: bool, name: str, module: str, issue: str) -> bool:
-    """Whether an optional cell should run: its checkbox is ticked and its feature exists.
-
-    A ticked feature that this version does not have yet says so (naming the issue that builds
-    it) instead of failing.
-    """
+def optional_step(flag: bool, name: str) -> bool:
+    """Whether an optional cell should run: its box is ticked (else it says how to run it)."""
     if not flag:
         print(f"{name}: skipped (tick its box to run it).")
-        return False
-    from importlib.util import find_spec
-
-    try:
-        present = find_spec(module) is not None
-    except ModuleNotFoundError:
-        present = False
-    if not present:
-        print(f"{name}: not in this version of Transformer Testbench yet ({issue}); skipped.")
-    return present
+    return bool(flag)
 
 
 def show_gate(report: Any, out_dir: Path) -> None:

@@ -32,9 +32,11 @@ def _model(model: dict[str, Any], config: dict[str, Any]) -> list[str]:
 
 
 def _provenance(source: dict[str, Any]) -> list[str]:
+    # not the local path: the card is published with the model, and a folder on this machine
+    # (/home/alice/…, /content/drive/…) says nothing to a reader and something about the user
     rows = [[k, source.get(k)] for k in ("kind", "gist_id", "revision", "owner", "html_url",
-                                         "path", "model_file", "model_class")
-            if source.get(k)]
+                                         "model_file", "model_class", "seed")
+            if source.get(k) is not None and source.get(k) != ""]
     rows += [[f"sha256 {name}", f"`{digest}`"] for name, digest in
              sorted((source.get("sha256") or {}).items())]
     return ["## Provenance", "", *(_table(["", ""], rows) if rows else ["Not recorded."])]
