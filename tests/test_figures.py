@@ -314,3 +314,18 @@ def test_a_record_below_warning_and_other_loggers_are_left_alone(caplog):
                            checks=["determinism"], progress=False)
     assert not any("the user's own logger" in n for n in report.notes)
     assert "the user's own logger" in caplog.text
+
+
+def test_close_log_ticks_share_a_label_instead_of_running_together():
+    from utils.tier1.plots import _apart
+
+    assert _apart([0.01, 0.1, 1.0, 2.5, 3.0]) == ([0.01, 0.1, 1.0, 2.5], ["0.01", "0.1", "1",
+                                                                         "2.5/3"])
+
+
+def test_every_part_of_the_memory_estimate_is_visible_and_the_histogram_counts_runs(figures):
+    mem = figures["memory_footprint"].axes[0]
+    assert mem.get_yscale() == "log" and mem.get_ylabel().startswith("MB")
+    labels = {t.get_text() for t in mem.get_legend().get_texts()}
+    assert {"weights", "gradients", "AdamW state", "activations", "total"} <= labels
+    assert figures["inference_speed"].axes[0].get_ylabel() == "runs"

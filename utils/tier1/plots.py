@@ -107,12 +107,9 @@ def plot_parameter_initialization(result: CheckResult):
                                 else short_names([r["parameter"] for r in rows])))
     keys = short_names([r["layer"] for r in rows]) if per_layer else labels
     fig, ax = _axes(f"Weight gain = std × √fan_in per {'layer' if per_layer else 'matrix'}: "
-                    f"passes in {low:g}–{high:g}, fails above {fail:g}\n"
-                    f"(bars: ±{result.threshold.get('sampling_z', 0):g} standard errors of the "
-                    "sampled std, the verdict goes by their ends; common inits give ≈ 0.1–1.5, "
-                    "N(0, 0.02) at width d gives 0.02·√d)",
-                    width=8.0, height=1.4 + 0.24 * max(len(labels), 4))
-    ax.set_title(ax.get_title(), pad=14)  # room for the band names above the axes
+                    f"passes in {low:g}–{high:g}, fails above {fail:g}",
+                    width=8.0, height=1.9 + 0.24 * max(len(labels), 4))
+    ax.set_title(ax.get_title(), pad=14, fontsize=11)  # room for the band names above the axes
     gains = [r["gain"] for r in rows if r["gain"] > 0]
     left = min([low / 3, *(g / 2 for g in gains)])
     right = max([fail * 3, *(g * 2 for g in gains)])
@@ -140,17 +137,34 @@ def plot_parameter_initialization(result: CheckResult):
                                       math.floor(math.log10(right)) + 1)]
     ticks = sorted({low, high, fail, *(v for v in decades if all(
         abs(math.log10(v / edge)) > 0.2 for edge in (high, fail)))})
-    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ticks, names = _apart(ticks)
+    ax.set_xticks(ticks, names)
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.set_ylim(len(labels) - 0.5, -0.5)  # model order, top to bottom
     ax.set_xlabel(f"gain{' (one dot per matrix)' if per_layer else ''}; dashed: 1, the input's "
-                  "scale kept")
+                  f"scale kept; bars: ±{result.threshold.get('sampling_z', 0):g} standard "
+                  "errors of the sampled std\ncommon inits give ≈ 0.1–1.5; N(0, 0.02) at width "
+                  "d gives 0.02·√d", fontsize=9)
     if not rows:
         ax.text(0.5, 0.5, "no weight matrices (only embeddings, norms and biases)",
                 transform=ax.transAxes, ha="center")
     fig.tight_layout()
     return fig
+
+
+def _apart(ticks: list[float], min_decades: float = 0.15) -> tuple[list[float], list[str]]:
+    """Ticks on a log axis at least ``min_decades`` apart, so no two labels run together
+    (2.5 and 3 printed as "2.53"); a tick too close to the one before joins its label."""
+    kept: list[float] = []
+    names: list[str] = []
+    for t in ticks:
+        if kept and math.log10(t / kept[-1]) < min_decades:
+            names[-1] = f"{names[-1]}/{t:g}"
+            continue
+        kept.append(t)
+        names.append(f"{t:g}")
+    return kept, names
 
 
 @register_plot("output_stability")
@@ -169,23 +183,27 @@ def plot_output_stability(result: CheckResult):
 
 @register_plot("memory_footprint")
 def plot_memory_footprint(result: CheckResult):
+    import numpy as np
+
     rows = result.rows
     fig, ax = _axes(f"Training memory at length {rows[0]['seq_len']} (estimate)")
-    batches = [r["batch"] for r in rows]
-    bottom = [0.0] * len(rows)
-    for key, label in (("params_mb", "weights"), ("grads_mb", "gradients"),
-                       ("optimizer_mb", "AdamW state"), ("activations_mb", "activations")):
-        values = [r[key] for r in rows]
-        ax.bar([str(b) for b in batches], values, bottom=bottom, label=label)
-        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    # side by side on a log axis: stacked, the weights of a small model vanish under its
+    # activations; here each part stays readable, and so does the card's size above them
+    parts = (("params_mb", "weights"), ("grads_mb", "gradients"),
+             ("optimizer_mb", "AdamW state"), ("activations_mb", "activations"))
+    x, width = np.arange(len(rows)), 0.8 / (len(parts) + 1)
+    for i, (key, label) in enumerate(parts):
+        ax.bar(x + (i - len(parts) / 2) * width, [max(r[key], 1e-3) for r in rows], width,
+               label=label)
+    totals = [sum(r[k] for k, _ in parts) for r in rows]
+    ax.bar(x + len(parts) / 2 * width, totals, width, color="#57606a", label="total")
     usable_gb = result.threshold["colab_t4_usable_gb"]
-    t4 = f"Colab T4 ({COLAB_FREE.memory_gb:g} GB card, {usable_gb:g} GB usable)"
-    if usable_gb * 1024 <= 10 * max(bottom):  # stacked bars need a linear axis; the card if in range
-        ax.axhline(usable_gb * 1024, color="#cf222e", ls=":", label=t4)
-    else:
-        ax.set_title(f"{ax.get_title()}\n{t4}: far above the bars", fontsize=10)
+    ax.axhline(usable_gb * 1024, color="#cf222e", ls=":",
+               label=f"Colab T4 ({COLAB_FREE.memory_gb:g} GB card, {usable_gb:g} GB usable)")
+    ax.set_xticks(x, [str(r["batch"]) for r in rows])
+    _log_scale(ax)
     ax.set_xlabel("batch size")
-    ax.set_ylabel("MB")
+    ax.set_ylabel("MB (log scale)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -197,7 +215,11 @@ def plot_inference_speed(result: CheckResult):
     ax.hist([r["ms"] for r in result.rows], bins=min(20, len(result.rows)), color="#4c72b0")
     ax.axvline(result.metrics["p50_ms"], color="black", ls="--", label="p50")
     ax.axvline(result.metrics["p90_ms"], color="#9a6700", ls=":", label="p90")
-    ax.set_xlabel("ms")
+    ax.set_xlabel("ms per forward")
+    ax.set_ylabel("runs")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # runs are counted, not measured
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
