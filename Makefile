@@ -12,7 +12,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: demo test test-fast lint clean
+.PHONY: demo test test-fast gpu-check lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ test: $(VENV)/.dev
 ## test-fast: the inner loop, without tests marked slow
 test-fast: $(VENV)/.dev
 	$(BIN)/python -m pytest -m "not slow" -x -q
+
+## gpu-check: on a CUDA machine, ≤ 5 min: tiers, memory model, T4 batch, throughput, resume,
+## export, compile (benchmarks/results/gpu_check.json); without CUDA it says so and exits 0
+gpu-check: $(VENV)/.dev
+	$(BIN)/python benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

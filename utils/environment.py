@@ -108,6 +108,8 @@ def _connects(host: str, port: int, timeout: float) -> tuple[bool, str]:
 
 def is_available(module: str) -> bool:
     """Whether ``module`` can be imported (without importing it)."""
+    if sys.modules.get(module) is not None:  # imported already (optuna_integration's lazy
+        return True                          # module has __spec__ None: find_spec raises)
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):

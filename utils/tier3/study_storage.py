@@ -34,6 +34,7 @@ __all__ = ["DB_FILE", "MAX_RETRY", "StudyStorage", "check_storage", "dead_local_
 DB_FILE = "study.db"
 MAX_RETRY = 3  # a trial that kills its worker every time (out of memory) is not retried forever
 SQLITE_TIMEOUT = 60  # seconds a writer waits for another worker's lock before giving up
+CONNECT_TIMEOUT = 20  # seconds to reach a database server (an address a firewall drops hangs)
 CREATE_ATTEMPTS = 5
 _DIALECTS = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql",
              "cockroachdb")
@@ -163,7 +164,8 @@ def _rdb(kind: str, url: str, heartbeat: int, local: Path | None, mirror: Path |
     import optuna
     import sqlalchemy.exc
 
-    engine = {"connect_args": {"timeout": SQLITE_TIMEOUT}} if url.startswith("sqlite") else {}
+    engine = {"connect_args": {"timeout": SQLITE_TIMEOUT}} if url.startswith("sqlite") else \
+        {"connect_args": {"connect_timeout": CONNECT_TIMEOUT}} if url.startswith("postgres") else {}
     label = _hide_password(url)
     try:
         if url.startswith("sqlite:///"):
@@ -186,16 +188,10 @@ def _rdb(kind: str, url: str, heartbeat: int, local: Path | None, mirror: Path |
                     raise
                 time.sleep(0.5 * (attempt + 1))
     except ImportError as exc:
-        raise UserError(f"storage={label!r} needs a database driver that is not installed "
-                        f"({exc}).", fix="pip install psycopg2-binary (PostgreSQL) or PyMySQL "
-                        "(mysql+pymysql://), then run again.") from None
+        raise _missing_driver(url, label, exc) from None
     except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.OperationalError,
             sqlalchemy.exc.IntegrityError, ValueError, OSError) as exc:
-        first = str(exc).splitlines()[0]
-        raise UserError(f"Could not open the study storage {label!r}: {first}",
-                        why="The URL is malformed, the server is unreachable, or the file's "
-                        "folder cannot be written.", fix="Check the URL, the server and the "
-                        "credentials; 'sqlite:///study.db' is a file here.") from None
+        raise _cannot_open(url, label, exc) from None
     return StudyStorage(kind, storage, label, True, local, mirror)
 
 
@@ -211,6 +207,50 @@ def _journal(path: Path) -> StudyStorage:
         raise UserError(f"Could not open the journal file {path}: {exc}.",
                         fix="Point journal: at a folder you can write.") from None
     return StudyStorage("journal", JournalStorage(backend), f"journal:{path}", False)
+
+
+def _missing_driver(url: str, label: str, exc: ImportError) -> UserError:
+    # Optuna re-raises the driver's ImportError with a generic text; the cause names the module
+    missing = getattr(exc.__cause__, "name", None) or getattr(exc, "name", None)
+    driver = f" ({missing!r})" if missing else ""
+    postgres = ("pip install 'psycopg[binary]' (the driver SQLAlchemy >= 2.1 uses for "
+                "postgresql://; with psycopg2-binary write postgresql+psycopg2://)")
+    fix = postgres if url.startswith("postgres") else \
+        "pip install PyMySQL and write mysql+pymysql://" if url.startswith("mysql") else \
+        f"pip install {missing or 'the driver named in the URL after +'}"
+    return UserError(f"storage={label!r} needs a database driver that is not installed{driver}.",
+                     why="SQLAlchemy opens a database through a separate driver package, which "
+                     "the testbench does not install.", fix=f"{fix}, then run again.")
+
+
+def _cannot_open(url: str, label: str, exc: Exception) -> UserError:
+    """What went wrong opening a database, told by the driver's message: the login, the
+    database name, the server's address or the URL itself."""
+    import sqlalchemy.exc
+
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    what = f"Could not open the study storage {label!r}: {first}"
+    text = str(exc).lower()
+    if "password authentication failed" in text or "access denied for user" in text:
+        return UserError(what, why="The server answered but refused the login: the user name or "
+                         "the password in the URL is wrong.", fix="Check the user and password "
+                         "in the URL (in a password, write @ as %40, : as %3A and / as %2F).")
+    if ("database" in text and "does not exist" in text) or "unknown database" in text:
+        return UserError(what, why="The server answered and accepted the login, but it has no "
+                         "database by the name after the URL's last '/'. Optuna creates its "
+                         "tables, not the database.", fix="Create the database once (createdb "
+                         "NAME, or CREATE DATABASE NAME; in SQL) or correct its name in the URL.")
+    if isinstance(exc, (sqlalchemy.exc.ArgumentError, ValueError)):
+        return UserError(what, why=f"The URL is malformed. A storage is {_FORMS}.",
+                         fix="Correct the URL, e.g. 'postgresql://user:password@host:5432/db'.")
+    if url.startswith("sqlite"):
+        return UserError(what, why="The database file's folder cannot be written or the file is "
+                         "not a SQLite database.", fix="Point the URL at a file in a folder you "
+                         "can write ('sqlite:///study.db' is a file here).")
+    return UserError(what, why="No database server answered at the URL's address: it is not "
+                     "running, the host or port is wrong, or a firewall blocks it.",
+                     fix="Start the server or correct the host and port in the URL; "
+                     "'psql URL' on this machine tells whether it can be reached.")
 
 
 def _hide_password(url: str) -> str:

@@ -130,7 +130,8 @@ class AdapterModule(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int):
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         loss = self.adapter.loss_from_logits(self.adapter.logits(**inputs), batch)
-        self.tokens_seen += self._count_tokens(batch)
+        world = self._trainer.world_size if self._trainer is not None else 1
+        self.tokens_seen += self._count_tokens(batch) * world  # equal shards: all ranks' tokens
         reason = self._is_bad(loss)
         distributed = self._trainer is not None and self._trainer.world_size > 1
         # every rank must skip the same batches: DDP all-reduces in backward, and the guard's

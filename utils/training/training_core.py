@@ -419,7 +419,8 @@ def _logger(config: TrainingConfig, run_dir: Path):
 def _primary_process() -> bool:
     """False in the processes Lightning's ``ddp`` launcher starts for ranks 1…N-1 (and on
     nodes after the first): they run the whole script again, from before ``fit``."""
-    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+    return all(os.environ.get(k, "0") == "0"
+               for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
 def _interactive() -> bool:

