@@ -11,7 +11,6 @@ import importlib
 import importlib.util
 import os
 import platform
-import socket
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -82,27 +81,33 @@ _TRUE = ("1", "true", "yes", "on")
 
 
 def hub_reachable(timeout: float = 2.0) -> tuple[bool, str]:
-    """``(True, "")`` when the Hugging Face Hub can be reached, else ``(False, why)``: in
-    ``timeout`` seconds at most, decided once per process and address — one TCP connection to
-    ``HF_ENDPOINT`` (default huggingface.co), not the Hub libraries' retries (27 s here without
-    a network). ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` answer
-    without trying."""
+    """``(True, "")`` when the Hugging Face Hub answers, else ``(False, why)``: in about
+    ``timeout`` seconds at most, decided once per process and endpoint — one HTTP ``HEAD`` of
+    ``HF_ENDPOINT`` (default https://huggingface.co), any answer counting, not the Hub
+    libraries' retries (27 s here without a network). ``HF_HUB_OFFLINE`` /
+    ``HF_DATASETS_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` answer without trying."""
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         if os.environ.get(var, "").strip().lower() in _TRUE:
             return False, f"{var} is set"
-    from urllib.parse import urlsplit
-
-    url = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    port = url.port or (80 if url.scheme == "http" else 443)
-    return _connects(url.hostname or "huggingface.co", port, timeout)
+    return _answers((os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/"),
+                    timeout)
 
 
 @functools.lru_cache(maxsize=8)
-def _connects(host: str, port: int, timeout: float) -> tuple[bool, str]:
+def _answers(endpoint: str, timeout: float) -> tuple[bool, str]:
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    host = urlsplit(endpoint).hostname or endpoint
     try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except OSError as exc:
-        return False, f"{host} could not be reached ({type(exc).__name__}: {exc})"
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"),
+                               timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return True, ""  # it answered (a 4xx/5xx is still the Hub there)
+    except (OSError, ValueError) as exc:  # URLError, a timeout, a refused connection, no DNS
+        reason = getattr(exc, "reason", exc)
+        return False, f"{host} could not be reached ({type(reason).__name__}: {reason})"
     return True, ""
 
 

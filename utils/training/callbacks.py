@@ -28,7 +28,7 @@ __all__ = ["METRIC_FIELDS", "ManagerIO", "MetricsLog", "RunState"]
 L = require("lightning", "Training")
 _io = require("lightning.fabric.plugins.io.checkpoint_io", "Training")
 
-# The columns of metrics.csv, fixed and documented (README "Training").
+# The columns of metrics.csv, fixed and documented (docs/training.md).
 METRIC_FIELDS = ("step", "epoch", "train_loss", "train_perplexity", "val_loss",
                  "val_perplexity", "val_accuracy", "lr", "tokens_per_second", "skipped_steps")
 
