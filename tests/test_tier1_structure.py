@@ -358,9 +358,11 @@ def test_rotary_fed_one_position_for_all_fails():
         result.summary and "as if at one position" in result.summary
 
 
-def test_precomputed_rotary_tables_are_a_skip_not_a_verdict():
-    result = run(RotaryGPT("arange", cached=True), "position_information", task="causal_lm")
-    assert result.status == "skip" and "no frequencies, slopes or bias table" in result.summary
+@pytest.mark.parametrize("positions, status", [("arange", "pass"), ("zeros", "fail")])
+def test_precomputed_rotary_tables_are_pinned_to_one_position(positions, status):
+    result = run(RotaryGPT(positions, cached=True), "position_information", task="causal_lm")
+    assert result.status == status and "Pinning every position of the rotary tables " \
+        "'cos_cached', 'sin_cached'" in result.summary, result.summary
 
 
 class Rotary(nn.Module):

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from utils.checks import CheckOptions, available, run_tier
 from utils.report import Report
 from utils.tier1 import (  # noqa: F401  (importing registers the checks and plots)
+    causal,
     context,
     gradients,
     initialization,

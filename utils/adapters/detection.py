@@ -1,19 +1,18 @@
 """Facts about a model gathered without knowing its author: a module scan and one probe.
 
-The scan reads the module tree and the source of the model's own classes (embedding tables,
-position tables, triangular mask buffers, ``is_causal=True``, output heads). The probe runs one
-small forward pass (batch 2 × min(8, max_seq_len)) with hooks on every embedding to learn which
-table receives the token ids, then a second with the last token changed to see whether earlier
-outputs move (they must not in a causal model).
+The scan reads the module tree (embedding tables, position tables, triangular mask buffers,
+output heads) and, through :mod:`utils.adapters.intent`, the signs of causal intent in the
+model's own source. The probe runs one small forward pass (batch 2 × min(8, max_seq_len)) with
+hooks on every embedding to learn which table receives the token ids, then a second with the last token changed to see whether earlier
+outputs move (they must not in a causal model), and a third with the first token changed to see
+how far the past reaches (as far as the future, in a bidirectional model).
 """
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import inspect
 import re
-import textwrap
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,15 +20,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from utils.adapters.model_source import class_source, parse_python
+from utils.adapters.intent import causal_intent
 from utils.adapters.signature import ForwardSpec, extract_output
 from utils.errors import UserError, locate_in_files
 
-__all__ = ["Evidence", "Probe", "Scan", "model_files", "run_probe", "scan_structure"]
+__all__ = ["Evidence", "Probe", "Scan", "closed_at_init", "model_files", "run_probe",
+           "scan_structure"]
 
 _POS_WORDS = {"pos", "position", "positions", "positional", "wpe", "pe"}
 _EMB_WORDS = ("emb", "wte", "tok", "embed")
-_CAUSAL_CALLS = {"tril", "triu", "generate_square_subsequent_mask", "causal_mask"}
 
 
 def _is_position_name(name: str) -> bool:
@@ -74,6 +73,14 @@ class Probe:
     position_embedding: str | None = None
     leak: float | None = None  # max |Δ output| before the changed last position, relative
     leak_at_init: float | None = None  # when ``leak`` was measured after opening steps
+    # of the positions before the changed last one, how many moved (with ``leak``): all of
+    # them in a bidirectional model; some (a mask off by one, a window into the future) in a
+    # causal model whose mask leaks
+    leak_moved: int | None = None
+    leak_positions: int | None = None
+    # how far changing the first token moved the later outputs (relative, measured with
+    # ``leak``): what the past reaches, which the future matches in a bidirectional model
+    reach_back: float | None = None
     seconds: float = 0.0
 
 
@@ -103,31 +110,6 @@ def _is_causal_buffer(t: torch.Tensor) -> bool:
         allowed = m != 0
     lower = torch.ones(n, n, dtype=torch.bool, device=m.device).tril()
     return torch.equal(allowed, lower) or torch.equal(allowed, ~lower)  # keep- or block-style
-
-
-def _source_markers(classes: set[type]) -> list[str]:
-    found = []
-    for cls in classes:
-        if cls.__module__.startswith("torch.nn"):
-            continue
-        try:
-            tree = parse_python(textwrap.dedent(class_source(cls)))
-        except (OSError, TypeError, SyntaxError):
-            continue
-        for node in ast.walk(tree):
-            name = (node.func.attr if isinstance(node.func, ast.Attribute) else
-                    getattr(node.func, "id", "")) if isinstance(node, ast.Call) else ""
-            if name in _CAUSAL_CALLS:
-                found.append(f"{cls.__name__} calls {name}()")
-            if isinstance(node, ast.keyword) and node.arg == "is_causal" and isinstance(
-                    node.value, ast.Constant) and node.value.value is True:
-                found.append(f"{cls.__name__} passes is_causal=True")
-            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and (
-                    node.value.value is True) and any(
-                    getattr(t, "attr", getattr(t, "id", None)) == "is_causal"
-                    for t in node.targets):
-                found.append(f"{cls.__name__} sets is_causal = True")
-    return sorted(set(found))
 
 
 def scan_structure(model: nn.Module) -> Scan:
@@ -160,7 +142,7 @@ def scan_structure(model: nn.Module) -> Scan:
             dims = [d for d in buf.shape if d != 1]
             if len(dims) == 2:
                 scan.position_tables[name] = int(dims[0])
-    scan.causal_markers += _source_markers({type(m) for m in model.modules()})
+    scan.causal_markers += causal_intent(model)
     return scan
 
 
@@ -179,7 +161,7 @@ def _seeded_call(model: nn.Module, args: list, kwargs: dict, device: torch.devic
 
 def run_probe(model: nn.Module, spec: ForwardSpec, *, seq_len: int, id_limit: int,
               device: torch.device) -> Probe:
-    """Two forward passes at batch 2 × ``seq_len`` with ids in ``[0, id_limit)``."""
+    """Three forward passes at batch 2 × ``seq_len`` with ids in ``[0, id_limit)``."""
     gen = torch.Generator().manual_seed(1234)
     ids = torch.randint(0, max(id_limit, 1), (2, seq_len), generator=gen).to(device)
     batch = {"input_ids": ids}
@@ -212,6 +194,10 @@ def run_probe(model: nn.Module, spec: ForwardSpec, *, seq_len: int, id_limit: in
             changed[key][:, -1] = (changed[key][:, -1] + 1) % max(id_limit, 2)
             args, kwargs = spec.build_call(changed)
             out2, _ = extract_output(_seeded_call(model, args, kwargs, device))
+            first = {k: v.clone() for k, v in batch.items()}
+            first[key][:, 0] = (first[key][:, 0] + 1) % max(id_limit, 2)
+            args, kwargs = spec.build_call(first)
+            out3, _ = extract_output(_seeded_call(model, args, kwargs, device))
     except UserError:
         raise
     except Exception as exc:
@@ -246,13 +232,25 @@ def run_probe(model: nn.Module, spec: ForwardSpec, *, seq_len: int, id_limit: in
             probe.decoder_embedding = name
         elif inp.dtype in (torch.long, torch.int) and _arange_like(inp):
             probe.position_embedding = probe.position_embedding or name
-    if out.ndim == 3 and out.shape[1] == seq_len and out2.shape == out.shape:
-        probe.leak = _leak(out, out2)
-        if _AMBIGUOUS_LEAK < probe.leak <= 1e-4:  # tiny: a causal model's noise, or a branch
-            init = probe.leak
-            probe.leak = _leak_after_steps(model, spec, batch, changed, device, init)
-            probe.leak_at_init = init if probe.leak != init else None
+    if out.ndim == 3 and out.shape[1] == seq_len and out2.shape == out.shape == out3.shape:
+        found = _leak(out, out2, out3)
+        # tiny: a causal model's noise, or a branch that starts small; none at all, but a gate
+        # at exactly 0 (ReZero, a zero-initialised projection) may close the path it is on
+        if found[0] <= 1e-4 and (found[0] > _AMBIGUOUS_LEAK or closed_at_init(model)):
+            after = _leak_after_steps(model, spec, (batch, changed, first), device)
+            # from exactly 0, anything past float noise is a path that opened
+            if after is not None and after[0] > (1e-4 if found[0] else 1e-6):
+                probe.leak_at_init, found = found[0], after
+        probe.leak, probe.leak_moved, probe.leak_positions, probe.reach_back = found
     return probe
+
+
+def closed_at_init(model: nn.Module) -> list[str]:
+    """Parameters other than biases that are exactly 0 everywhere: gates that close a path at
+    initialisation (ReZero's alpha, a zero-initialised gate or output projection), so what
+    flows through it is seen only after the first optimizer steps."""
+    return [name for name, p in model.named_parameters()
+            if p.numel() and not name.endswith("bias") and not bool(p.detach().any())]
 
 
 # A causal model's earlier outputs do not move at all when the last token changes (masked
@@ -261,27 +259,45 @@ def run_probe(model: nn.Module, spec: ForwardSpec, *, seq_len: int, id_limit: in
 _AMBIGUOUS_LEAK = 1e-7
 
 
-def _leak(out: torch.Tensor, out2: torch.Tensor) -> float:
+def _leak(out: torch.Tensor, out2: torch.Tensor, out3: torch.Tensor,
+          ) -> tuple[float, int, int, float]:
+    """``(leak, positions moved, positions compared, reach back)``: the largest relative move
+    of the outputs before the last position when the last token changed (``out2``), how many
+    of them moved (by more than 1e-4 of the largest move: a bidirectional model moves every
+    one, a partial leak some), and the largest relative move of the outputs after the first
+    position when the first token changed (``out3``). Centred over the last axis: a constant
+    added to every logit (log_softmax's -log V, a soft cap's offset) changes nothing and must
+    not shrink a change into a tiny relative one."""
+    if out.shape[1] < 2:
+        return 0.0, 0, 0, 0.0
+    if out.shape[-1] > 1:
+        out, out2, out3 = (o.float() - o.float().mean(-1, keepdim=True)
+                           for o in (out, out2, out3))
     scale = float(out.detach().abs().max().clamp_min(1e-6))
-    delta = (out[:, :-1] - out2[:, :-1]).abs().max() if out.shape[1] > 1 else torch.tensor(0.0)
-    return float(delta) / scale
+    per_position = (out[:, :-1] - out2[:, :-1]).abs().float().amax(dim=(0, 2))  # (T - 1,)
+    worst = float(per_position.max())
+    moved = int((per_position > 1e-4 * worst).sum()) if worst > 0 else 0
+    back = float((out[:, 1:] - out3[:, 1:]).abs().max())
+    return worst / scale, moved, int(per_position.numel()), back / scale
 
 
-def _leak_after_steps(model: nn.Module, spec: ForwardSpec, batch: dict, changed: dict,
-                      device: torch.device, leak: float) -> float:
-    """The leak after two sign-gradient steps of a surrogate loss (the outputs' mean square)
-    have opened what starts nearly closed; the weights are restored. A causal model stays at
-    ~0; a bidirectional one with a small mixing branch grows past 1e-4."""
+def _leak_after_steps(model: nn.Module, spec: ForwardSpec, batches: tuple[dict, dict, dict],
+                      device: torch.device) -> tuple[float, int, int, float] | None:
+    """The leak (as :func:`_leak`, on the probe's base, last-changed and first-changed
+    batches) after two sign-gradient steps of a surrogate loss (the outputs' mean square) have
+    opened what starts nearly closed; the weights are restored. A causal model stays at ~0; a
+    bidirectional one with a small mixing branch grows past 1e-4. None when the steps cannot
+    be taken."""
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
     was_training = model.training
     try:
         for _ in range(2):
             model.zero_grad(set_to_none=True)
-            args, kwargs = spec.build_call(batch)
+            args, kwargs = spec.build_call(batches[0])
             out, _ = extract_output(_seeded_call(model, args, kwargs, device))
             loss = out.float().pow(2).mean()
             if not loss.requires_grad:
-                return leak
+                return None
             loss.backward()
             with torch.no_grad():
                 for p in model.parameters():
@@ -289,15 +305,12 @@ def _leak_after_steps(model: nn.Module, spec: ForwardSpec, batch: dict, changed:
                         p.add_(p.grad.sign(), alpha=-1e-3)
         model.eval()
         with torch.no_grad():
-            args, kwargs = spec.build_call(batch)
-            out, _ = extract_output(_seeded_call(model, args, kwargs, device))
-            args, kwargs = spec.build_call(changed)
-            out2, _ = extract_output(_seeded_call(model, args, kwargs, device))
-        after = _leak(out, out2)
+            outs = [extract_output(_seeded_call(model, *spec.build_call(b), device))[0]
+                    for b in batches]
+        return _leak(*outs)
     except Exception:  # the probe's verdict at init stands
-        return leak
+        return None
     finally:
         model.zero_grad(set_to_none=True)
         model.load_state_dict(saved)
         model.train(was_training)
-    return after if after > 1e-4 else leak

@@ -10,6 +10,8 @@ through the MRO.
 
 from __future__ import annotations
 
+import dataclasses
+from types import SimpleNamespace
 from typing import Any
 
 from torch import nn
@@ -20,13 +22,35 @@ __all__ = ["base_class_names", "merge_below", "own_config"]
 
 
 def own_config(model: nn.Module) -> dict[str, Any]:
-    """A Hugging Face ``PreTrainedModel``'s own ``.config`` (model_type, architectures,
-    max_position_embeddings, pad_token_id …) as a dict; ``{}`` for other models."""
+    """The settings a model carries itself, as a dict: a Hugging Face ``PreTrainedModel``'s
+    ``.config`` (model_type, architectures, max_position_embeddings, pad_token_id …); else the
+    scalars of a config object it keeps (``self.config = config``, a dataclass such as
+    nanoGPT's ``GPTConfig`` whose defaults config.json may not repeat) and a maximum length it
+    keeps as an attribute (``self.block_size``, ``self.n_ctx``, ``self.sequence_len``)."""
     cfg = getattr(model, "config", None)
     if hasattr(cfg, "to_dict") and hasattr(cfg, "model_type"):
         own = cfg.to_dict()
         return own if isinstance(own, dict) else {}
-    return {}
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        values = {f.name: getattr(cfg, f.name, None) for f in dataclasses.fields(cfg)}
+    elif isinstance(cfg, dict):
+        values = dict(cfg)
+    elif isinstance(cfg, SimpleNamespace):
+        values = vars(cfg)
+    else:
+        values = {}
+    own = {k: v for k, v in values.items() if isinstance(k, str) and _scalar(v)}
+    lengths = next(group for group in ALIASES if group[0] == "max_seq_len")
+    for name in lengths:  # only the model's own attributes, never a submodule's
+        value = vars(model).get(name)
+        if _scalar(value) and isinstance(value, int) and not isinstance(value, bool):
+            own.setdefault(name, value)
+            break
+    return own
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, (int, float, str, bool)) and value is not None
 
 
 def _alias_group(key: str) -> tuple[str, ...]:

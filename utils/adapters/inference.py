@@ -2,9 +2,13 @@
 
 An explicit override (API/CLI argument, or the same key in config.json) beats declared intent
 (``model_type``, ``is_decoder``, class names such as *GPT* or *MaskedLM*), which beats
-structure (triangular mask buffers, ``is_causal=True``, a second token input, output shape),
-which beats the probe. The probe's finding is kept either way: a model declared causal whose
-probe shows leakage stays ``causal_lm`` so Tier 1's causal check can fail it.
+structure (a second token input, output shape, triangular mask buffers, and the signs of causal
+intent in the model's own code: a causal mask built even when never applied, ``is_causal``, a
+``generate`` method, a next-token loss), which beats the probe. The probe's finding is kept
+either way: a model meant to be causal whose probe shows leakage stays ``causal_lm`` so Tier 1's
+causal check can fail it — the defect never decides the task. When the probe alone decides and
+its leak is partial or small, the model is called bidirectional but the evidence says
+"suspected leak" with the override to run.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from utils.adapters.signature import ForwardSpec
 from utils.errors import UserError
 from utils.tasks import TASKS
 
-__all__ = ["decide_classes", "decide_lengths", "decide_task", "decide_vocab", "normalise_task"]
+__all__ = ["SUSPECTED", "decide_classes", "decide_lengths", "decide_task", "decide_vocab",
+           "normalise_task", "suspected_leak"]
 
 _TASK_WORDS = {
     "causal_lm": ("causal_lm", "causal", "clm", "lm", "language_modeling", "language-modeling",
@@ -101,12 +106,14 @@ def decide_task(*, override: str | None, flat: dict, class_name: str, spec: Forw
     causal_probe = None
     if probe.leak is not None:
         leaks = probe.leak > 1e-4
+        moved = (f", {probe.leak_moved} of the {probe.leak_positions} positions before it"
+                 if leaks and probe.leak_positions else "")
         causal_probe = Evidence(
             "leaks" if leaks else "causal", "probe",
             f"changing the last token moved earlier outputs by {probe.leak:.2e} (relative; "
-            f"{'above' if leaks else 'within'} 1e-4)" + (
+            f"{'above' if leaks else 'within'} 1e-4{moved})" + (
                 f" after two gradient steps — {probe.leak_at_init:.1e} at init, where its "
-                "mixing branch starts small (a layer scale)"
+                "mixing branch starts small (a layer scale) or closed (a gate at 0)"
                 if probe.leak_at_init is not None else ""))
     if override:
         return Evidence(normalise_task(override, "The task override"), "override",
@@ -128,12 +135,50 @@ def decide_task(*, override: str | None, flat: dict, class_name: str, spec: Forw
     out = shape[-1]
     if causal_probe is not None and causal_probe.value == "causal":
         return Evidence("causal_lm", "probe", causal_probe.detail), causal_probe
+    suspected = suspected_leak(probe)
+    seen = causal_probe.detail if causal_probe else "no causality probe"
+    if causal_probe is not None and suspected:
+        causal_probe = Evidence(SUSPECTED, "probe", f"{seen}; {suspected}")
+    said = f"; {SUSPECTED}: {suspected}" if suspected else ""
     if vocab is not None and out == vocab:
-        return Evidence("masked_lm", "probe", "bidirectional (" + (
-            causal_probe.detail if causal_probe else "no causality probe") +
-            f"), output size {out} = vocab"), causal_probe
+        return Evidence("masked_lm", "probe", f"bidirectional ({seen}), output size {out} = "
+                        f"vocab{said}"), causal_probe
     return Evidence("encoder", "probe", f"bidirectional, output size {out} is not the vocab size "
-                    f"({vocab}): hidden states"), causal_probe
+                    f"({vocab}): hidden states{said}"), causal_probe
+
+
+# What the probe's finding is called when the leak looks like a causal mask that leaks rather
+# than a model meant to see both ways.
+SUSPECTED = "suspected leak"
+# In a bidirectional model the last token reaches the earlier outputs about as far as the
+# first reaches the later ones (attention starts near uniform; HF BERT: both ~2e-3 at init).
+# A causal mask that lets a little through (a soft cap applied after the mask, a finite fill
+# value) leaks far less than the past reaches: below this fraction of it.
+_ASYMMETRY = 0.1
+
+
+def suspected_leak(probe: Probe) -> str | None:
+    """Why the probe's leak looks like a causal mask that leaks, when it does: partial (some
+    earlier positions moved, not all) or small (far below how far the past reaches). None for
+    a plain bidirectional model."""
+    if probe.leak is None or probe.leak <= 1e-4:
+        return None
+    partial = probe.leak_positions is not None and probe.leak_moved is not None and \
+        probe.leak_moved < probe.leak_positions
+    small = probe.reach_back is not None and probe.leak < _ASYMMETRY * probe.reach_back
+    if not (partial or small):
+        return None
+    why = (f"only {probe.leak_moved} of the {probe.leak_positions} positions before the changed "
+           "token moved (a bidirectional model moves every one; a causal mask off by one or a "
+           "window into the future moves some)" if partial else
+           f"the leak is small: the last token moves earlier outputs by {probe.leak:.1e}, the "
+           f"first moves later ones by {probe.reach_back:.1e} (a bidirectional model reaches "
+           "about as far both ways; a causal mask that lets a little through — a soft cap "
+           "applied after the mask, a finite fill value — leaks far less)")
+    return (f"{why}. Nothing the adapter reads in its code says causal, so the probe alone "
+            "decided; if the model is a causal LM, run it as one — CLI: --task causal_lm; "
+            "Python: adapt(..., task=\"causal_lm\"); or \"task\": \"causal_lm\" in "
+            "config.json — and causal_masking will measure the leak")
 
 
 def decide_vocab(*, override: int | None, flat: dict, scan: Scan, probe: Probe,

@@ -280,6 +280,9 @@ def adapt(model, config: dict | None = None, *, task: str | None = None,
                      + (", past the model's limit." if max_seq_len > model_len.value else "."))
     if causal_probe is not None:
         evidence["causal_probe"] = causal_probe
+        if causal_probe.value == inference.SUSPECTED:
+            notes.append(f"Task '{task_ev.value}' was decided by the causality probe alone, "
+                         f"and it found a {inference.SUSPECTED}: {causal_probe.detail}.")
     evidence["forward"] = Evidence(spec.describe(), "signature",
                                    f"output found as {probe.output_how}, shape {list(shape)}")
     if spec.feed_targets:

@@ -18,7 +18,8 @@ from utils.adapters.detection import Evidence, Probe, run_probe
 from utils.adapters.signature import ForwardSpec, extract_output
 from utils.errors import UserError
 
-__all__ = ["full_logits_probe", "last_position_only", "model_loss_agreement", "scalar_loss"]
+__all__ = ["full_logits_probe", "last_position_only", "model_loss_agreement", "returned_logits",
+           "scalar_loss"]
 
 _AGREE = 1e-4  # relative difference between the model's loss and the cross-entropy
 
@@ -55,14 +56,27 @@ def full_logits_probe(model: nn.Module, spec: ForwardSpec, probe: Probe, *, id_l
 
 
 def scalar_loss(out) -> torch.Tensor | None:
-    """The 0-dim loss a forward returned beside its logits: ``.loss``, ``['loss']`` or a
-    0-dim element of a tuple."""
+    """The 0-dim loss a forward returned beside its logits (``.loss``, ``['loss']`` or a
+    0-dim element of a tuple) or alone (a 0-dim tensor)."""
+    if isinstance(out, torch.Tensor):
+        return out if out.ndim == 0 else None
     loss = getattr(out, "loss", None)
     if loss is None and isinstance(out, dict):
         loss = out.get("loss")
     if loss is None and isinstance(out, (tuple, list)):
         loss = next((x for x in out if isinstance(x, torch.Tensor) and x.ndim == 0), None)
     return loss if isinstance(loss, torch.Tensor) and loss.ndim == 0 else None
+
+
+def returned_logits(out) -> torch.Tensor | None:
+    """The logits a forward given targets returned, or None when it returned the loss alone
+    (a 0-dim tensor, or a dict or tuple with no tensor of two or more dims)."""
+    if isinstance(out, torch.Tensor) and out.ndim == 0:
+        return None
+    try:
+        return extract_output(out)[0]
+    except UserError:
+        return None
 
 
 @torch.no_grad()
@@ -82,7 +96,11 @@ def model_loss_agreement(model: nn.Module, spec: ForwardSpec, *, seq_len: int, i
     try:
         args, kwargs = spec.build_call({"input_ids": ids})
         out = model(*args, **kwargs)
-        logits, _ = extract_output(out)
+        logits = returned_logits(out)
+        if logits is None or logits.shape[:2] != ids.shape:  # the loss alone, or flattened
+            spec.feed_targets = False
+            args, kwargs = spec.build_call({"input_ids": ids})
+            logits, _ = extract_output(model(*args, **kwargs))
     except Exception:  # a targets parameter of another shape or meaning: nothing to compare
         return None
     finally:

@@ -168,6 +168,63 @@ def lengths(adapter, options, *, include_one: bool = True) -> list[int]:
     return sorted({p for p in picks if 1 <= p <= top and (include_one or p > 1)})
 
 
+@dataclass(frozen=True)
+class Shortest:
+    """The shortest input a model takes: ``length`` (1 for most), and ``refused``, where the
+    model's own code turns shorter ones away (``assert T > 1`` on a no-cache path), or None."""
+
+    length: int
+    refused: str | None = None
+
+
+_SHORTEST: weakref.WeakKeyDictionary[nn.Module, Shortest] = weakref.WeakKeyDictionary()
+_MIN_LEN_BY_DESIGN = 8  # a refusal of longer inputs than this is not a minimum, it is a bug
+
+
+def _deliberate(exc: BaseException, files: set[str]) -> str | None:
+    """``file, line N: code`` when ``exc`` comes from an ``assert`` or ``raise`` of the
+    model's own code (a length it refuses on purpose), else None (an operation that failed)."""
+    import traceback
+    from pathlib import Path
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename in files]
+    if not frames:
+        return None
+    last = frames[-1]
+    code = (last.line or "").strip()
+    innermost = traceback.extract_tb(exc.__traceback__)[-1]
+    if not (isinstance(exc, AssertionError) or (innermost.filename == last.filename and
+                                                innermost.lineno == last.lineno and
+                                                code.startswith("raise"))):
+        return None
+    return f"{type(exc).__name__} at {Path(last.filename).name}, line {last.lineno}: {code[:80]}"
+
+
+def shortest_length(adapter, options) -> Shortest:
+    """The shortest length the model runs at (batch 1, eval): 1, or — when its own code
+    refuses shorter inputs with an ``assert`` or ``raise`` (a prompt of at least two tokens) —
+    the first length up to 8 that runs. A crash of an operation at length 1 is not a minimum:
+    the length is then 1 and shape_robustness reports the crash. Remembered per model."""
+    known = _SHORTEST.get(adapter.model)
+    if known is not None:
+        return known
+    found, refused = Shortest(1), None
+    for t in range(1, min(_MIN_LEN_BY_DESIGN, options.max_len(adapter)) + 1):
+        try:
+            eval_logits(adapter, adapter.make_inputs(1, t, seed=options.seed))
+        except Exception as exc:
+            why = _deliberate(exc, adapter.model_files)
+            if why is None:
+                break
+            refused = refused or why
+            continue
+        if t > 1:
+            found = Shortest(t, refused)
+        break
+    _SHORTEST[adapter.model] = found
+    return found
+
+
 def first_failing_length(ok, good: int, bad: int) -> int:
     """The shortest length in ``(good, bad]`` where ``ok(length)`` is False, by bisection.
 
@@ -289,6 +346,51 @@ def where_positions_mix(adapter, before: dict[str, torch.Tensor],
     return Mixing(first, touched)
 
 
+def where_samples_mix(adapter, batch: dict[str, torch.Tensor], seed: int,
+                      tol: float = 1e-5) -> tuple[str, nn.Module] | None:
+    """``(name, module)`` of the first module (in the order calls finish) whose inputs for the
+    last sample are the same alone as in ``batch`` and whose output for it is not: where the
+    samples of a batch start to mix (a norm over the batch, a view that swaps batch and
+    sequence, a table indexed by the batch position — which the first sample would not show).
+    None when no module's is, or the two forwards cannot be lined up."""
+    names = {m: n for n, m in adapter.model.named_modules()}
+    b = batch["input_ids"].shape[0]
+
+    def run(inputs, rows: int) -> list[tuple[nn.Module, list, list]]:
+        def first(values) -> list[torch.Tensor]:  # the last sample of batch-first tensors
+            values = values if isinstance(values, (tuple, list)) else (values,)
+            return [v[-1:].detach().float().clone() for v in values
+                    if isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == rows
+                    and (v.is_floating_point() or v.dtype == torch.long)]
+
+        calls: list[tuple[nn.Module, list, list]] = []
+        hooks = [m.register_forward_hook(
+            lambda mod, args, out: calls.append((mod, first(args), first(out))))
+            for m in adapter.model.modules()]
+        try:
+            eval_logits(adapter, inputs, seed)
+        finally:
+            for h in hooks:
+                h.remove()
+        return calls
+
+    def same(xs: list, ys: list) -> bool:
+        return len(xs) == len(ys) and all(
+            x.shape == y.shape and rel_diff(x, y) <= tol for x, y in zip(xs, ys, strict=True))
+
+    try:
+        together = run(batch, b)
+        alone = run({k: v[-1:] for k, v in batch.items()}, 1)
+    except Exception:
+        return None
+    for (mod, ins, outs), (mod2, ins2, outs2) in zip(together, alone, strict=False):
+        if mod is not mod2:
+            return None  # the calls went differently: nothing to line up
+        if outs and same(ins, ins2) and not same(outs, outs2):
+            return names.get(mod, ""), mod
+    return None
+
+
 def call_site(files: set[str]) -> str | None:
     """'file, line N: code' of the innermost frame of the current stack in ``files``."""
     import traceback
@@ -381,7 +483,8 @@ OPENING_STEPS = 2
 
 
 @contextmanager
-def after_first_steps(adapter, options, lr: float = 1e-3) -> Iterator[None]:
+def after_first_steps(adapter, options, lr: float = 1e-3,
+                      touched: set[str] | None = None) -> Iterator[None]:
     """The model as after its first :data:`OPENING_STEPS` optimizer steps on random batches,
     while inside; its weights (and train/eval mode) as before afterwards.
 
@@ -389,6 +492,9 @@ def after_first_steps(adapter, options, lr: float = 1e-3) -> Iterator[None]:
     the same amount whatever its scale. What starts closed by design — a zero-initialised
     output projection or head (modded-nanogpt), a layer scale or ReZero gain at 0 — opens
     after them, as in training; a real cut (``.detach()``, a diagonal-only mask) does not.
+    A zero gate whose two steps are equal and opposite lands back on 0, closed again, though
+    its branch had a gradient at the second step: ``touched``, when given, collects the names
+    of the parameters that got a nonzero finite gradient at any of the steps.
     """
     model = adapter.model
     was_training = model.training
@@ -403,9 +509,11 @@ def after_first_steps(adapter, options, lr: float = 1e-3) -> Iterator[None]:
                 break
             loss.backward()
             with torch.no_grad():
-                for p in model.parameters():
+                for name, p in model.named_parameters():
                     if p.grad is not None and bool(torch.isfinite(p.grad).all()):
                         p.add_(p.grad.sign(), alpha=-lr)
+                        if touched is not None and bool(p.grad.any()):
+                            touched.add(name)
         model.zero_grad(set_to_none=True)
         model.eval()
         yield

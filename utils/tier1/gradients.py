@@ -45,13 +45,16 @@ def _backward(adapter, options) -> tuple[torch.Tensor, dict[str, torch.Tensor | 
 
 
 def _closed_at_init(adapter, options, cut: list[str]) -> list[str]:
-    """Of the parameters in ``cut`` (no or zero gradient), those that get one after a first
-    optimizer step: their branch starts closed by design — a zero-initialised output
-    projection (modded-nanogpt), a layer scale or ReZero gain at 0 — and training opens it."""
-    with after_first_steps(adapter, options):
+    """Of the parameters in ``cut`` (no or zero gradient), those that get one during or after
+    the first optimizer steps: their branch starts closed by design — a zero-initialised
+    output projection (modded-nanogpt), a layer scale or ReZero gain at 0 — and training opens
+    it. A parameter that receives a gradient at any step is alive, though a zero gate whose
+    two opening steps cancel (equal and opposite) stands closed again after them."""
+    touched: set[str] = set()
+    with after_first_steps(adapter, options, touched=touched):
         _, grads = _backward(adapter, options)
-    return [n for n in cut if grads.get(n) is not None and
-            bool(torch.isfinite(grads[n]).all()) and bool(grads[n].any())]
+    return [n for n in cut if n in touched or (grads.get(n) is not None and
+            bool(torch.isfinite(grads[n]).all()) and bool(grads[n].any()))]
 
 
 @register("gradient_flow", tier=1, thresholds=("layer_spread",))

@@ -22,6 +22,7 @@ holds settings (Mamba's ``A_log``, decay rates), not random weights, and has no 
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 from torch import nn
@@ -39,6 +40,9 @@ _PRODUCTS = (nn.Linear, nn.Bilinear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Multihe
 # Names of raw parameters that are looked up or prepended, never multiplied with an input.
 _LOOKUP_NAMES = ("emb", "pos", "wte", "wpe", "token", "latent", "memory", "register", "cls",
                  "prompt", "prefix")
+# Names of raw parameters that hold biases even with two or more dims: a mixture of experts
+# stacks one bias per expert (``b1`` of shape (experts, hidden)), zero at init like any bias.
+_BIAS_NAME = re.compile(r".*bias.*|b\d*|b_\w+|\w+_b\d*")
 
 
 def _kind(name: str, p: torch.Tensor, owner: nn.Module) -> tuple[str, int | None]:
@@ -55,6 +59,8 @@ def _kind(name: str, p: torch.Tensor, owner: nn.Module) -> tuple[str, int | None
         return ("bias", None) if "bias" in leaf or leaf == "beta" else ("other", None)
     if p.ndim < 2:
         return "other", None
+    if _BIAS_NAME.fullmatch(leaf):  # a mixture of experts' stacked biases, (experts, out)
+        return "bias", None
     if owner_name == "conv1d" and not isinstance(owner, nn.Conv1d):  # HF GPT-2: (in, out)
         return "matrix", int(p.shape[0])
     fan_in = int(p[0].numel())

@@ -1,6 +1,7 @@
 """Invariances a healthy transformer keeps, and the silent bugs that break them.
 
-- ``causal_masking``: changing token t must not move any output before t (decoder side).
+- ``causal_masking`` (:mod:`utils.tier1.causal`): changing token t must not move any output
+  before t (decoder side).
 - ``batch_independence``: a sample's outputs must not depend on the other samples in its batch.
 - ``padding_invariance``: padding, masked out, must not move the outputs at real positions.
 
@@ -17,16 +18,14 @@ from utils.compare import rel_diff
 from utils.report import CheckResult
 from utils.tasks import IGNORE_INDEX
 from utils.tier1._common import (
-    after_first_steps,
     describe_module,
-    different_ids,
     eval_logits,
     eval_randomness,
     random_in_eval,
     softmax_off_the_keys,
-    token_key,
     train_without_dropout,
     where_positions_mix,
+    where_samples_mix,
 )
 
 _EXACT = 1e-5  # relative; what float noise between two equivalent forwards stays under
@@ -41,116 +40,8 @@ def _not_finite(name: str, where: str) -> CheckResult:
                        "compared; output_stability reports where NaN/Inf starts.")
 
 
-# ---- causal_masking ---------------------------------------------------------------------
-def _cuts(t: int) -> list[int]:
-    return sorted({c for c in (1, 2, t // 4, t // 2, 3 * t // 4, t - 1) if 1 <= c < t})
-
-
-@register("causal_masking", tier=1, thresholds=("rtol",))
-def check_causal_masking(adapter, options) -> CheckResult:
-    if not adapter.is_causal:
-        return CheckResult("causal_masking", 1, "skip",
-                           f"Task '{adapter.task}' is bidirectional: every position may see "
-                           "every token, so there is no causal mask to check.")
-    t = min(options.max_len(adapter), 32)
-    if t < 2:
-        return CheckResult("causal_masking", 1, "skip", "Sequences of length 1 have no future.")
-    key = token_key(adapter)
-    base = adapter.make_inputs(1, t, seed=options.seed)
-    ref = eval_logits(adapter, base, options.seed).float()
-    if not _finite(ref):
-        return _not_finite("causal_masking", f"at batch 1 × {t}")
-    tol = options.threshold("causal_masking.rtol", _EXACT)
-    rows = _leak_rows(adapter, base, key, ref, tol, options.seed)
-    worst = max(r["max_rel_change_before"] for r in rows)
-    side = "decoder " if key == "decoder_input_ids" else ""
-    metrics = {"seq_len": t, "cuts_tested": len(rows), "max_rel_leak": worst,
-               "leaking_cuts": sum(r["positions_moved"] > 0 for r in rows)}
-    threshold = {"max_rel_leak": tol}
-    leaks = [r for r in rows if r["positions_moved"]]
-    grown = ""
-    if not leaks and worst > _TINY_LEAK:  # a leak through a branch that starts small?
-        with after_first_steps(adapter, options):
-            later = _leak_rows(adapter, base, key, eval_logits(adapter, base, options.seed)
-                               .float(), tol, options.seed)
-        if any(r["positions_moved"] for r in later):
-            rows, leaks = later, [r for r in later if r["positions_moved"]]
-            metrics["max_rel_leak_at_init"] = worst
-            metrics["max_rel_leak"] = max(r["max_rel_change_before"] for r in later)
-            grown = (f" At init the leak is only {worst:.1e}, within the threshold, because the "
-                     "branch it goes through starts small (a layer scale, a zero-initialised "
-                     "projection); after the first two optimizer steps it is "
-                     f"{metrics['max_rel_leak']:.1e} and grows with training.")
-    if not leaks:
-        return CheckResult(
-            "causal_masking", 1, "pass",
-            f"Changing {side}tokens from position k on never moved an output before k "
-            f"({len(rows)} cuts at length {t}; max relative change {worst:.1e} ≤ {tol:g}).",
-            metrics, threshold, rows)
-    first = leaks[0]
-    if all(r["only_previous_moved"] for r in leaks):
-        diagnosis = ("only the position just before each change moved: every position sees the "
-                     "next token — the mask is off by one (use tril(ones) / triu(ones, 1) with "
-                     "diagonal=1 for the blocked part)")
-    else:
-        diagnosis = (f"position {first['earliest_moved']} already sees later tokens — the "
-                     "causal mask is missing, not applied, or built from the wrong length")
-    axis = softmax_off_the_keys(adapter, base, options.seed)
-    if axis is not None:
-        metrics["softmax_axis"] = axis
-        diagnosis = (f"the attention weights come from a {axis}: normalised over anything but "
-                     "the keys, a position's weights are made from later positions' scores — "
-                     "softmax over the keys, dim=-1")
-    else:  # where the leak enters: the first cut that leaked, with the ids it was given
-        cut, i = first["changed_from"], rows.index(first)
-        changed = base[key].clone()
-        changed[:, cut:] = different_ids(adapter, changed[:, cut:], key, options.seed + 1 + i)
-        mixing = where_positions_mix(adapter, base, {**base, key: changed}, cut, options.seed)
-        if mixing is not None and mixing.first is not None:
-            name, module = mixing.first
-            metrics["leak_enters_at"] = name
-            if _is_norm(module, name):
-                diagnosis = (f"it enters at {describe_module(module, name)}, which mixes "
-                             "positions: it normalises over the sequence axis (a mean or "
-                             "variance over dim 1) — normalise each position over its features "
-                             "(dim -1)")
-            else:
-                diagnosis += f"; it enters at {describe_module(module, name)}"
-    return CheckResult(
-        "causal_masking", 1, "fail",
-        f"Future {side}tokens leak into earlier outputs: changing tokens from position "
-        f"{first['changed_from']} on moved earlier outputs by up to "
-        f"{first['max_rel_change_before']:.2e} (relative; allowed {tol:g}); {diagnosis}. A model "
-        "that sees the future trains to a low loss and then cannot generate." + grown,
-        metrics, threshold, rows)
-
-
-# A causal model's earlier outputs do not move at all when later tokens change (masked scores
-# softmax to exactly 0); above this a leak within the threshold is looked at again after the
-# first optimizer steps, in case it runs through a branch that starts small.
-_TINY_LEAK = 1e-7
-
-
 def _is_norm(module, name: str) -> bool:
     return "norm" in type(module).__name__.lower() or "norm" in name.rsplit(".", 1)[-1].lower()
-
-
-def _leak_rows(adapter, base, key: str, ref: torch.Tensor, tol: float,
-               seed: int) -> list[dict]:
-    """Per cut k: how far outputs before k move when the tokens from k on change."""
-    t = base[key].shape[1]
-    scale = float(ref.abs().max())
-    rows = []
-    for i, cut in enumerate(_cuts(t)):
-        ids = base[key].clone()
-        ids[:, cut:] = different_ids(adapter, ids[:, cut:], key, seed + 1 + i)
-        out = eval_logits(adapter, {**base, key: ids}, seed).float()
-        moved = (out[0, :cut] - ref[0, :cut]).abs().amax(-1) / max(scale, 1e-12)  # (cut,)
-        leaked = (moved > tol).nonzero().flatten().tolist()
-        rows.append({"changed_from": cut, "max_rel_change_before": float(moved.max()),
-                     "positions_moved": len(leaked), "earliest_moved": leaked[0] if leaked
-                     else None, "only_previous_moved": leaked == [cut - 1]})
-    return rows
 
 
 # ---- batch_independence -----------------------------------------------------------------
@@ -240,8 +131,11 @@ def check_batch_independence(adapter, options) -> CheckResult:
         said = (f"In eval mode a sample's outputs change with the other samples in its batch "
                 f"(alone vs in a batch of {b}, or the batch reordered: relative difference "
                 f"{worst:.2e} > {tol:g}).")
+        mixing = where_samples_mix(adapter, batch, options.seed)  # the line it enters at
+        enters = f" It enters at {describe_module(mixing[1], mixing[0])}." if mixing else ""
         return CheckResult("batch_independence", 1, "fail",
-                           f"{said} {_batch_coupling_cause(adapter, batch, options.seed, tol)}",
+                           f"{said}{enters} "
+                           f"{_batch_coupling_cause(adapter, batch, options.seed, tol)}",
                            metrics, threshold, rows)
     spread, note = _train_mode_spread(adapter, batch, options.seed)
     metrics["max_rel_diff_train"] = spread

@@ -27,10 +27,11 @@ _NEXT_TOKEN_NAMES = ("targets", "target", "y")  # nanoGPT: the caller passes the
 
 
 def _own_loss(adapter, ids: torch.Tensor, mask: torch.Tensor | None,
-              labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(logits, the model's own loss or None)`` of one eval forward with ``labels`` fed."""
-    from utils.adapters.signature import extract_output
-    from utils.adapters.targets import scalar_loss
+              labels: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``(logits or None, the model's own loss or None)`` of one eval forward with ``labels``
+    fed. The logits are None when forward returned the loss alone (a 0-dim tensor, or a dict
+    or tuple holding no other tensor)."""
+    from utils.adapters.targets import returned_logits, scalar_loss
 
     spec = dataclasses.replace(adapter.spec, feed_targets=True)
     batch = {"input_ids": ids, **({"attention_mask": mask} if mask is not None else {})}
@@ -39,7 +40,20 @@ def _own_loss(adapter, ids: torch.Tensor, mask: torch.Tensor | None,
     adapter.model.eval()
     with torch.no_grad():
         out = adapter.model(*args, **kwargs)
-    return extract_output(out)[0].float(), scalar_loss(out)
+    logits = returned_logits(out)
+    return (logits.float() if logits is not None else None), scalar_loss(out)
+
+
+def _logits_shape_note(logits: torch.Tensor | None, param: str, b: int, t: int) -> str | None:
+    """What forward returned instead of ``[B, T, V]`` logits when given ``param`` (the loss
+    alone, logits flattened to ``[B·T, V]``, or cut), or None when it returned those."""
+    if logits is None:
+        return f"given {param}, forward returns the loss alone"
+    if logits.ndim == 3 and tuple(logits.shape[:2]) == (b, t):
+        return None
+    flat = logits.ndim == 2 and logits.shape[0] in (b * t, b * (t - 1))
+    return (f"given {param}, forward returns logits of shape {list(logits.shape)}"
+            + (" (flattened to [B·T, V])" if flat else "") + f" for input [{b}, {t}]")
 
 
 def _rel(a: float, b: float) -> float:
@@ -73,6 +87,8 @@ def _ignores_by_pad_id(adapter, x, mask, labels, param: str, next_tokens: bool,
     if own is None:
         return CheckResult(name, 1, "skip", f"{said}; with the pad id there instead it gives "
                            "no loss either, so its own loss cannot be compared.")
+    if _logits_shape_note(logits, param, *x.shape) is not None:  # the loss alone, or flattened
+        logits = eval_logits(adapter, {"input_ids": x, "attention_mask": mask}).float()
     expected = _task_loss(logits, labels, next_tokens)
     own_value = float(own)
     metrics = {"model_loss": own_value, "task_loss": expected, "ignores": f"pad id {pad}",
@@ -130,10 +146,19 @@ def check_model_loss(adapter, options) -> CheckResult:
         return CheckResult(name, 1, "skip", f"forward takes '{param}' but returned no scalar "
                            "loss beside its logits.")
     probe = {"input_ids": x, **({"attention_mask": mask} if mask is not None else {})}
-    noise = eval_randomness(adapter, probe, options.seed,
-                            eval_logits(adapter, probe, options.seed).float())
+    plain = eval_logits(adapter, probe, options.seed).float()
+    noise = eval_randomness(adapter, probe, options.seed, plain)
     if noise > 1e-5:
         return random_in_eval(name, noise)
+    # the loss alone, or logits flattened to [B·T, V] beside it (Karpathy's lecture GPT): the
+    # logits of the same eval forward without targets are what that loss was computed from
+    shape_note = _logits_shape_note(logits, param, *x.shape)
+    if shape_note is not None:
+        if tuple(plain.shape[:2]) != tuple(x.shape) or plain.ndim != 3:
+            return CheckResult(name, 1, "skip", f"{shape_note[0].upper()}{shape_note[1:]}, and "
+                               f"without it logits of shape {list(plain.shape)}: its own loss "
+                               "cannot be lined up with per-position logits.")
+        logits = plain
     expected = _task_loss(logits, labels, next_tokens)
     if next_tokens:
         unshifted = _cross_entropy(logits[:, :-1], labels[:, 1:])  # shifted once more
@@ -169,6 +194,9 @@ def check_model_loss(adapter, options) -> CheckResult:
                "model_loss": own_value, "task_loss": expected, "rel_diff": diff,
                "padded": mask is not None, "closest_slip": closest,
                "closest_slip_rel_diff": slip_diff}
+    if shape_note is not None:
+        metrics["returned_with_targets"] = shape_note
+        rule += f"; {shape_note}, so the logits are those of the same forward without it"
     threshold = {"rel_diff": tol}
     slip = slip_diff <= tol and slip_diff * 10 < diff
     if diff <= tol and not slip:

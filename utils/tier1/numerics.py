@@ -16,6 +16,7 @@ from utils.tier1._common import (
     grid_batch,
     lengths,
     output_stats,
+    shortest_length,
     summarise,
 )
 
@@ -42,7 +43,8 @@ def _probes(adapter, t: int, options):
 @register("output_stability", tier=1, thresholds=("max_abs_logit",))
 def check_output_stability(adapter, options) -> CheckResult:
     rows, first_bad, scale = [], None, 0.0
-    for t in lengths(adapter, options):
+    shortest = shortest_length(adapter, options)  # a model may refuse one token by design
+    for t in [t for t in lengths(adapter, options) if t >= shortest.length]:
         for label, stats in _probes(adapter, t, options):
             loss_ok = stats.loss_finite is not False
             scale = max(scale, stats.max_abs)

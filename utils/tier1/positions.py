@@ -38,6 +38,8 @@ from utils.compare import rel_diff
 from utils.report import CheckResult
 from utils.tier1._common import (
     NAN_SOURCES,
+    OPENING_STEPS,
+    after_first_steps,
     call_site,
     eval_logits,
     eval_randomness,
@@ -45,6 +47,13 @@ from utils.tier1._common import (
     random_in_eval,
     token_key,
     without_padding,
+)
+from utils.tier1.position_offsets import (
+    OPENING_LR,
+    offset_shift,
+    pinned_tables_verdict,
+    rotary_tables,
+    starts_closed,
 )
 
 _EXACT = 1e-5
@@ -190,9 +199,7 @@ def check_position_shift(adapter, options) -> CheckResult:
                            "sequence changes every position's encoding by design, so shift "
                            "invariance is not a property of this model.", metrics)
     if not adapter.spec.takes_mask:
-        return CheckResult(name, 1, "skip", f"Positions: {family} ({evidence}). The forward "
-                           "takes no attention mask, so left padding cannot be masked and a "
-                           "shift cannot be tested.", metrics)
+        return offset_shift(adapter, options, family, evidence)
     top = options.max_len(adapter)
     extra = min(4, top // 3)
     t = min(12, top - extra)
@@ -327,8 +334,45 @@ def _spread_over_positions(out: torch.Tensor) -> float:
     return rel_diff(out, out[:, :1].expand_as(out)) if out.shape[1] > 1 else math.inf
 
 
+def _zero_learned_positions(model: nn.Module, frozen: bool = False) -> list[str]:
+    """Trainable position tables that start all zero (``nn.Parameter(torch.zeros(1, L, D))``
+    in ViT-style code, an embedding zero-initialised): order-blind at init, by design. With
+    ``frozen``, the all-zero ones that never train instead (buffers, requires_grad=False)."""
+    tensors = [(n, t) for n, t in model.named_parameters() if t.requires_grad != frozen]
+    tensors += list(model.named_buffers()) if frozen else []
+    return [n for n, t in tensors if t.dim() >= 2 and t.is_floating_point() and
+            _ABSOLUTE.search(n) and not any(pat.search(n) for _, pat in _RELATIVE) and
+            not bool(t.detach().any())]
+
+
 @register("position_information", tier=1, thresholds=("rtol",))
 def check_position_information(adapter, options) -> CheckResult:
+    result = _position_information(adapter, options)
+    zero = _zero_learned_positions(adapter.model) if result.status == "fail" else []
+    frozen = _zero_learned_positions(adapter.model, frozen=True) \
+        if result.status == "fail" else []
+    if frozen:
+        result.summary += (f" '{frozen[0]}' is all zero and never trains (a buffer or "
+                           "requires_grad=False): fill it (a sin-cos table) or make it a "
+                           "trainable parameter.")
+    if not zero:
+        return result
+    # learnable and zero at init, like a closed branch: judged as after the opening steps
+    with after_first_steps(adapter, options):
+        opened = _position_information(adapter, options)
+    tables = ", ".join(f"'{n}'" for n in zero[:3])
+    if opened.status == "pass":
+        return CheckResult(result.name, 1, "pass", f"The learned position table {tables} "
+                           "starts at zero, so the model is order-blind at init by design; "
+                           f"after the first {OPENING_STEPS} optimizer steps: {opened.summary}",
+                           {**opened.metrics, "zero_at_init": zero}, opened.threshold)
+    result.summary += (f" The learned position table {tables} starts at zero, and even after "
+                       f"the first {OPENING_STEPS} optimizer steps the outputs stay "
+                       "order-blind, so the table never reaches them.")
+    return result
+
+
+def _position_information(adapter, options) -> CheckResult:
     name = "position_information"
     family, evidence = position_family(adapter)
     metrics: dict[str, Any] = {"family": family, "evidence": evidence}
@@ -443,6 +487,8 @@ def check_position_information(adapter, options) -> CheckResult:
                 "rotated as if at one position. Feed the real positions (torch.arange(T), not "
                 "zeros) and apply it to the queries and keys that attention uses.",
                 metrics, threshold)
+        if rotary_tables(adapter.model):
+            return pinned_tables_verdict(adapter, options, batch, where, metrics)
         return CheckResult(name, 1, "skip", f"{where} On one repeated token a relative "
                            "encoding gives the same output everywhere by design, and no "
                            "frequencies, slopes or bias table were found to perturb instead.",
@@ -452,17 +498,27 @@ def check_position_information(adapter, options) -> CheckResult:
         clean = eval_logits(adapter, batch, options.seed).float()
     with _perturbed(knobs, options.seed):
         moved = eval_logits(adapter, batch, options.seed).float()
-    change = rel_diff(clean, moved)
+    change, later = rel_diff(clean, moved), ""
+    if change <= tol and starts_closed(adapter.model):  # a zero head hides every input at init
+        with after_first_steps(adapter, options, lr=OPENING_LR):
+            opened = eval_logits(adapter, batch, options.seed).float()
+            with _perturbed(knobs, options.seed):
+                change = rel_diff(opened, eval_logits(adapter, batch, options.seed).float())
+        later = " after the first optimizer steps (a branch starts closed)"
     metrics["max_rel_change"] = change
     listed = ", ".join(f"'{n}'" for n, _ in knobs[:3]) + ("…" if len(knobs) > 3 else "")
     if change > tol:
-        return CheckResult(name, 1, "pass", f"{where} Perturbing {listed} changes the outputs "
-                           f"(max relative change {change:.1e}): the encoding reaches them.",
-                           metrics, threshold)
+        return CheckResult(name, 1, "pass", f"{where} Perturbing {listed} changes the outputs"
+                           f"{later} (max relative change {change:.1e}): the encoding reaches "
+                           "them.", metrics, threshold)
     unchanged = f"{where} Perturbing {listed} leaves the outputs unchanged (max relative " \
                 f"change {change:.1e} ≤ {tol:g})"
     varies = {n: _varies_along(out, t) for n, out in tables.items()}
     metrics["tables_vary_by_position"] = varies
+    if rotary_tables(adapter.model):  # precomputed cos/sin (Llama's *_cached): the frequencies
+        # no longer reach them, so pin the tables themselves (and look after the opening steps
+        # when a branch starts closed, as modded-nanogpt's zero head does)
+        return pinned_tables_verdict(adapter, options, batch, where, metrics)
     if varies and not any(v for v in varies.values() if v is not None) and \
             any(v is False for v in varies.values()):
         module = next(n for n, v in varies.items() if v is False)

@@ -30,29 +30,44 @@ _BLOCKISH = re.compile(r"block|layer", re.I)
 
 # ---- the blocks --------------------------------------------------------------------------
 def block_stacks(model: nn.Module) -> list[tuple[str, list[tuple[str, nn.Module]]]]:
-    """The model's stacks of blocks: runs of consecutive same-class, non-leaf modules with a
-    normalisation inside, in a ModuleList or Sequential (a single one when its class says
-    block/layer), outermost only — what is inside a block (heads, experts) is the block's
-    business, and a stack of plain MLP layers (no norm) is not a transformer's."""
+    """The model's stacks of blocks: runs of consecutive same-class, non-leaf modules that
+    look like transformer blocks, outermost only — what is inside a block (heads, experts) is
+    the block's business. In a ModuleList, Sequential or ModuleDict (nanoGPT's
+    ``transformer.h``) a block has a normalisation module inside, or a class named
+    block/layer and two sublayers (a functional RMSNorm, as in modded-nanogpt and nanochat);
+    a single one counts when its class says block/layer. Elsewhere (blocks kept as
+    attributes, ``self.block1``, ``self.block2``) a run of two or more named so counts."""
     stacks: list[tuple[str, list[tuple[str, nn.Module]]]] = []
     claimed: list[str] = []
     for name, module in model.named_modules():
-        if any(name == p or name.startswith(p + ".") for p in claimed) or \
-                not isinstance(module, (nn.ModuleList, nn.Sequential)):
+        if any(name == p or name.startswith(p + ".") for p in claimed):
             continue
+        container = isinstance(module, (nn.ModuleList, nn.Sequential, nn.ModuleDict))
         run: list[tuple[str, nn.Module]] = []
         for key, child in [*module.named_children(), ("", None)]:
             if run and (child is None or type(child) is not type(run[0][1])):
-                single_ok = isinstance(module, nn.ModuleList) and \
+                single_ok = isinstance(module, (nn.ModuleList, nn.ModuleDict)) and \
                     _BLOCKISH.search(type(run[0][1]).__name__)
                 if len(run) >= 2 or single_ok:
                     stacks.append((name, run))
                     claimed += [n for n, _ in run]
                 run = []
-            if child is not None and next(child.children(), None) is not None and \
-                    any(True for _ in child.parameters()) and _has_norm(child):
+            if child is not None and _blockish(child, strict=not container):
                 run.append((f"{name}.{key}" if name else key, child))
     return stacks
+
+
+def _blockish(module: nn.Module, strict: bool) -> bool:
+    """A transformer block: parameters and submodules, and a norm module inside or a class
+    named block/layer with two sublayers; ``strict`` (outside a container) asks for the
+    name."""
+    if next(module.children(), None) is None or not any(True for _ in module.parameters()):
+        return False
+    named = bool(_BLOCKISH.search(type(module).__name__))
+    sublayers = sum(1 for m in module.children() if any(True for _ in m.parameters()))
+    if strict:
+        return named and (sublayers >= 2 or _has_norm(module))
+    return _has_norm(module) or (named and sublayers >= 2)
 
 
 def _has_norm(module: nn.Module) -> bool:
@@ -223,9 +238,9 @@ def check_residual_paths(adapter, options) -> CheckResult:
     name = "residual_paths"
     stacks = block_stacks(adapter.model)
     if not stacks:
-        return CheckResult(name, 1, "skip", "No stack of blocks found (a ModuleList or "
-                           "Sequential of same-class layers), so there is no residual stream "
-                           "to follow.")
+        return CheckResult(name, 1, "skip", "No stack of blocks found (same-class layers in "
+                           "a ModuleList, Sequential, ModuleDict or side by side), so there is "
+                           "no residual stream to follow.")
     blocks = [(n, b) for _, run in stacks for n, b in run]
     batch = adapter.make_inputs(2, min(options.max_len(adapter), 16), seed=options.seed)
     calls = _record_calls(lambda: eval_logits(adapter, batch, options.seed),

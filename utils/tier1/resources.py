@@ -11,6 +11,7 @@ with the allocator's peak statistics instead.
 from __future__ import annotations
 
 import math
+import re
 import statistics
 import time
 
@@ -27,11 +28,32 @@ _GB = 2**30
 _T4 = f"{COLAB_FREE.memory_gb:g} GB card, {COLAB_FREE.memory_gb - RESERVED_GB:g} GB usable"
 
 
+def trained_length(adapter, options) -> tuple[int, str]:
+    """The length a training step runs at, and why: the model's max_seq_len (a config key, a
+    learned table, a causal mask); but where that number is only the rows of a fixed table
+    (PyTorch's sinusoidal PositionalEncoding keeps max_len=5000 by default) — a capacity, not
+    a length anyone trains at — the length training uses by default: max_seq_len capped at
+    ``options.max_len_cap``, as the trainer caps it."""
+    seq = adapter.max_seq_len or options.max_len_cap
+    ev = adapter.evidence.get("max_seq_len")
+    named = re.search(r"'([^']+)'", ev.detail) if ev is not None and ev.method in (
+        "structure", "probe") else None
+    table = dict(adapter.model.named_buffers()).get(named.group(1)) if named else None
+    fixed = table is not None and table.is_floating_point() and \
+        not bool(((table == 0) | (table == 1)).all())  # a causal 0/1 mask is a real limit
+    capped = min(seq, options.max_len_cap)
+    if fixed and capped < seq:
+        return capped, (f"length {capped}, the length training uses by default: max_seq_len "
+                        f"{seq} is the rows of the fixed table '{named.group(1)}', a capacity "
+                        "rather than a trained length")
+    return seq, f"length {seq}"
+
+
 @register("memory_footprint", tier=1)
 def check_memory_footprint(adapter, options) -> CheckResult:
     model = adapter.model
     fitted = activation_fit(adapter, seed=options.seed, max_len=options.max_len(adapter))
-    seq = adapter.max_seq_len or options.max_len_cap
+    seq, at = trained_length(adapter, options)
     budget = (COLAB_FREE.memory_gb - RESERVED_GB) * _GB
     rows = []
     for b in sorted({1, 8, 32, options.batch_size}):  # memory answers any batch
@@ -68,7 +90,7 @@ def check_memory_footprint(adapter, options) -> CheckResult:
             "checkpointing.", metrics, threshold, rows)
     return CheckResult(
         "memory_footprint", 1, "pass",
-        f"Training at length {seq}: batch 1 needs ≈ {one:.0f} MB (weights {params / _MB:.1f} MB "
+        f"Training at {at}: batch 1 needs ≈ {one:.0f} MB (weights {params / _MB:.1f} MB "
         f"+ grads + AdamW + activations, {how}); a Colab T4 ({_T4}) fits batch ≈ {fit} in fp32, "
         f"≈ {fit16} with fp16 autocast.", metrics, threshold, rows)
 
