@@ -47,7 +47,7 @@ from utils.training.checkpoint_files import (
     step_of,
     verify,
 )
-from utils.training.mirror import GaveUp, MirrorQueue
+from utils.training.mirror import GaveUp, MirrorQueue, background_priority
 from utils.training.snapshot import snapshot_state
 
 __all__ = ["CheckpointInfo", "CheckpointManager"]
@@ -141,7 +141,8 @@ class CheckpointManager:
         snapshot = snapshot_state(state, self._buffers)
         step = operator.index(step)
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-save")
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-save",
+                                                initializer=background_priority)
         future = self._executor.submit(self._write, snapshot, step, val_loss)
         self._saving = (step, future)
         return future
