@@ -68,7 +68,7 @@ def test_a_failed_gate_exits_1_with_the_report_in_the_json(tmp_path, capsys):
 
 @pytest.mark.parametrize("flags,message", [
     (["--preset", "smok"], "Unknown preset 'smok'. Did you mean 'smoke'"),
-    (["--preset", "smoke", "--batch-size", "0", "--lr", "-1"], "batch_size.*lr"),
+    (["--preset", "smoke", "--batch-size", "0", "--lr", "-1"], "--batch-size: got 0.*--lr: got -1"),
     (["--preset", "smoke", "--data", "no/such/file.txt"], "no/such/file.txt"),
 ])
 def test_bad_input_exits_2_with_the_message_and_json(tmp_path, model_and_data, capsys, flags,
