@@ -9,9 +9,10 @@ and embeddings), warmup + cosine schedule and gradient clipping. Throughput is m
 ``TrainResult.tokens_per_second`` is: tokens over seconds between the ends of consecutive
 optimizer steps, the first few steps left out. The machine may be shared, so the systems run
 interleaved (the order rotates each round); the ratios are taken within each round and their
-median is the figure. Torch runs one intra-op thread by default (``--threads``): two OpenMP
-threads spin against the other processes of a shared machine and make a step 3-6× slower and
-far noisier.
+median is the figure. Torch runs with its default intra-op threads (all cores), as a user's
+``train()`` does: train() sets no thread count, so this is the setting users get (Colab: 2).
+``--threads 1`` measures one thread, steadier on a busy shared machine, where two OpenMP threads
+spin against the other processes.
 
 **Checkpoints.** A ~17M-parameter GPT (a checkpoint of ~200 MB: weights and Adam's two
 moments) trained by ``train()`` with ``checkpoint_every=50`` and ``mirror_dir`` in a folder that
@@ -354,11 +355,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ckpt-modes", nargs="+", default=["shipped"],
                         choices=["shipped", "save"], help="shipped: train() as it is "
                         "(save_async); save: ManagerIO patched to the inline local write")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads "
-                        "(default 1: on a shared machine two OpenMP threads spin against other "
-                        "processes — measured here 3.6-6.9 s a step against 0.7-1.2 s with one "
-                        "— and one thread leaves a core to the checkpoint threads, as a GPU "
-                        "run does; 0 = torch's default)")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads "
+                        "(default 0 = torch's default, what train() users get; 1 is steadier on "
+                        "a busy shared machine, where two OpenMP threads spin against other "
+                        "processes)")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-checkpoint", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" /
