@@ -6,10 +6,10 @@ import hashlib
 import math
 import tempfile
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
@@ -316,20 +316,10 @@ def where_positions_mix(adapter, before: dict[str, torch.Tensor],
                     and v.shape[1] in lengths and (v.is_floating_point() or
                                                    v.dtype == torch.long)]
 
-        calls: list[tuple[nn.Module, list, list]] = []
-        hooks = [m.register_forward_hook(
-            lambda mod, args, out: calls.append((mod, early(args), early(out))))
-            for m in adapter.model.modules()]
-        try:
-            eval_logits(adapter, batch, seed)
-        finally:
-            for h in hooks:
-                h.remove()
-        return calls
+        return _module_calls(adapter, batch, seed, early)
 
     def same(xs: list, ys: list) -> bool:
-        return len(xs) == len(ys) and all(
-            x.shape == y.shape and rel_diff(x, y) <= tol for x, y in zip(xs, ys, strict=True))
+        return _same(xs, ys, tol)
 
     try:
         one, two = run(before), run(after)
@@ -344,6 +334,29 @@ def where_positions_mix(adapter, before: dict[str, torch.Tensor],
         if first is None and outs and same(ins, ins2) and not same(outs, outs2):
             first = names.get(mod, ""), mod
     return Mixing(first, touched)
+
+
+def _module_calls(adapter, batch: dict[str, torch.Tensor], seed: int,
+                  pick: Callable[[Any], list[torch.Tensor]],
+                  ) -> list[tuple[nn.Module, list, list]]:
+    """``(module, pick(inputs), pick(output))`` of every module call of one eval forward, in
+    the order the calls finish (forward hooks, removed after)."""
+    calls: list[tuple[nn.Module, list, list]] = []
+    hooks = [m.register_forward_hook(
+        lambda mod, args, out: calls.append((mod, pick(args), pick(out))))
+        for m in adapter.model.modules()]
+    try:
+        eval_logits(adapter, batch, seed)
+    finally:
+        for h in hooks:
+            h.remove()
+    return calls
+
+
+def _same(xs: list, ys: list, tol: float) -> bool:
+    """The two lists of tensors agree, shape for shape, within ``tol`` (relative)."""
+    return len(xs) == len(ys) and all(
+        x.shape == y.shape and rel_diff(x, y) <= tol for x, y in zip(xs, ys, strict=True))
 
 
 def where_samples_mix(adapter, batch: dict[str, torch.Tensor], seed: int,
@@ -363,20 +376,10 @@ def where_samples_mix(adapter, batch: dict[str, torch.Tensor], seed: int,
                     if isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == rows
                     and (v.is_floating_point() or v.dtype == torch.long)]
 
-        calls: list[tuple[nn.Module, list, list]] = []
-        hooks = [m.register_forward_hook(
-            lambda mod, args, out: calls.append((mod, first(args), first(out))))
-            for m in adapter.model.modules()]
-        try:
-            eval_logits(adapter, inputs, seed)
-        finally:
-            for h in hooks:
-                h.remove()
-        return calls
+        return _module_calls(adapter, inputs, seed, first)
 
     def same(xs: list, ys: list) -> bool:
-        return len(xs) == len(ys) and all(
-            x.shape == y.shape and rel_diff(x, y) <= tol for x, y in zip(xs, ys, strict=True))
+        return _same(xs, ys, tol)
 
     try:
         together = run(batch, b)
