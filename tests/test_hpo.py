@@ -77,6 +77,26 @@ def assert_no_duplicates(trials) -> None:
     assert len(sets) == len(set(sets)), sets
 
 
+def assert_shared_and_rerun(trials, total: int, killed_pid: int, survivor_pid: int):
+    """Two workers shared one study: exactly ``total`` counted trials, none twice, both did real
+    work, and the killed worker's trial was failed by the heartbeat and run again, with the
+    same parameters, by the survivor. Returns ``(killed trial, its retry)``."""
+    assert not [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert len(counted(trials)) == total  # the study's total, exactly: no overshoot
+    assert_no_duplicates(trials)
+    by = {pid: [t for t in counted(trials) if t.user_attrs["worker"].endswith(f":{pid}")]
+          for pid in (killed_pid, survivor_pid)}
+    assert by[killed_pid] and by[survivor_pid]  # both did real work
+    killed = [t for t in trials if t.state == TrialState.FAIL
+              and t.user_attrs.get("worker", "").endswith(f":{killed_pid}")]
+    assert len(killed) == 1, "the heartbeat marks the killed worker's trial failed"
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed[0].number]
+    assert len(retries) == 1 and retries[0].params == killed[0].params
+    assert retries[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert retries[0].user_attrs["worker"].endswith(f":{survivor_pid}")
+    return killed[0], retries[0]
+
+
 @pytest.mark.slow
 def test_two_workers_share_one_study_and_the_survivor_retries_the_killed_ones_trial(
         tmp_path, model_and_data):
@@ -92,20 +112,7 @@ def test_two_workers_share_one_study_and_the_survivor_retries_the_killed_ones_tr
     assert code_b == 0, err_b[-3000:]
 
     trials = load(storage, "shared").get_trials()
-    assert not [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    assert len(counted(trials)) == 8  # the study's total, exactly: no overshoot
-    assert_no_duplicates(trials)
-    pid_a, pid_b = doomed.pid, survivor.pid
-    by = {pid: [t for t in counted(trials) if t.user_attrs["worker"].endswith(f":{pid}")]
-          for pid in (pid_a, pid_b)}
-    assert by[pid_a] and by[pid_b]  # both did real work
-    killed = [t for t in trials if t.state == TrialState.FAIL
-              and t.user_attrs.get("worker", "").endswith(f":{pid_a}")]
-    assert len(killed) == 1, "the heartbeat marks the killed worker's trial failed"
-    retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed[0].number]
-    assert len(retries) == 1 and retries[0].params == killed[0].params
-    assert retries[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
-    assert retries[0].user_attrs["worker"].endswith(f":{pid_b}")
+    killed, retry = assert_shared_and_rerun(trials, 8, doomed.pid, survivor.pid)
 
     doc = json.loads((tmp_path / "b.json").read_text())
     assert doc["command"] == "search" and doc["error"] is None
@@ -113,9 +120,9 @@ def test_two_workers_share_one_study_and_the_survivor_retries_the_killed_ones_tr
     assert set(doc["best_params"]) == {"lr", "warmup_steps", "weight_decay", "batch_size",
                                        "dropout"}
     rows = {r["number"]: r for r in doc["trials"]}
-    assert killed[0].number not in rows  # replaced by its retry, which says so
-    assert rows[retries[0].number]["retry_of"] == killed[0].number
-    assert {"number", "state", "value", "params"} <= rows[retries[0].number].keys()
+    assert killed.number not in rows  # replaced by its retry, which says so
+    assert rows[retry.number]["retry_of"] == killed.number
+    assert {"number", "state", "value", "params"} <= rows[retry.number].keys()
 
 
 @pytest.mark.slow
