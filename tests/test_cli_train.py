@@ -226,4 +226,114 @@ def test_advice_speaks_in_flags_on_the_command_line_and_in_arguments_in_python(
         main(["train", "--lr", "fast"])
     assert info.value.code == 64
     err = capsys.readouterr().err
-    assert "'fast' is not a learning rate" in err and "usage:" not in err
+    assert "--lr: 'fast' is not a number; allowed: a number > 0 or 'auto'" in err and "usage:" not in err
+
+
+def _other_value(field) -> tuple[str, object]:
+    """A flag text for ``field`` that differs from its default, and the value it means."""
+    import typing
+
+    from utils.training.config import _kinds
+
+    kinds = _kinds(field.annotation)
+    if field.choices:
+        choice = next(c for c in field.choices if c != field.default)
+        return choice, choice
+    if bool in kinds:
+        return "true", True
+    if tuple in kinds:
+        return "0.8,0.9", (0.8, 0.9)
+    if field.name.endswith("_dir") or field.name == "resume":
+        return "some/folder", "some/folder"
+    if int in kinds:
+        return "3", 3
+    if float in kinds:
+        return "0.25", 0.25
+    raise AssertionError(f"no test value for {field.name}: {typing.get_args(field.annotation)}")
+
+
+@pytest.mark.parametrize("command", ["train", "search", "benchmark"])
+def test_every_config_field_is_a_flag_of_the_training_commands(command):
+    """Built from the dataclass: a new TrainingConfig field is a flag without a line here."""
+    from utils.__main__ import build_parser
+    from utils.cli_common import settings_given
+    from utils.training.config import config_fields
+
+    own = {"search": {"resume"}, "benchmark": {"max_steps", "resume", "mirror_dir"}}
+    for name, field in config_fields().items():
+        text, value = _other_value(field)
+        argv = [command, field.flag, text] + (["--trials", "1"] if command == "search" else [])
+        if name in own.get(command, set()):
+            with pytest.raises(SystemExit):
+                build_parser().parse_args(argv)
+            continue
+        args = build_parser().parse_args(argv)
+        assert settings_given(args)[name] == value, name
+
+
+def test_print_config_writes_what_config_reads_and_flags_beat_the_file(tmp_path, capsys):
+    base = ["train", "--preset", "smoke", "--print-config"]
+    assert main([*base, "--warmup-steps", "7", "--betas", "0.9,0.99", "--seed", "5"]) == 0
+    written = capsys.readouterr().out
+    assert "warmup_steps: 7\n" in written and "betas: [0.9, 0.99]\n" in written
+    assert "# Steps of linear warm-up" in written  # each field under its doc
+    file = tmp_path / "run.yaml"
+    file.write_text(written)
+    assert main([*base, "--config", str(file)]) == 0
+    assert capsys.readouterr().out == written  # the file reproduces the run's settings
+    assert main([*base, "--config", str(file), "--warmup-steps", "9"]) == 0
+    again = capsys.readouterr().out
+    assert "warmup_steps: 9\n" in again and "seed: 5\n" in again  # the file's seed holds too
+    (tmp_path / "run.json").write_text(json.dumps({"max_steps": 4, "lr": "auto"}))
+    assert main([*base, "--config", str(tmp_path / "run.json")]) == 0
+    assert "max_steps: 4\n" in (out := capsys.readouterr().out) and "lr: auto\n" in out
+
+
+def test_the_config_files_seed_builds_the_model(tmp_path):
+    """``--config``'s seed fixes the initial weights as ``--seed`` would (resolved before the
+    model is built); the flag beats the file."""
+    from utils.__main__ import build_parser
+    from utils.cli_common import load_and_adapt
+
+    file = tmp_path / "run.yaml"
+    file.write_text("seed: 7\n")
+
+    def weights(*argv):
+        args = build_parser().parse_args(["train", "--preset", "smoke", *argv])
+        return args, load_and_adapt(args, say=lambda _: None)[1].model.state_dict()
+
+    args, from_file = weights("--config", str(file))
+    assert args.seed == 7
+    _, from_flag = weights("--seed", "7")
+    _, default = weights()
+    _, beaten = weights("--config", str(file), "--seed", "0")
+    first = next(iter(from_file))
+    assert from_file[first].equal(from_flag[first])
+    assert not from_file[first].equal(default[first]) and beaten[first].equal(default[first])
+
+
+@pytest.mark.parametrize("content, says", [
+    ("warmup_step: 5\n", "warmup_step: unknown key (did you mean 'warmup_steps'?)"),
+    ("- 1\n- 2\n", "holds a list, not a mapping"),
+    ("max_steps: [oops\n", "does not parse"),
+    ("max_steps: -5\n", "max_steps: got -5"),
+    (None, "Cannot read the training config"),
+])
+def test_a_bad_config_file_is_named_with_its_problem(tmp_path, capsys, content, says):
+    file = tmp_path / "run.yaml"
+    if content is not None:
+        file.write_text(content)
+    assert main(["train", "--preset", "smoke", "--config", str(file), "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err
+
+
+def test_a_bad_settings_flag_is_a_usage_error_saying_what_it_takes(capsys):
+    for argv, says in ((["--betas", "0.9"], None), (["--compile", "maybe"], "true or false"),
+                       (["--precision", "64"], "'64' is not allowed; allowed: one of 'auto', '32'"),
+                       (["--warmup-steps", "ten"], "'ten' is not a whole number")):
+        with pytest.raises(SystemExit) as info:
+            main(["train", *argv])
+        assert info.value.code == 64
+        err = capsys.readouterr().err
+        assert says is None or says in err, err

@@ -33,6 +33,7 @@ flag the line gives is replaced, else appended):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -232,8 +233,15 @@ def run_bash(block: Block, sandbox, monkeypatch) -> None:
         elif words == ["source", ".venv/bin/activate"]:
             continue
         elif words[0] == "testbench" or words[:3] == ["python", "-m", "utils"]:
+            target = None
+            if len(words) > 2 and words[-2] == ">":  # `testbench … > FILE`: stdout to FILE
+                words, target = words[:-2], Path(words[-1])
             args = tiny(words[1:] if words[0] == "testbench" else words[3:])
-            code = run_testbench(args, env, sandbox, monkeypatch)
+            if target is None:
+                code = run_testbench(args, env, sandbox, monkeypatch)
+            else:
+                with target.open("w") as out, contextlib.redirect_stdout(out):
+                    code = run_testbench(args, env, sandbox, monkeypatch)
             assert code == 0, f"{block.id}: `{line.strip()}` exited {code}"
         else:
             pytest.fail(f"{block.id}: this test does not know how to run `{line.strip()}`; "

@@ -32,8 +32,10 @@ from utils.cli_common import (
     EXIT_SOURCE,
     EXIT_USAGE,
     PROG,
+    add_settings,
     load_and_adapt,
     requested_source,
+    settings_given,
     source_parser,
 )
 from utils.cli_common import Parser as _Parser
@@ -95,16 +97,6 @@ def _data_flags(parser: argparse.ArgumentParser) -> None:
                    "(csv/jsonl/parquet/Hub data)")
 
 
-def _lr(text: str) -> float | str:
-    if text == "auto":
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a learning rate: give a number "
-                                         "such as 3e-4, or auto") from None
-
-
 def _train_parser(sub) -> None:
     t = sub.add_parser("train", parents=[source_parser()],
                        help="train the model (Tier 1 gate, checkpoints, resume)",
@@ -117,23 +109,9 @@ def _train_parser(sub) -> None:
     t.add_argument("--force", action="store_true", help="train even if the Tier 1 gate fails")
     t.add_argument("--samples", type=int, default=3, metavar="N",
                    help="text samples to print at the end (causal LMs; default 3)")
-    cfg = t.add_argument_group("training settings (override the preset)")
-    for flag, kind, help_ in (
-            ("--max-steps", int, "optimizer steps"), ("--batch-size", int, "micro-batch"),
-            ("--grad-accum", int, "micro-batches per step"), ("--seq-len", int, "tokens per row"),
-            ("--lr", _lr, "peak learning rate, or auto"),
-            ("--checkpoint-every", int, "steps between checkpoints (0: off)"),
-            ("--val-every", int, "steps between validations (0: off)"),
-            ("--keep-last", int, "checkpoints kept besides the best"),
-            ("--precision", str, "auto, 32, 16-mixed or bf16-mixed"),
-            ("--devices", str, "devices (an int, or auto)"),
-            ("--num-nodes", int, "machines"), ("--strategy", str, "auto, ddp, fsdp…"),
-            ("--logger", str, "csv, wandb (Weights & Biases) or none")):
-        cfg.add_argument(flag, type=kind, help=help_)
-    cfg.add_argument("--out", metavar="DIR", help="the run folder (default: derived from the "
-                     "source, under $TESTBENCH_HOME/runs)")
-    cfg.add_argument("--mirror", metavar="DIR", help="a second copy of the run (Google Drive)")
-    cfg.add_argument("--resume", metavar="auto|never|PATH", help="default auto")
+    add_settings(t, helps={"out_dir": "the run folder (default: derived from the source, "
+                           "under $TESTBENCH_HOME/runs)",
+                           "mirror_dir": "a second copy of the run (Google Drive)"})
 
 
 def _search_parser(sub) -> None:
@@ -165,16 +143,11 @@ def _search_parser(sub) -> None:
     s.add_argument("--preset", metavar="NAME", help="smoke, cpu, colab-t4 or colab-a100 "
                    "(default: sized to this device's memory)")
     s.add_argument("--force", action="store_true", help="search even if the Tier 1 gate fails")
-    cfg = s.add_argument_group("training settings (override the preset)")
-    for flag, kind, help_ in (("--batch-size", int, "micro-batch (the middle of the searched "
-                               "choices)"), ("--grad-accum", int, "micro-batches per step"),
-                              ("--seq-len", int, "tokens per row"),
-                              ("--precision", str, "auto, 32, 16-mixed or bf16-mixed")):
-        cfg.add_argument(flag, type=kind, help=help_)
-    cfg.add_argument("--out", metavar="DIR", help="the search folder (default: "
-                     "$TESTBENCH_HOME/searches/<study>)")
-    cfg.add_argument("--mirror", metavar="DIR", help="where the study's database is copied "
-                     "after each trial (Google Drive); a new VM continues from it")
+    add_settings(s, exclude=("resume",), helps={
+        "batch_size": "micro-batch (the middle of the searched choices)",
+        "out_dir": "the search folder (default: $TESTBENCH_HOME/searches/<study>)",
+        "mirror_dir": "where the study's database is copied after each trial (Google Drive); a "
+                      "new VM continues from it"})
 
 
 def _describe(report: Report) -> str:
@@ -231,20 +204,13 @@ def validate(args: argparse.Namespace) -> int:
     return EXIT_OK if report.passed else EXIT_FAILED
 
 
-# settings flags (argparse dest) -> TrainingConfig field; each command has some of them
-_SETTINGS = {**{f: f for f in ("max_steps", "batch_size", "grad_accum", "seq_len", "lr",
-                               "checkpoint_every", "val_every", "keep_last", "precision",
-                               "devices", "num_nodes", "strategy", "logger", "resume", "seed")},
-             "out": "out_dir", "mirror": "mirror_dir"}
-
-
 def _train_config(args: argparse.Namespace, adapter: Any):
-    """The ``TrainingConfig`` the flags ask for: ``--preset`` (its length capped at the
-    model's), else a preset sized to the device, with every settings flag given on top."""
+    """The ``TrainingConfig`` the command line asks for: ``--preset`` (its length capped at the
+    model's), else a preset sized to the device, with ``--config``'s fields and then every
+    settings flag given on top."""
     from utils.ui.presets import fit_length, preset, preset_for
 
-    given = {field: getattr(args, flag) for flag, field in _SETTINGS.items()
-             if getattr(args, flag, None) is not None}
+    given = settings_given(args)
     if args.device != "auto":
         given.setdefault("accelerator", "cpu" if args.device == "cpu" else "gpu")
     if args.preset:
@@ -291,6 +257,9 @@ def _training_command(args: argparse.Namespace, command: str,
     try:
         loaded, adapter = load_and_adapt(args, on_load=record)
         model = adapter.describe()
+        if args.print_config:  # what would train, as a file --config takes; nothing runs
+            print(_train_config(args, adapter).to_yaml(), end="")
+            return EXIT_OK
         code = work(loaded, adapter, doc)
     except GateFailed as err:
         print(f"error: {err.message}", file=sys.stderr)
@@ -418,15 +387,9 @@ def _benchmark_parser(sub) -> None:
     b.add_argument("--preset", metavar="NAME", help="smoke, cpu, colab-t4 or colab-a100 "
                    "(default: sized to this device's memory)")
     b.add_argument("--force", action="store_true", help="train even if the Tier 1 gate fails")
-    cfg = b.add_argument_group("training settings (override the preset)")
-    for flag, kind, help_ in (("--batch-size", int, "micro-batch"),
-                              ("--grad-accum", int, "micro-batches per step"),
-                              ("--seq-len", int, "tokens per row"),
-                              ("--lr", _lr, "peak learning rate, or auto"),
-                              ("--precision", str, "auto, 32, 16-mixed or bf16-mixed")):
-        cfg.add_argument(flag, type=kind, help=help_)
-    cfg.add_argument("--out", metavar="DIR", help="the benchmark's folder (default: beside the "
-                     "model's training run, under $TESTBENCH_HOME/runs)")
+    add_settings(b, exclude=("max_steps", "resume", "mirror_dir"), helps={
+        "out_dir": "the benchmark's folder (default: beside the model's training run, under "
+                   "$TESTBENCH_HOME/runs)"})
 
 
 def benchmark(args: argparse.Namespace) -> int:

@@ -14,8 +14,8 @@ from typing import Any
 from utils.tasks import TASKS
 
 __all__ = ["EMBEDDED", "EXIT_FAILED", "EXIT_INTERNAL", "EXIT_OK", "EXIT_SOURCE", "EXIT_USAGE",
-           "PROG", "Parser", "load_and_adapt", "requested_source", "say_stderr",
-           "source_parser"]
+           "PROG", "Parser", "add_settings", "load_and_adapt", "requested_source", "resolve_seed",
+           "say_stderr", "settings_given", "source_parser"]
 
 PROG = "testbench"
 EXIT_OK, EXIT_FAILED, EXIT_SOURCE, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 64, 70
@@ -44,9 +44,9 @@ def source_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", metavar="PATH",
                         help="write the result as JSON here (also when loading fails)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the model's initial weights, "
-                        "the checks' inputs and training (default 0): the same command with the "
-                        "same seed gives the same model and numbers")
+    parser.add_argument("--seed", type=int, help="seeds the model's initial weights, "
+                        "the checks' inputs and training (default 0, or --config's seed): the "
+                        "same command with the same seed gives the same model and numbers")
     over = parser.add_argument_group("overrides (beat everything inferred)")
     over.add_argument("--task", choices=TASKS)
     over.add_argument("--vocab-size", type=int, metavar="N")
@@ -55,6 +55,67 @@ def source_parser() -> argparse.ArgumentParser:
     over.add_argument("--model-class", metavar="NAME", help="the class to build")
     over.add_argument("--weights", metavar="PATH", help="a .safetensors/.pt state dict to load")
     return parser
+
+
+# TrainingConfig fields whose flag has a short form too, and those source_parser owns
+_ALIASES = {"out_dir": "--out", "mirror_dir": "--mirror"}
+_OWNED_BY_SOURCE = ("seed",)
+
+
+def add_settings(parser: argparse.ArgumentParser, *, exclude: tuple[str, ...] = (),
+                 helps: dict[str, str] | None = None) -> None:
+    """A flag for every ``TrainingConfig`` field (``--warmup-steps``, ``--betas 0.9,0.99`` …)
+    but ``exclude``, built from the dataclass (:func:`~utils.training.config.config_fields`),
+    plus ``--config FILE`` and ``--print-config``. ``helps`` replaces a field's help text."""
+    from utils.training.config import config_fields
+
+    group = parser.add_argument_group(
+        "training settings (beat --config, which beats the preset; each is a TrainingConfig "
+        "field)")
+    group.add_argument("--config", metavar="FILE", help="a YAML or JSON file of training "
+                       "settings (--print-config writes one)")
+    group.add_argument("--print-config", action="store_true", help="print the settings this "
+                       "command would train with, as YAML, and exit")
+    for field in config_fields().values():
+        if field.name in exclude or field.name in _OWNED_BY_SOURCE:
+            continue
+        text = (helps or {}).get(field.name) or field.doc
+        group.add_argument(*filter(None, (_ALIASES.get(field.name), field.flag)),
+                           dest=field.name, type=_flag_type(field), choices=field.choices,
+                           metavar=field.metavar, help=text.replace("%", "%%"))
+
+
+def _flag_type(field: Any) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return field.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = field.name  # argparse names the type in its fallback message
+    return parse
+
+
+def settings_given(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``TrainingConfig`` fields this command line sets: ``--config``'s, then every
+    settings flag given on top (and ``--seed``)."""
+    from utils.training.config import config_fields, load_config_file
+
+    given = load_config_file(args.config) if getattr(args, "config", None) else {}
+    given.update({name: value for name in config_fields()
+                  if (value := getattr(args, name, None)) is not None})
+    return given
+
+
+def resolve_seed(args: argparse.Namespace) -> None:
+    """``--seed`` when given, else ``--config``'s seed, else 0 — before the model is built, so
+    the file's seed fixes the initial weights as the flag's would."""
+    if getattr(args, "seed", 0) is not None:
+        return
+    from utils.training.config import load_config_file
+
+    stored = load_config_file(args.config).get("seed") if getattr(args, "config", None) else None
+    args.seed = 0 if stored is None else stored
 
 
 def requested_source(args: argparse.Namespace, loaded=None) -> dict[str, Any]:
@@ -86,6 +147,7 @@ def load_and_adapt(args: argparse.Namespace, *, say: Callable[[str], None] = say
     from utils.adapters import adapt, load_model
     from utils.environment import resolve_device
 
+    resolve_seed(args)
     device = resolve_device(args.device)
     loaded = load_model(args.source, model_class=args.model_class, weights=args.weights,
                         seed=args.seed, say=say)

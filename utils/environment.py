@@ -46,6 +46,7 @@ EXTRA_OF: dict[str, str] = {
     "onnxscript": "export",
     "torchao": "export",
     "safetensors": "train",
+    "yaml": "train",  # PyYAML: training configs (--config run.yaml); Colab ships it
     "ipywidgets": "notebook",
     "nbclient": "notebook",
 }

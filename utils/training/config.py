@@ -14,25 +14,31 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import json
 import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from utils.errors import UserError, advice, arg
 
 __all__ = ["ACCELERATORS", "LOGGERS", "PRECISIONS", "RESUME_OVERRIDABLE", "STRATEGIES",
-           "ConfigError", "TrainingConfig", "effective_precision", "field_docs",
-           "merge_for_resume"]
+           "ConfigError", "ConfigField", "TrainingConfig", "config_fields", "effective_precision",
+           "field_docs", "load_config_file", "merge_for_resume"]
 
-PRECISIONS = ("auto", "32", "16-mixed", "bf16-mixed")
-LOGGERS = ("csv", "wandb", "none")
-STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_notebook", "fsdp", "single_device")
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+Precision = Literal["auto", "32", "16-mixed", "bf16-mixed"]
+Logger = Literal["csv", "wandb", "none"]
+Strategy = Literal["auto", "ddp", "ddp_spawn", "ddp_notebook", "fsdp", "single_device"]
+Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+LOGGERS: tuple[str, ...] = get_args(Logger)
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+ACCELERATORS: tuple[str, ...] = get_args(Accelerator)
 SEQ_LEN_CAP = 256  # seq_len=None trains at the model's max_seq_len, capped here
 
 # On resume the stored config wins, except these: the budget, the intervals and where and how
@@ -117,14 +123,14 @@ class TrainingConfig:
     batch_size: int = 8
     grad_accum: int = 1
     seq_len: int | None = None
-    lr: float | str = 3e-4
+    lr: float | Literal["auto"] = 3e-4
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     grad_clip: float = 1.0
-    precision: str = "auto"
+    precision: Precision = "auto"
     compile: bool = False
     seed: int = 0
     val_every: int = 200
@@ -136,11 +142,11 @@ class TrainingConfig:
     out_dir: str | None = None
     mirror_dir: str | None = None
     resume: str = "auto"
-    logger: str = "csv"
-    devices: int | str = 1
+    logger: Logger = "csv"
+    devices: int | Literal["auto"] = 1
     num_nodes: int = 1
-    strategy: str = "auto"
-    accelerator: str = "auto"
+    strategy: Strategy = "auto"
+    accelerator: Accelerator = "auto"
     num_workers: int = 0
     spike_factor: float = 10.0
     max_bad_steps: int = 3
@@ -166,6 +172,24 @@ class TrainingConfig:
         """Every field as JSON/YAML-friendly data (tuples become lists)."""
         return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
                 for f in fields(self)}
+
+    def to_yaml(self) -> str:
+        """Every field as YAML, each under a comment with its doc: the file ``--config`` reads
+        and ``--print-config`` writes."""
+        import textwrap
+
+        from utils.environment import require
+
+        yaml = require("yaml", "Writing a YAML training config")
+        docs, lines = field_docs(), []
+        for name, value in self.to_dict().items():
+            lines += textwrap.wrap(docs.get(name, ""), 96, initial_indent="# ",
+                                   subsequent_indent="# ")
+            # a one-item flow list, unwrapped: one line per field, lists inline, quoting
+            # where YAML needs it ('32' stays a string)
+            flow = yaml.safe_dump([value], default_flow_style=True, width=1000).strip()
+            lines.append(f"{name}: {flow[1:-1]}")
+        return "\n".join(lines) + "\n"
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainingConfig:
@@ -225,7 +249,144 @@ def field_docs() -> dict[str, str]:
     """Each field's description from the ``Attributes:`` block (for forms and ``--help``)."""
     block = (TrainingConfig.__doc__ or "").split("Attributes:", 1)[-1]
     found = re.findall(r"^ {8}(\w+): (.*?)(?=^ {8}\w+: |\Z)", block, re.M | re.S)
-    return {name: " ".join(text.split()) for name, text in found}
+    plain = {name: re.sub(r":\w+:`(\w+)`", r"\1", " ".join(text.split())).replace("``", "")
+             for name, text in found}  # no reST markup: forms, --help and YAML comments show it
+    return plain
+
+
+@dataclass(frozen=True)
+class ConfigField:
+    """One ``TrainingConfig`` field as every surface needs it: the CLI's flag, a form's entry,
+    an environment variable. Derived from the dataclass (:func:`config_fields`), so a new
+    option is one line in :class:`TrainingConfig` and one row in its docstring."""
+
+    name: str
+    annotation: Any
+    default: Any
+    doc: str
+    allowed: str  # what the validation accepts, in words
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def choices(self) -> tuple[str, ...] | None:
+        """The strings the field takes when it is one of a fixed set (a ``Literal``)."""
+        return _literal(self.annotation) if get_origin(self.annotation) is Literal else None
+
+    @property
+    def metavar(self) -> str:
+        """``N``, ``X|auto``, ``N|none``, ``{a,b}``: what the flag takes, for ``--help``."""
+        kinds = _kinds(self.annotation)
+        if self.choices:
+            return "{" + ",".join(self.choices) + "}"
+        if self.name.endswith("_dir"):
+            return "DIR"
+        core = ("true|false" if bool in kinds else "N" if int in kinds else "X" if float in kinds
+                else "B1,B2" if tuple in kinds else "VALUE")
+        words = [k for k in kinds if isinstance(k, str)] + ["none"] * (type(None) in kinds)
+        return "|".join([core, *words])
+
+    def parse(self, text: Any) -> Any:
+        """``text`` (a flag's, a form entry's or an environment variable's string) as this
+        field's value; ValueError saying what was expected. Non-strings pass through, for
+        :class:`TrainingConfig` to judge."""
+        if not isinstance(text, str):
+            return text
+        value = text.strip()
+        kinds = _kinds(self.annotation)
+        lowered = value.lower()
+        if type(None) in kinds and lowered in ("", "none", "null"):
+            return None
+        for word in (k for k in kinds if isinstance(k, str)):
+            if value == word:
+                return word
+        if bool in kinds:
+            if lowered in ("true", "yes", "1", "on"):
+                return True
+            if lowered in ("false", "no", "0", "off"):
+                return False
+        elif int in kinds:
+            with contextlib.suppress(ValueError):
+                return int(value.replace("_", "").replace(",", ""))
+        elif float in kinds:
+            with contextlib.suppress(ValueError):
+                return float(value)
+        elif tuple in kinds:
+            with contextlib.suppress(ValueError):
+                parts = tuple(float(x) for x in value.strip("()[] ").split(","))
+                if len(parts) == len(get_args(self.annotation)):
+                    return parts
+        elif str in kinds:
+            return value
+        what = ("true or false" if bool in kinds else "a whole number" if int in kinds
+                else "a number" if float in kinds or tuple in kinds else "allowed")
+        raise ValueError(f"{text!r} is not {what}; allowed: {self.allowed}")
+
+
+def _literal(annotation: Any) -> tuple[str, ...]:
+    return tuple(str(a) for a in get_args(annotation))
+
+
+def _kinds(annotation: Any) -> tuple[Any, ...]:
+    """The plain types of an annotation and the words its ``Literal`` parts allow
+    (``int | Literal["auto"] | None`` -> ``(int, "auto", NoneType)``)."""
+    origin = get_origin(annotation)
+    if origin is Union or type(annotation).__name__ == "UnionType":
+        return tuple(k for arg in get_args(annotation) for k in _kinds(arg))
+    if origin is Literal:
+        return _literal(annotation)
+    return (origin or annotation,)
+
+
+def config_fields() -> dict[str, ConfigField]:
+    """Every ``TrainingConfig`` field with its type, default, doc and accepted values, in the
+    dataclass's order: what the CLI's flags, the setup form and the notebook are built from."""
+    hints, docs = get_type_hints(TrainingConfig), field_docs()
+    return {f.name: ConfigField(f.name, hints[f.name], f.default, docs.get(f.name, ""),
+                                _RULES[f.name][1]) for f in fields(TrainingConfig)}
+
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``TrainingConfig`` fields a YAML or JSON file sets (``--config run.yaml``; what
+    ``--print-config`` writes), checked: every key a field, every value valid. Missing keys are
+    left out, so the preset and the flags decide them."""
+    from pathlib import Path
+
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise UserError(f"Cannot read the training config {file}: {exc.strerror or exc}.",
+                        fix="Check the path; `testbench train SOURCE --print-config > run.yaml` "
+                        "writes one to start from.") from exc
+    try:
+        if file.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            from utils.environment import require
+
+            data = require("yaml", "Reading a YAML training config").safe_load(text)
+    except Exception as exc:
+        if isinstance(exc, UserError):
+            raise
+        raise UserError(f"The training config {file} does not parse: {exc}",
+                        fix="Correct the line it names; a config is one `field: value` per "
+                        "line (YAML) or a JSON object.") from None
+    data = {} if data is None else data
+    if not isinstance(data, Mapping):
+        raise UserError(f"The training config {file} holds a {type(data).__name__}, not a "
+                        "mapping of field names to values.", fix="Write one `field: value` "
+                        "per line, e.g. `max_steps: 500`.")
+    try:  # unknown keys and bad values, each named, before any work
+        TrainingConfig.from_dict(data)
+    except ConfigError as exc:
+        lines = "".join(f"\n    {name}: {problem}" for name, problem in exc.problems.items())
+        raise ConfigError(f"The training config {file} has {len(exc.problems)} bad "
+                          f"field(s):{lines}", exc.problems, why=exc.why,
+                          fix=f"Correct those lines of {file}.") from None
+    return dict(data)
 
 
 def merge_for_resume(stored: TrainingConfig, requested: TrainingConfig,
@@ -386,6 +547,7 @@ def _reject_unknown(keys: Iterable[str]) -> None:
         str(k), valid, n=1)) else repr(k)) for k in unknown}
     raise ConfigError(
         f"Unknown training config key(s): {', '.join(hints.values())}.",
-        {str(k): "unknown key" for k in unknown},
+        {str(k): "unknown key" + (hint[len(repr(k)):] if (hint := hints[k]) != repr(k) else "")
+         for k in unknown},
         why=f"TrainingConfig has no such field, so it would be silently ignored. Valid keys: "
         f"{', '.join(valid)}.", fix="Rename each key to one of the valid keys above, or drop it.")

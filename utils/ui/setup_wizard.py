@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from utils.errors import UserError
-from utils.training.config import PRECISIONS, ConfigError, TrainingConfig
+from utils.training.config import PRECISIONS, ConfigError, TrainingConfig, config_fields
 
 __all__ = ["FIELDS", "PresetChoice", "SetupWizard", "memory_note", "settings_form"]
 
@@ -43,26 +43,14 @@ FIELDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _parse(kind: str, value: Any) -> Any:
-    """The typed value of a form entry; ValueError with a person's message when it is not."""
-    text = "" if value is None else str(value).strip()
-    if kind == "bool":
+def _parse(name: str, value: Any) -> Any:
+    """The typed value of a form entry, by the field's own parser (the CLI's flags use the same
+    one); ValueError with a person's message when it is not."""
+    if name == "use_wandb":
         return bool(value)
-    if kind == "choice":
-        return text
-    if kind == "optional int" and text in ("", "none", "None", "auto"):
+    if name == "seq_len" and str(value).strip().lower() == "auto":  # the form's word for None
         return None
-    if kind in ("int", "optional int"):
-        try:
-            return int(text.replace(",", "").replace("_", ""))
-        except ValueError:
-            raise ValueError(f"{text!r} is not a whole number") from None
-    if text == "auto":
-        return "auto"
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a number (e.g. 3e-4) or 'auto'") from None
+    return config_fields()[name].parse("" if value is None else value)
 
 
 class SetupWizard:
@@ -126,9 +114,9 @@ class SetupWizard:
         """
         errors: dict[str, str] = {}
         typed: dict[str, Any] = {}
-        for name, (_, kind) in FIELDS.items():
+        for name in FIELDS:
             try:
-                typed[name] = _parse(kind, self.values.get(name))
+                typed[name] = _parse(name, self.values.get(name))
             except ValueError as exc:
                 errors[name] = str(exc)
         if typed.get("precision") not in PRECISIONS and "precision" not in errors:
@@ -172,8 +160,8 @@ class SetupWizard:
         """``(sentence, fits_t4)``: the training step's memory at the form's batch and length
         on the detected device, and whether it fits Colab's T4 (see :func:`memory_note`)."""
         try:
-            batch = _parse("int", self.values.get("batch_size"))
-            seq = _parse("optional int", self.values.get("seq_len"))
+            batch = _parse("batch_size", self.values.get("batch_size"))
+            seq = _parse("seq_len", self.values.get("seq_len"))
             seq = TrainingConfig(seq_len=seq).seq_len_for(self.adapter.max_seq_len)
         except (ValueError, UserError):
             return "The memory estimate needs a valid batch size and sequence length.", True
