@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from utils import atomic
+from utils.atomic import read_json
 from utils.errors import UserError
-from utils.training.checkpoint_files import read_json
 from utils.training.checkpoint_manager import CheckpointInfo, CheckpointManager
 from utils.training.mirror import THREAD_NAME
 from utils.training.snapshot import snapshot_state

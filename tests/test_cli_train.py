@@ -256,7 +256,7 @@ def _other_value(field) -> tuple[str, object]:
 def test_every_config_field_is_a_flag_of_the_training_commands(command):
     """Built from the dataclass: a new TrainingConfig field is a flag without a line here."""
     from utils.__main__ import build_parser
-    from utils.cli_common import settings_given
+    from utils.cli.common import settings_given
     from utils.training.config import config_fields
 
     own = {"search": {"resume"}, "benchmark": {"max_steps", "resume", "mirror_dir"}}
@@ -293,7 +293,7 @@ def test_the_config_files_seed_builds_the_model(tmp_path):
     """``--config``'s seed fixes the initial weights as ``--seed`` would (resolved before the
     model is built); the flag beats the file."""
     from utils.__main__ import build_parser
-    from utils.cli_common import load_and_adapt
+    from utils.cli.common import load_and_adapt
 
     file = tmp_path / "run.yaml"
     file.write_text("seed: 7\n")

@@ -235,7 +235,8 @@ def test_a_model_that_cannot_be_exported_is_a_failed_format_with_the_error(tmp_p
 
 def _fake_run(tmp_path: Path) -> Path:
     """A run folder as training leaves it: final/ (save_model_folder), summary, Tier 1."""
-    from utils.training.runs import save_model_folder, write_json
+    from utils.atomic import write_json
+    from utils.training.runs import save_model_folder
 
     torch.manual_seed(0)
     loaded = utils.load_model(write_tiny_lm(tmp_path / "tiny"), say=lambda m: None)

@@ -154,3 +154,80 @@ def test_an_unknown_threshold_key_is_an_error_naming_the_valid_ones():
         options.validate_thresholds()
     assert "initial_loss.ratio" in str(info.value)
     CheckOptions(thresholds={"overfit_one_batch.steps": 50}).validate_thresholds()
+
+
+# ---- layers ---------------------------------------------------------------------------------
+# DESIGN.md's rows, lowest first: a module may import only from its own row or rows above it
+# in this list. A module's row is that of the longest name here it starts with ("utils.tier1"
+# covers "utils.tier1.causal"); every module must have one. Differences from DESIGN.md's
+# drawing, taught by the code: report (the findings and the JSON envelope) is a kernel the
+# adapters' loader and the checks both use; adapters.sources (what a source string names) sits
+# below the Colab edge that reads the page's gist id; tokenization sits beside the tiers, which
+# never import it.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("kernels", ("utils.errors", "utils.tasks", "utils.atomic", "utils.compare", "utils.memory",
+                 "utils.gpu_table", "utils.seeding", "utils.environment", "utils.examples")),
+    ("report", ("utils.report",)),
+    ("source names", ("utils.adapters.sources",)),
+    ("Colab edge", ("utils.colab", "utils.install", "utils.handoff")),
+    ("adapters", ("utils.adapters",)),
+    ("checks", ("utils.checks",)),
+    ("tiers 1-2", ("utils.tier1", "utils.tier1_critical_validation", "utils.tier2",
+                   "utils.tier2_advanced_analysis")),
+    ("tokenization", ("utils.tokenization",)),
+    ("training config", ("utils.training.config", "utils.ui.presets")),
+    ("training", ("utils.training",)),
+    ("tier 3", ("utils.tier3", "utils.tier3_training_utilities")),
+    ("facade", ("utils.test_functions",)),
+    ("notebook UI", ("utils.ui",)),
+    ("CLI", ("utils.cli", "utils.__main__")),
+]
+# `utils` itself (its __init__): `from utils import __version__` is a constant, and the package's
+# own imports are the facade's re-exports, checked for cycles above
+ANYONE_MAY_IMPORT = {"utils"}
+
+
+def layer_of(module: str) -> int:
+    best = max(((len(prefix), rank) for rank, (_, prefixes) in enumerate(LAYERS)
+                for prefix in prefixes if module == prefix or module.startswith(prefix + ".")),
+               default=None)
+    if best is None:
+        raise AssertionError(f"{module} has no row in LAYERS: give it one")
+    return best[1]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Each import of a module from a row below the importer's own, in words."""
+    found = []
+    for module, deps in sorted(graph.items()):
+        if module in ANYONE_MAY_IMPORT:
+            continue
+        mine = layer_of(module)
+        for dep in sorted(deps - ANYONE_MAY_IMPORT):
+            if layer_of(dep) > mine:
+                found.append(f"{module} ({LAYERS[mine][0]}) imports {dep} "
+                             f"({LAYERS[layer_of(dep)][0]})")
+    return found
+
+
+def test_imports_point_down_the_layers():
+    assert not upward_imports(_module_graph())
+
+
+def test_the_layer_test_fails_on_an_upward_import():
+    graph = _module_graph()
+    graph["utils.training.checkpoint_manager"] |= {"utils.tier3.search"}
+    graph["utils.adapters.model_adapter"] |= {"utils.training.training_core"}
+    assert upward_imports(graph) == [
+        "utils.adapters.model_adapter (adapters) imports utils.training.training_core (training)",
+        "utils.training.checkpoint_manager (training) imports utils.tier3.search (tier 3)"]
+
+
+def test_every_module_the_seed_names_is_at_its_path():
+    named = ["test_functions.py", "tier1_critical_validation.py", "tier2_advanced_analysis.py",
+             "tier3_training_utilities.py", "adapters/model_adapter.py",
+             "tokenization/adaptive_tokenizer.py", "tokenization/bpe_trainer.py",
+             "tokenization/data_module.py", "training/training_core.py",
+             "training/checkpoint_manager.py", "training/dataset_utilities.py",
+             "training/export_utilities.py", "ui/setup_wizard.py", "ui/presets.py"]
+    assert [n for n in named if not (PACKAGE / n).is_file()] == []

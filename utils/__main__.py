@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from utils import __version__
-from utils.cli_common import (
+from utils.cli.common import (
     EXIT_FAILED,
     EXIT_INTERNAL,
     EXIT_OK,
@@ -38,12 +38,12 @@ from utils.cli_common import (
     settings_given,
     source_parser,
 )
-from utils.cli_common import Parser as _Parser
-from utils.cli_common import say_stderr as _stderr
+from utils.cli.common import Parser as _Parser
+from utils.cli.common import say_stderr as _stderr
 from utils.errors import UserError, cli_surface
 from utils.report import Report, envelope, source_label
 
-__all__ = ["EXIT_FAILED", "EXIT_INTERNAL", "EXIT_OK", "EXIT_SOURCE", "EXIT_USAGE",
+__all__ = ["COMMANDS", "EXIT_FAILED", "EXIT_INTERNAL", "EXIT_OK", "EXIT_SOURCE", "EXIT_USAGE",
            "build_parser", "envelope", "load_and_adapt", "main", "requested_source",
            "source_parser"]
 
@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
                      description="Transformer Testbench: check a transformer, then train it.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add_parser, _run in COMMANDS.values():
+        add_parser(sub)
+    return parser
+
+
+def _validate_parser(sub) -> None:
     v = sub.add_parser("validate", parents=[source_parser()],
                        help="load a model, adapt it and run the checks",
                        description="Load a model from a gist, URL, folder or model.py, work out "
@@ -65,16 +71,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which tier to run (default 1)")
     v.add_argument("--checks", type=_names, metavar="A,B", help="run only these checks")
     v.add_argument("--skip", type=_names, metavar="C,D", default=[], help="skip these checks")
-    _train_parser(sub)
-    _search_parser(sub)
-    _benchmark_parser(sub)
-    from utils.training.export.cli import add_parser as add_export_parser
-
-    add_export_parser(sub, source_parser())
-    from utils.training.hub import add_push_parser
-
-    add_push_parser(sub)
-    return parser
 
 
 def _data_flags(parser: argparse.ArgumentParser) -> None:
@@ -244,7 +240,7 @@ def _training_command(args: argparse.Namespace, command: str,
     shared envelope plus what ``work`` put into ``doc``, whatever the outcome.
     """
     from utils.environment import versions
-    from utils.training.training_core import GateFailed
+    from utils.training.gate import GateFailed
 
     source = requested_source(args)
     doc: dict[str, Any] = {}
@@ -269,7 +265,7 @@ def _training_command(args: argparse.Namespace, command: str,
         print(f"error: {err.message}", file=sys.stderr)
         code, error = EXIT_SOURCE, err
     if args.json:
-        from utils.training.runs import write_json
+        from utils.atomic import write_json
 
         write_json(args.json, {**envelope(source, model, error.to_dict() if error else None),
                                "command": command, **doc, "environment": versions()})
@@ -411,24 +407,42 @@ def benchmark(args: argparse.Namespace) -> int:
     return _training_command(args, "benchmark", work)
 
 
+def _export_parser(sub) -> None:
+    from utils.cli.export import add_parser
+
+    add_parser(sub, source_parser())
+
+
 def _export(args: argparse.Namespace) -> int:
-    from utils.training.export.cli import run
+    from utils.cli.export import run
 
     return run(args)
 
 
-def _push(args: argparse.Namespace) -> int:
-    from utils.training.hub import run_push
+def _push_parser(sub) -> None:
+    from utils.cli.push import add_parser
 
-    return run_push(args)
+    add_parser(sub)
+
+
+def _push(args: argparse.Namespace) -> int:
+    from utils.cli.push import run
+
+    return run(args)
+
+
+# command -> (adds its parser to the subparsers, runs it: exit code); --help lists them in order
+COMMANDS: dict[str, tuple[Callable[[Any], None], Callable[[argparse.Namespace], int]]] = {
+    "validate": (_validate_parser, validate), "train": (_train_parser, train),
+    "search": (_search_parser, search), "benchmark": (_benchmark_parser, benchmark),
+    "export": (_export_parser, _export), "push": (_push_parser, _push)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         with cli_surface():  # every message from here on speaks in flags
-            return {"validate": validate, "train": train, "search": search, "benchmark":
-                    benchmark, "export": _export, "push": _push}[args.command](args)
+            return COMMANDS[args.command][1](args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -4,23 +4,27 @@ The one owner of "write it so an interruption leaves the old file or the new one
 one": caches, reports, the notebook hand-off file and checkpoints all go through here. Each
 write goes to a temporary name beside the target, is flushed and fsynced, then renamed into
 place with ``os.replace`` (atomic on one filesystem — Google Drive's FUSE mount included, where
-it is the only safe way to publish a file, since Drive has no symlinks).
+it is the only safe way to publish a file, since Drive has no symlinks). JSON files go through
+here too: :func:`write_json`, the one reader :func:`read_json`, and :func:`json_safe` for
+values JSON has no word for (tensors, numpy scalars, NaN).
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import json
+import math
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-__all__ = ["copy_atomic", "is_temp", "publish_dir", "sha256", "sha256_file", "sweep_temps",
-           "write_atomic", "write_atomic_stream"]
+__all__ = ["copy_atomic", "is_temp", "json_safe", "publish_dir", "read_json", "sha256",
+           "sha256_file", "sweep_temps", "write_atomic", "write_atomic_stream", "write_json"]
 
 CHUNK = 8 << 20  # 8 MiB: a streamed copy or hash never holds a checkpoint whole in memory
 
@@ -196,3 +200,35 @@ def publish_dir(files: dict[str, bytes], target: str | os.PathLike) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+# ---- JSON ---------------------------------------------------------------------------------
+def write_json(path: str | os.PathLike, data: Any) -> Path:
+    """``data`` as indented JSON, written atomically (what JSON cannot hold, as its ``str``)."""
+    return write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any | None:
+    """The JSON in ``path``, or None when it is missing, unreadable or not JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def json_safe(value: Any) -> Any:
+    """Numbers, tensors and numpy scalars as plain JSON values (keys as strings); NaN and
+    infinities as strings, which strict JSON readers accept."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (bool, int, str)) or value is None:
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:  # torch/numpy scalar
+        return json_safe(value.item())
+    if hasattr(value, "tolist"):
+        return json_safe(value.tolist())
+    return str(value)

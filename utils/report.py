@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import shutil
 import textwrap
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from utils.atomic import json_safe
 from utils.errors import UserError
 
 __all__ = ["SCHEMA_VERSION", "STATUSES", "CheckResult", "Report", "envelope", "register_plot",
@@ -50,7 +50,7 @@ def envelope(source: dict[str, Any], model: dict[str, Any] | None,
     it, what was loaded, and the error that stopped it (None when nothing did)."""
     from utils import __version__
 
-    return _json_safe({"schema_version": SCHEMA_VERSION, "tool_version": __version__,
+    return json_safe({"schema_version": SCHEMA_VERSION, "tool_version": __version__,
                        "source": source, "model": model, "error": error})
 
 
@@ -99,7 +99,7 @@ class CheckResult:
         data = asdict(self)
         if not rows:
             data.pop("rows")
-        return _json_safe(data)
+        return json_safe(data)
 
 
 @dataclass
@@ -161,7 +161,7 @@ class Report:
     def to_dict(self, *, rows: bool = False) -> dict[str, Any]:
         """The CLI's JSON contract (schema_version 1): the :func:`envelope`, then the checks."""
         return {**envelope(self.source, self.model, self.error),
-                **_json_safe({"checks": [r.to_dict(rows=rows) for r in self.results],
+                **json_safe({"checks": [r.to_dict(rows=rows) for r in self.results],
                               "passed": self.passed, "notes": self.notes,
                               "environment": self.environment})}
 
@@ -260,22 +260,3 @@ def _wrap(text: str, width: int, head: str, indent: int) -> str:
     """``head`` + ``text`` wrapped to ``width``, continuation lines indented by ``indent``."""
     return textwrap.fill(text, width=width, initial_indent=head, subsequent_indent=" " * indent,
                          break_long_words=False, break_on_hyphens=False)
-
-
-def _json_safe(value: Any) -> Any:
-    """Numbers, tensors and numpy scalars as plain JSON values; NaN/Inf as strings."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:  # torch/numpy scalar
-        return _json_safe(value.item())
-    if hasattr(value, "tolist"):
-        return _json_safe(value.tolist())
-    return str(value)

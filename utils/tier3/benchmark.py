@@ -77,7 +77,7 @@ def _reuse(run_dir: Path, config: Any, parameters: int, model_class: str) -> Arm
     """The finished arm recorded in ``run_dir/arm.json``, when it is this model and config."""
     import pandas as pd
 
-    from utils.training.runs import read_json
+    from utils.atomic import read_json
 
     record = read_json(run_dir / "arm.json")
     csv = run_dir / "metrics.csv"
@@ -95,7 +95,7 @@ def _train_arm(name: str, role: str, model: Any, adapter: Any, data: Any, config
     was reused."""
     import torch
 
-    from utils.training.runs import write_json
+    from utils.atomic import write_json
     from utils.training.training_core import train
 
     run_dir = Path(config.out_dir)
@@ -172,9 +172,9 @@ def benchmark_comparison(model: Any, data: Any = None, baseline: str = "gpt", *,
         UserError: seq2seq (no baseline), ``steps`` or ``seeds`` below 1, bad data.
         GateFailed: your model failed the Tier 1 gate (and ``force`` is False).
     """
+    from utils.atomic import write_json
     from utils.checks import as_adapter
     from utils.environment import require_all
-    from utils.training.runs import write_json
     from utils.training.training_core import TRAINING_PACKAGES
 
     require_all(TRAINING_PACKAGES, "The benchmark")

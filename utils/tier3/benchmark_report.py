@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from utils.atomic import json_safe
+
 __all__ = ["CLEAR_MULTIPLE", "Arm", "BenchmarkResult", "verdict"]
 
 CLEAR_MULTIPLE = 2.0  # a difference beyond this many seed-to-seed spreads is called
@@ -57,16 +59,6 @@ class Arm:
     def to_record(self) -> dict[str, Any]:
         """Everything but the history (which stays in the run's ``metrics.csv``)."""
         return {k: v for k, v in self.__dict__.items() if k != "history"}
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
 
 
 def _mean(values: list[float]) -> float:
@@ -149,7 +141,7 @@ class BenchmarkResult:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (``testbench benchmark --json``); NaN/Inf as strings, as in reports."""
-        return _json_safe({"verdict": self.verdict, "difference": self.difference, "noise": self.noise,
+        return json_safe({"verdict": self.verdict, "difference": self.difference, "noise": self.noise,
                 "baseline": self.baseline.to_dict(), "rows": [a.row() for a in self.arms],
                 "runs": {a.name: a.run_dir for a in self.arms}, "steps": self.config.max_steps,
                 "config": self.config.to_dict(), "run_dir": str(self.run_dir),

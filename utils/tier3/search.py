@@ -35,6 +35,7 @@ from utils.tier3.search_trials import counted, make_pruner, make_sampler
 from utils.tier3.search_worker import SearchWorker
 from utils.tier3.study_storage import check_storage, dead_local_workers, open_storage
 from utils.training.config import TrainingConfig
+from utils.training.gate import run_gate
 
 __all__ = ["PRUNERS", "SearchResult", "SearchSpace", "hyperparameter_search"]
 
@@ -128,7 +129,7 @@ def hyperparameter_search(model: Any, data: Any = None, space: SearchSpace | dic
             say(f"Continuing study {name!r}: {len(existing)} of {total} trial(s) are there "
                 f"({opened.label}).")
         else:
-            _gate(adapter, search_dir, force, say)
+            run_gate(adapter, search_dir, force=force, say=say, doing="the search")
             say(f"Study {name!r} in {opened.label}: {total} trial(s) of {steps} steps, "
                 f"searching {', '.join(space.names)}.")
         if opened.kind == "journal":
@@ -270,19 +271,6 @@ def _claim(study: Any, stored: dict | None, signature: dict, label: str) -> None
                         why="Trials of another model, tokenizer, budget or space are not "
                         "comparable, so the best of them would mean nothing.",
                         fix="Pass another study_name (--study-name), or the study's settings.")
-
-
-def _gate(adapter: Any, search_dir: Path, force: bool, say: Callable[[str], None]) -> None:
-    """Tier 1's gate, once per study (not per trial)."""
-    from utils.tier1_critical_validation import run_tier1
-    from utils.training.training_core import TIER1_GATE, GateFailed
-
-    report = run_tier1(adapter, checks=TIER1_GATE, progress=False)
-    report.to_json(str(search_dir / "tier1.json"))
-    if not report.passed:
-        if not force:
-            raise GateFailed(report, search_dir)
-        say("Tier 1's gate failed; searching anyway because force=True.")
 
 
 def _journal_notice(study: Any, label: str, say: Callable[[str], None]) -> None:

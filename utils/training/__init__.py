@@ -17,7 +17,7 @@ __all__ = ["TIER1_GATE", "CheckpointManager", "GateFailed", "TrainResult", "Trai
            "load_text_dataset", "save_model_folder", "train"]
 
 _HOME = {"TrainingConfig": "config", "train": "training_core", "TrainResult": "result",
-         "GateFailed": "result", "TIER1_GATE": "training_core",
+         "GateFailed": "gate", "TIER1_GATE": "gate",
          "CheckpointManager": "checkpoint_manager", "save_model_folder": "runs",
          "load_text_dataset": "dataset_utilities"}
 

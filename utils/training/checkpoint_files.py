@@ -13,7 +13,6 @@ size and sha256 match it; names are never trusted.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -21,9 +20,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from utils import atomic
+from utils.atomic import read_json
 
 __all__ = ["LATEST", "CheckpointInfo", "ckpt_name", "keep_set", "make_manifest",
-           "manifest_name", "read_json", "read_manifests", "step_of", "verify"]
+           "manifest_name", "read_manifests", "step_of", "verify"]
 
 LATEST = "latest.json"
 _STEP_FILE = re.compile(r"^step-(\d{8,})\.(ckpt|json)$")
@@ -53,14 +53,6 @@ def step_of(path: Path) -> int | None:
     """The step in a checkpoint's or manifest's file name; None for any other file."""
     match = _STEP_FILE.match(Path(path).name)
     return int(match.group(1)) if match else None
-
-
-def read_json(path: Path):
-    """The JSON in ``path``, or None when it is missing, unreadable or not JSON."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def make_manifest(step: int, sha256: str, size: int, val_loss) -> dict:

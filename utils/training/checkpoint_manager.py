@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from utils import atomic
+from utils.atomic import read_json
 from utils.errors import UserError, arg
 from utils.training.checkpoint_files import (
     LATEST,
@@ -42,7 +43,6 @@ from utils.training.checkpoint_files import (
     keep_set,
     make_manifest,
     manifest_name,
-    read_json,
     read_manifests,
     step_of,
     verify,

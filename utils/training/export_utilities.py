@@ -148,12 +148,12 @@ def export_origin(origin: Origin, formats: str | Iterable[str] = DEFAULT_FORMATS
                   out_dir: str | Path | None = None, *, seed: int = 0) -> ExportResult:
     """:func:`export` for an already resolved :class:`~utils.training.export.origin.Origin`
     (the CLI builds the adapter with its override flags, then calls this)."""
+    from utils.atomic import write_json
     from utils.checks import LibraryWarnings
     from utils.report import envelope
     from utils.training.export.card import model_card
     from utils.training.export.parity import eager_runner, parity_inputs
     from utils.training.export.program import Job, Program, eval_mode
-    from utils.training.runs import write_json
 
     names = parse_formats(formats)
     _require(names)

@@ -18,18 +18,15 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from utils.errors import UserError, advice
 
-__all__ = ["PushResult", "add_push_parser", "find_token", "push_to_hub", "resolve_folder",
-           "run_push"]
+__all__ = ["PushResult", "find_token", "push_to_hub", "resolve_folder"]
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -130,7 +127,7 @@ def _failed_formats(path: Path, folder: Path) -> list[str]:
     """Formats ``export.json`` (beside ``folder/``) marks as failed — ``{"formats": {name:
     {"status": "ok"|"failed"}}, "failed": [...]}`` — read defensively (a missing or unreadable
     file marks nothing), plus ``folder/`` itself when it holds the parity-failure note."""
-    from utils.training.runs import read_json
+    from utils.atomic import read_json
 
     record = None
     for candidate in (path / "export.json", folder / "export.json",
@@ -257,54 +254,3 @@ def _push_error(exc: Exception, repo_id: str, endpoint: str, token: str) -> User
                          "again; nothing was committed.")
     return UserError(f"Pushing to {repo_id} failed: {type(exc).__name__}: {said}.",
                      fix="Check the folder and the repository, then push again.")
-
-
-# ---- testbench push --------------------------------------------------------------------
-def add_push_parser(sub: Any, parents: list[argparse.ArgumentParser] = ()) -> None:
-    """Register ``testbench push DIR --repo user/name`` on the CLI's subparsers."""
-    p = sub.add_parser("push", parents=list(parents),
-                       help="push an exported model folder to the Hugging Face Hub",
-                       description="Create the repository (private unless --public) and commit "
-                       "the exported folder — model card, weights, config.json, model.py, "
-                       "tokenizer. The token comes from HF_TOKEN, Colab's secret HF_TOKEN or "
-                       "`hf auth login`; it is never printed or written.")
-    p.add_argument("dir", metavar="DIR", help="an export output (holding folder/) or the "
-                   "folder itself")
-    p.add_argument("--repo", required=True, metavar="USER/NAME", help="the Hub repository")
-    vis = p.add_mutually_exclusive_group()
-    vis.add_argument("--private", dest="private", action="store_true", default=True,
-                     help="create the repository private (default)")
-    vis.add_argument("--public", dest="private", action="store_false",
-                     help="create the repository public")
-    p.add_argument("--force", action="store_true",
-                   help="push even if the export failed parity")
-    p.add_argument("--message", metavar="TEXT", help="the commit message")
-    p.add_argument("--json", metavar="PATH", help="write the result as JSON here")
-
-
-def run_push(args: argparse.Namespace) -> int:
-    """``testbench push``: 0 pushed, 2 a UserError (message on stderr); ``--json`` either way."""
-    from utils.environment import versions
-    from utils.report import envelope
-    from utils.training.runs import write_json
-
-    source = {"input": str(args.dir), "kind": "export", "gist_id": None, "revision": None,
-              "sha256": {}}
-    result, error = None, None
-    try:
-        result = push_to_hub(args.dir, args.repo, private=args.private, force=args.force,
-                             commit_message=args.message)
-    except UserError as err:
-        print(f"error: {err.message}", file=sys.stderr)
-        error = err
-    if result is not None:
-        print(f"Pushed   {len(result.files)} files to {result.url} "
-              f"({'private' if result.private else 'public'})")
-        for note in result.notes:
-            print(f"  note: {note}")
-    if args.json:
-        doc = result.to_dict() if result else {"repo": args.repo, "url": None,
-                                                "commit_url": None, "files": [], "notes": []}
-        write_json(args.json, {**envelope(source, None, error.to_dict() if error else None),
-                               "command": "push", **doc, "environment": versions()})
-    return 0 if error is None else 2

@@ -1,5 +1,4 @@
-"""What a training run produced (:class:`TrainResult`), and the stop before one
-(:class:`GateFailed`)."""
+"""What a training run produced: :class:`TrainResult`."""
 
 from __future__ import annotations
 
@@ -7,31 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from utils.errors import UserError
 from utils.training.config import TrainingConfig
 
-__all__ = ["GateFailed", "TrainResult", "build_result"]
+__all__ = ["TrainResult", "build_result"]
 
 SUMMARY_SCHEMA = 1
-
-
-class GateFailed(UserError):
-    """Tier 1's gate failed: training would spend compute on a model that is wrong.
-
-    ``report`` holds the gate's :class:`~utils.report.Report`.
-    """
-
-    def __init__(self, report: Any, run_dir: Path) -> None:
-        self.report = report
-        bad = [r for r in report.results if r.status in ("fail", "error")]
-        lines = "\n".join(f"  - {r.name} [{r.status}]: {r.summary}" for r in bad)
-        super().__init__(f"Tier 1's gate failed {len(bad)} check(s), so training did not "
-                         f"start:\n{lines}",
-                         why="These checks catch bugs that training hides (a model that "
-                         "peeks at later tokens learns fast and is useless). The report is "
-                         f"in {run_dir / 'tier1.json'}.",
-                         fix="Fix the model and run again, or pass force=True (--force) to "
-                         "train anyway.")
 
 
 @dataclass

@@ -19,27 +19,13 @@ from typing import Any
 
 from torch import nn
 
-from utils.atomic import write_atomic
+from utils.atomic import write_json
 from utils.environment import require, testbench_home
 from utils.errors import UserError
 
-__all__ = ["check_fingerprint", "default_run_dir", "fingerprint", "read_json",
-           "save_model_folder", "write_json"]
+__all__ = ["check_fingerprint", "default_run_dir", "fingerprint", "save_model_folder"]
 
 WEIGHTS_FILE = "model.safetensors"
-
-
-def write_json(path: str | Path, data: Any) -> Path:
-    """``data`` as indented JSON, written atomically."""
-    return write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
-
-
-def read_json(path: str | Path) -> Any | None:
-    """The JSON in ``path``, or None when the file is missing or unreadable."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _identity(source: dict[str, Any]) -> dict[str, Any]:

@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from utils.atomic import read_json, write_json
 from utils.environment import require, testbench_home
 from utils.errors import UserError
-from utils.training.runs import read_json, write_json
 
 __all__ = ["RUN_FILE", "WandbTracker", "api_key", "choose_mode", "wandb_tracker"]
 

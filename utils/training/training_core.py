@@ -28,28 +28,22 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from utils.atomic import read_json, write_json
 from utils.errors import UserError, arg
 from utils.training.config import TrainingConfig, merge_for_resume
-from utils.training.result import GateFailed, TrainResult, build_result
+from utils.training.gate import TIER1_GATE, GateFailed, run_gate
+from utils.training.result import TrainResult, build_result
 from utils.training.runs import (
     check_fingerprint,
     default_run_dir,
     fingerprint,
-    read_json,
     save_model_folder,
-    write_json,
 )
 
 __all__ = ["TIER1_GATE", "GateFailed", "TrainResult", "train"]
 
 # What a training run imports (the train and data extras), checked before any work.
 TRAINING_PACKAGES = ("lightning", "torchmetrics", "safetensors", "datasets", "tokenizers")
-
-# The Tier 1 checks that catch bugs training would hide: a model that runs but is wrong.
-TIER1_GATE: tuple[str, ...] = ("shape_robustness", "causal_masking", "batch_independence",
-                               "padding_invariance", "context_use", "position_information",
-                               "residual_paths", "gradient_flow", "output_stability")
-
 
 # ---- pieces of a run ---------------------------------------------------------------------
 def _as_adapter(model_or_adapter: Any):
@@ -60,20 +54,6 @@ def _as_adapter(model_or_adapter: Any):
     adapter = as_adapter(model_or_adapter)
     # an adapter made from a LoadedModel (with overrides) keeps it: its code and config
     return adapter, loaded if loaded is not None else getattr(adapter, "loaded", None)
-
-
-def _run_gate(adapter: Any, run_dir: Path, force: bool, say: Callable[[str], None],
-              report: Any = None):
-    from utils.tier1_critical_validation import run_tier1
-
-    if report is None:
-        report = run_tier1(adapter, checks=TIER1_GATE, progress=False)
-    report.to_json(str(run_dir / "tier1.json"))
-    if not report.passed:
-        if not force:
-            raise GateFailed(report, run_dir)
-        say("Tier 1's gate failed; training anyway because force=True.")
-    return report
 
 
 def _data_module(adapter: Any, data: Any, config: TrainingConfig, run_dir: Path,
@@ -255,8 +235,8 @@ def _train(adapter, loaded, data, config, run_dir, manager, extra_callbacks, tok
     report = None
     primary = _primary_process()
     if start is None and gate and primary:
-        report = _run_gate(adapter, run_dir, force, say,
-                           None if isinstance(gate, bool) else gate)
+        report = run_gate(adapter, run_dir, force=force, say=say,
+                          report=None if isinstance(gate, bool) else gate)
     plain = progress is False or (progress is None and not _interactive())
     if plain:  # datasets' bars become hundreds of lines in a log; one line per phase instead
         with contextlib.suppress(ImportError):

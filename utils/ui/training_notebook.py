@@ -366,7 +366,7 @@ def show_gate(report: Any, out_dir: Path) -> None:
     Raises:
         GateFailed: a gate check failed — "Run all" stops here, before any GPU time is spent.
     """
-    from utils.training.result import GateFailed
+    from utils.training.gate import run_gate
 
     counts = ", ".join(f"{n} {k}" for k, n in report.counts().items() if n)
     verdict = "passed" if report.passed else "FAILED"
@@ -374,10 +374,8 @@ def show_gate(report: Any, out_dir: Path) -> None:
                   f"{', '.join(r.name for r in report.results)}.</p>"
                   "<details><summary>The full report</summary>"
                   f"{report._repr_html_()}</details>")
-    if not report.passed:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        report.to_json(str(Path(out_dir) / "tier1.json"))
-        raise GateFailed(report, Path(out_dir))
+    if not report.passed:  # the gate's own stop: tier1.json beside the run, then GateFailed
+        run_gate(None, out_dir, force=False, say=print, report=report)
 
 
 def show_result(result: Any) -> None:

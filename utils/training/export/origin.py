@@ -12,8 +12,8 @@ from typing import Any
 
 from torch import nn
 
+from utils.atomic import read_json
 from utils.errors import UserError
-from utils.training.runs import read_json
 
 __all__ = ["Origin", "find_run", "resolve"]
 

@@ -37,7 +37,8 @@ def add_parser(sub: Any, source: argparse.ArgumentParser) -> argparse.ArgumentPa
 
 def run(args: argparse.Namespace) -> int:
     """The ``export`` command: load (with the override flags), export, print, write JSON."""
-    from utils.cli_common import (
+    from utils.atomic import write_json
+    from utils.cli.common import (
         EXIT_FAILED,
         EXIT_OK,
         EXIT_SOURCE,
@@ -50,7 +51,6 @@ def run(args: argparse.Namespace) -> int:
     from utils.report import envelope
     from utils.training.export.origin import find_run, from_adapter
     from utils.training.export_utilities import export_origin, parse_formats
-    from utils.training.runs import write_json
 
     try:
         parse_formats(args.formats)

@@ -1,6 +1,6 @@
 """What every ``testbench`` command shares: exit codes, the source options, loading.
 
-Command modules (``utils.training.export.cli``, ``utils.training.hub``) import these from here,
+Command modules (``utils.cli.export``, ``utils.training.hub``) import these from here,
 never from ``utils.__main__``, which imports them: the import graph stays a tree.
 """
 
