@@ -72,7 +72,12 @@ def test_broken_from_folder_and_gist(name, gist_server):
     assert re.search(pattern, from_gist.value.message, re.IGNORECASE | re.DOTALL)
 
 
-@pytest.mark.parametrize("name", CASES)
+# the whole zoo runs in CI; `make test-fast` keeps one case of each outcome as a smoke test
+SMOKE = {HEALTHY[0], DEFECTIVE[0], BROKEN[0]}
+
+
+@pytest.mark.parametrize("name", [pytest.param(c, marks=() if c in SMOKE else pytest.mark.slow)
+                                  for c in CASES])
 def test_cli_on_each(name, tmp_path, capsys):
     expected = zoo_expected(name)
     out = tmp_path / "report.json"
