@@ -22,10 +22,22 @@ from utils.tasks import IGNORE_INDEX, TASKS
 PACKAGE = Path(utils.__file__).parent
 
 
+def _type_only(tree: ast.AST) -> set[int]:
+    """The ids of the nodes under ``if TYPE_CHECKING:``: annotations, never run."""
+    return {id(inner) for node in ast.walk(tree) if isinstance(node, ast.If)
+            and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING"
+            for stmt in node.body for inner in ast.walk(stmt)}
+
+
 def _imports(path: Path) -> set[str]:
-    """Modules ``path`` imports from ``utils`` (top-level and inside functions)."""
+    """Modules ``path`` imports from ``utils`` (top-level and inside functions; not the
+    imports under ``if TYPE_CHECKING:``, which never run)."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    skip = _type_only(tree)
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("utils"):
             found.add(node.module)
             found.update(f"{node.module}.{a.name}" for a in node.names)

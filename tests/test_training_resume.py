@@ -138,3 +138,17 @@ def test_an_interrupt_saves_a_checkpoint_and_the_run_resumes(workspace, straight
     resumed = run(workspace, out)
     assert resumed["resumed_from_step"] == 6
     assert_identical(straight[0], out)
+
+
+def test_resume_from_a_checkpoint_file_or_run_folder_the_user_names(workspace, straight):
+    """``resume=PATH``: a .ckpt under any name (its step read from the checkpoint) or another
+    run's folder (its newest valid checkpoint) continues into a new run folder, bit-identical."""
+    source = workspace / "named-source"
+    run(workspace, source, kill_at=5)
+    mine = workspace / "my-copy.ckpt"
+    shutil.copy(source / "checkpoints" / "step-00000005.ckpt", mine)
+    for name, resume in (("from-file", mine), ("from-folder", source)):
+        out = workspace / name
+        summary = run(workspace, out, settings={**SETTINGS, "resume": str(resume)})
+        assert summary["resumed_from_step"] == 5, name
+        assert_identical(straight[0], out)

@@ -31,14 +31,15 @@ _STEP_FILE = re.compile(r"^step-(\d{8,})\.(ckpt|json)$")
 
 @dataclass(frozen=True)
 class CheckpointInfo:
-    """A checkpoint that verified against its manifest."""
+    """A checkpoint that verified against its manifest, or a file the user named
+    (``location="given"``: no manifest, ``sha256`` empty, ``step`` None unless its name says)."""
 
     path: Path
-    step: int
+    step: int | None
     sha256: str
     size: int
     val_loss: float | None
-    location: str  # "local" | "mirror"
+    location: str  # "local" | "mirror" | "given"
 
 
 def ckpt_name(step: int) -> str:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from utils.training.config import TrainingConfig
+
+if TYPE_CHECKING:
+    from utils.training.training_core import Run
 
 __all__ = ["TrainResult", "build_result"]
 
@@ -88,11 +91,11 @@ class TrainResult:
                         temperature=temperature, top_k=top_k, seed=seed)
 
 
-def build_result(run_dir, final_dir, metrics_log, resumed, trainer, module, state, config, notes,
-            report, interrupted, adapter, tokenizer, seconds, data=None) -> TrainResult:
+def build_result(run: Run, final_dir: Path | None) -> TrainResult:
+    """The :class:`TrainResult` of a finished (or interrupted) :class:`Run`."""
     import pandas as pd
 
-    csv = run_dir / "metrics.csv"
+    csv = run.run_dir / "metrics.csv"
     history = pd.read_csv(csv) if csv.is_file() else pd.DataFrame()
     keys = ("train_loss", "val_loss", "val_perplexity", "val_accuracy", "lr")
     # the last value of each, over the whole run (a resumed call may not validate again) ...
@@ -100,17 +103,19 @@ def build_result(run_dir, final_dir, metrics_log, resumed, trainer, module, stat
                if k in history and history[k].notna().any()}
     # ... but this call's own values from memory: under DDP only rank 0 writes metrics.csv, and
     # another rank may read it before rank 0 has appended the last validation
-    metrics.update({k: float(metrics_log.final[k]) for k in keys if k in metrics_log.final})
-    tps = metrics_log.tokens_per_second()
+    metrics.update({k: float(run.metrics_log.final[k]) for k in keys
+                    if k in run.metrics_log.final})
+    tps = run.metrics_log.tokens_per_second()
     if tps is not None:
         metrics["tokens_per_second"] = tps
-    metrics["seconds"] = seconds
-    return TrainResult(run_dir=run_dir, final_dir=final_dir, metrics=metrics, history=history,
-                       tokens_per_second=tps, resumed_from=resumed, steps=trainer.global_step,
-                       tokens=module.tokens_seen, skipped_steps=module.skipped_steps,
-                       rollbacks=state.rollbacks, config=config, notes=notes, gate=report,
-                       interrupted=interrupted, adapter=adapter, tokenizer=tokenizer,
-                       data=_describe_data(data))
+    metrics["seconds"] = run.seconds
+    return TrainResult(run_dir=run.run_dir, final_dir=final_dir, metrics=metrics,
+                       history=history, tokens_per_second=tps, resumed_from=run.resumed,
+                       steps=run.trainer.global_step, tokens=run.module.tokens_seen,
+                       skipped_steps=run.module.skipped_steps, rollbacks=run.state.rollbacks,
+                       config=run.config, notes=run.notes, gate=run.report,
+                       interrupted=run.interrupted, adapter=run.adapter,
+                       tokenizer=run.tokenizer, data=_describe_data(getattr(run.dm, "data", None)))
 
 
 def _describe_data(data: Any) -> str | None:

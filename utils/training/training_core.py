@@ -25,11 +25,14 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from utils.atomic import read_json, write_json
 from utils.errors import UserError, arg
+from utils.training.checkpoint_files import CheckpointInfo, step_of
+from utils.training.checkpoint_manager import CheckpointManager
 from utils.training.config import TrainingConfig, merge_for_resume
 from utils.training.gate import TIER1_GATE, GateFailed, run_gate
 from utils.training.result import TrainResult, build_result
@@ -92,7 +95,8 @@ def _precision(config: TrainingConfig) -> str:
                                       cuda and torch.cuda.is_bf16_supported())
 
 
-def _resume_point(config: TrainingConfig, manager: Any, run_dir: Path):
+def _resume_point(config: TrainingConfig, manager: CheckpointManager,
+                  run_dir: Path) -> CheckpointInfo | None:
     """The checkpoint to continue from, or None."""
     if config.resume == "never":
         found = manager.latest_valid()
@@ -107,8 +111,6 @@ def _resume_point(config: TrainingConfig, manager: Any, run_dir: Path):
         return manager.latest_valid()
     path = Path(config.resume)
     if path.is_dir():
-        from utils.training.checkpoint_manager import CheckpointManager
-
         with CheckpointManager(path, keep_last=config.keep_last) as other:
             found = other.latest_valid()
         if found is None:
@@ -120,7 +122,10 @@ def _resume_point(config: TrainingConfig, manager: Any, run_dir: Path):
         raise UserError(f"{arg('resume', config.resume)}: no such checkpoint file or run "
                         "folder.", fix=f"Use {arg('resume', 'auto')} (the newest valid checkpoint "
                         f"of the run), {arg('resume', 'never')}, or an existing path.")
-    return path
+    # a file the user names: no manifest to verify it against (torch.load judges it); its step
+    # from its name when it has ours, else from the checkpoint once loaded
+    return CheckpointInfo(path, step_of(path), sha256="", size=path.stat().st_size,
+                          val_loss=None, location="given")
 
 
 def _lr_find(trainer_kwargs: dict, module: Any, dm: Any, config: TrainingConfig,
@@ -194,7 +199,6 @@ def train(model_or_adapter: Any, data: Any = None, config: TrainingConfig | None
         UserError: bad data, a run folder that belongs to another model, a corrupt checkpoint.
     """
     from utils.environment import require_all
-    from utils.training.checkpoint_manager import CheckpointManager
 
     require_all(TRAINING_PACKAGES, "Training")  # before any work: every missing extra at once
     config = config or TrainingConfig()
@@ -204,183 +208,242 @@ def train(model_or_adapter: Any, data: Any = None, config: TrainingConfig | None
     # ranks >= 1 of Lightning's ddp re-run this script: they read the run folder rank 0 has
     # prepared, and only rank 0 writes it and its mirror
     mirror = config.mirror_dir if _primary_process() else None
-    manager = CheckpointManager(run_dir, mirror, keep_last=config.keep_last, say=say)
-    try:
-        return _train(adapter, loaded, data, config, run_dir, manager, list(callbacks),
-                      tokenizer, force, gate, progress, say)
-    finally:
-        manager.close()
+    with CheckpointManager(run_dir, mirror, keep_last=config.keep_last, say=say) as manager:
+        run = Run(adapter, loaded, config, run_dir, manager, callbacks=list(callbacks),
+                  tokenizer=tokenizer, force=force, gate=gate, progress=progress, say=say)
+        run.prepare(data)
+        run.build()
+        run.fit()
+        return run.finish()
 
 
-def _train(adapter, loaded, data, config, run_dir, manager, extra_callbacks, tokenizer, force,
-           gate, progress, say) -> TrainResult:
-    import lightning.pytorch as pl
+@dataclass(eq=False)
+class Run:
+    """One call of :func:`train`, in the phases of a recipe: :meth:`prepare` (resume point,
+    stored config, gate, data, fingerprint), :meth:`build` (module, callbacks, trainer),
+    :meth:`fit`, :meth:`finish` (``final/``, the result, ``summary.json``). Each phase fills
+    the fields the next one reads; none is called twice."""
 
-    from utils.training.callbacks import ManagerIO, MetricsLog, RunState
-    from utils.training.lightning_module import AdapterModule
-    from utils.training.tracking import wandb_tracker
+    adapter: Any
+    loaded: Any
+    config: TrainingConfig
+    run_dir: Path
+    manager: CheckpointManager
+    callbacks: list[Any] = field(default_factory=list)
+    tokenizer: Any = None
+    force: bool = False
+    gate: bool | Any = True
+    progress: bool | None = None
+    say: Callable[[str], None] = print
+    # what the phases find and make
+    notes: list[str] = field(default_factory=list)
+    start: CheckpointInfo | None = None  # the checkpoint this call resumes from
+    report: Any = None  # the gate's Report (None when resuming or on ranks >= 1)
+    primary: bool = True
+    plain: bool = False
+    dm: Any = None
+    validating: bool = False
+    module: Any = None
+    metrics_log: Any = None
+    state: Any = None
+    tracker: Any = None
+    trainer: Any = None
+    resumed: dict[str, Any] | None = None
+    complete: bool = False  # the resumed checkpoint had reached max_steps already
+    interrupted: bool = False
+    seconds: float = 0.0
 
-    notes: list[str] = []
-    start = _resume_point(config, manager, run_dir)
-    if start is not None and getattr(start, "location", "local") == "mirror":
-        manager.restore_local()
-        notes.append("Resumed from the mirror: the local run folder had no valid checkpoint.")
-    if start is not None:
-        stored = read_json(run_dir / "config.json")
-        if stored is None and manager.mirror_dir is not None:
-            stored = read_json(Path(manager.mirror_dir) / "config.json")
-        if stored:
-            config, changes = merge_for_resume(TrainingConfig.from_dict(stored), config)
-            notes += changes
-    report = None
-    primary = _primary_process()
-    if start is None and gate and primary:
-        report = run_gate(adapter, run_dir, force=force, say=say,
-                          report=None if isinstance(gate, bool) else gate)
-    plain = progress is False or (progress is None and not _interactive())
-    if plain:  # datasets' bars become hundreds of lines in a log; one line per phase instead
-        with contextlib.suppress(ImportError):
-            import datasets
+    # ---- prepare ------------------------------------------------------------------------
+    def prepare(self, data: Any) -> None:
+        """Where the run starts, its settings, the gate, the data and the tokenizer."""
+        config, manager, run_dir = self.config, self.manager, self.run_dir
+        self.primary = _primary_process()
+        self.start = _resume_point(config, manager, run_dir)
+        if self.start is not None and self.start.location == "mirror":
+            manager.restore_local()
+            self.notes.append("Resumed from the mirror: the local run folder had no valid "
+                              "checkpoint.")
+        if self.start is not None:
+            stored = self._read_run_file("config.json")
+            if stored:
+                self.config, changes = merge_for_resume(TrainingConfig.from_dict(stored), config)
+                self.notes += changes
+        if self.start is None and self.gate and self.primary:
+            self.report = run_gate(self.adapter, run_dir, force=self.force, say=self.say,
+                                   report=None if isinstance(self.gate, bool) else self.gate)
+        self.plain = self.progress is False or (self.progress is None and not _interactive())
+        if self.plain:  # datasets' bars become hundreds of lines in a log: one line per phase
+            with contextlib.suppress(ImportError):
+                import datasets
 
-            datasets.disable_progress_bars()
-    dm, tokenizer = _data_module(adapter, data, config, run_dir, tokenizer, say)
-    current = fingerprint(adapter.model, tokenizer)
-    if start is not None:
-        stored_fp = read_json(run_dir / "fingerprint.json")
-        if stored_fp is None and manager.mirror_dir is not None:
-            stored_fp = read_json(Path(manager.mirror_dir) / "fingerprint.json")
-        check_fingerprint(stored_fp, current, run_dir)
-    elif primary:
-        write_json(run_dir / "fingerprint.json", current)
-    if primary and not (run_dir / "tokenizer" / "tokenizer.json").is_file():
-        tokenizer.save(run_dir / "tokenizer")
-    for name in ("tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json",
-                 "fingerprint.json"):
-        manager.mirror_file(name)
+                datasets.disable_progress_bars()
+        self.dm, self.tokenizer = _data_module(self.adapter, data, self.config, run_dir,
+                                               self.tokenizer, self.say)
+        current = fingerprint(self.adapter.model, self.tokenizer)
+        if self.start is not None:
+            check_fingerprint(self._read_run_file("fingerprint.json"), current, run_dir)
+        elif self.primary:
+            write_json(run_dir / "fingerprint.json", current)
+        if self.primary and not (run_dir / "tokenizer" / "tokenizer.json").is_file():
+            self.tokenizer.save(run_dir / "tokenizer")
+        for name in ("tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json",
+                     "fingerprint.json"):
+            manager.mirror_file(name)
 
-    if config.dropout is not None:
-        from torch import nn
+    def _read_run_file(self, name: str) -> Any:
+        """A JSON file of the run folder, else of its mirror (a new VM, the local copy gone)."""
+        found = read_json(self.run_dir / name)
+        if found is None and self.manager.mirror_dir is not None:
+            found = read_json(Path(self.manager.mirror_dir) / name)
+        return found
 
-        for m in adapter.model.modules():
-            if isinstance(m, nn.Dropout):
-                m.p = config.dropout
-    pl.seed_everything(config.seed, workers=True, verbose=False)
-    if config.compile:
-        adapter.model.compile()
-    dm.setup("fit")
-    batches = len(dm.train_dataloader())
-    steps_per_epoch = max(1, math.ceil(batches / config.grad_accum))
-    total = config.max_steps if config.max_steps > 0 else steps_per_epoch * (config.epochs or 1)
-    validating = bool(config.val_every)
-    if validating and not _has_validation(dm):
-        validating = False
-        notes.append("No validation text (validation_fraction=0, or the source's validation "
-                     "split is empty): val_loss is not measured.")
-    if config.warmup_steps >= total and start is None:
-        notes.append(f"warmup_steps={config.warmup_steps} is not shorter than the run "
-                     f"({total} steps): the learning rate rose for {max(total - 1, 0)} steps "
-                     "and never reached its cosine decay.")
-    module = AdapterModule(adapter, config, total_steps=total)
-    metrics_log = MetricsLog(run_dir / "metrics.csv", log_every=max(1, config.log_every),
-                             plain=plain, say=say)
+    # ---- build --------------------------------------------------------------------------
+    def build(self) -> None:
+        """The model's settings, the LightningModule, the callbacks and the Trainer."""
+        import lightning.pytorch as pl
 
-    def after_save() -> None:
-        metrics_log.mark_interrupted()
-        if (run_dir / "metrics.csv").is_file():  # not before the first row (log_every)
-            manager.mirror_file("metrics.csv")
+        from utils.training.callbacks import ManagerIO, MetricsLog, RunState
+        from utils.training.lightning_module import AdapterModule
+        from utils.training.tracking import wandb_tracker
 
-    state = RunState(manager, config, on_save=after_save, say=say)
-    callbacks = [state, metrics_log, *extra_callbacks]
-    tracker = wandb_tracker(config, run_dir, manager=manager, say=say) if primary else None
-    if tracker is not None:  # right after MetricsLog: it logs the rows metrics.csv gains
-        callbacks.insert(2, tracker)
-    if config.early_stopping_patience and config.val_every:
-        from lightning.pytorch.callbacks import EarlyStopping
+        config, run_dir, manager, dm = self.config, self.run_dir, self.manager, self.dm
+        if config.dropout is not None:
+            from torch import nn
 
-        callbacks.append(EarlyStopping(monitor="val_loss", mode="min",
-                                       patience=config.early_stopping_patience))
-    val_every = config.val_every * config.grad_accum
-    kwargs: dict[str, Any] = dict(
-        accelerator=config.accelerator, devices=config.devices, num_nodes=config.num_nodes,
-        strategy=config.strategy, precision=_precision(config),
-        accumulate_grad_batches=config.grad_accum,
-        gradient_clip_val=config.grad_clip or None,
-        limit_val_batches=(config.val_batches if config.val_batches else 1.0)
-        if validating else 0,
-        check_val_every_n_epoch=None if validating else 1,
-        num_sanity_val_steps=0, use_distributed_sampler=False, enable_model_summary=False,
-        default_root_dir=str(run_dir), logger=_logger(config, run_dir),
-        enable_checkpointing=False, deterministic=False)
-    if validating:
-        kwargs["val_check_interval"] = val_every
-    if config.lr == "auto" and start is None:
+            for m in self.adapter.model.modules():
+                if isinstance(m, nn.Dropout):
+                    m.p = config.dropout
+        pl.seed_everything(config.seed, workers=True, verbose=False)
+        if config.compile:
+            self.adapter.model.compile()
+        dm.setup("fit")
+        steps_per_epoch = max(1, math.ceil(len(dm.train_dataloader()) / config.grad_accum))
+        total = config.max_steps if config.max_steps > 0 else steps_per_epoch * (
+            config.epochs or 1)
+        self.validating = bool(config.val_every)
+        if self.validating and not _has_validation(dm):
+            self.validating = False
+            self.notes.append("No validation text (validation_fraction=0, or the source's "
+                              "validation split is empty): val_loss is not measured.")
+        if config.warmup_steps >= total and self.start is None:
+            self.notes.append(f"warmup_steps={config.warmup_steps} is not shorter than the run "
+                              f"({total} steps): the learning rate rose for "
+                              f"{max(total - 1, 0)} steps and never reached its cosine decay.")
+        self.module = AdapterModule(self.adapter, config, total_steps=total)
+        self.metrics_log = MetricsLog(run_dir / "metrics.csv", log_every=max(1, config.log_every),
+                                      plain=self.plain, say=self.say)
+
+        def after_save() -> None:
+            self.metrics_log.mark_interrupted()
+            if (run_dir / "metrics.csv").is_file():  # not before the first row (log_every)
+                manager.mirror_file("metrics.csv")
+
+        self.state = RunState(manager, config, on_save=after_save, say=self.say)
+        callbacks = [self.state, self.metrics_log, *self.callbacks]
+        self.tracker = wandb_tracker(config, run_dir, manager=manager, say=self.say) \
+            if self.primary else None
+        if self.tracker is not None:  # right after MetricsLog: it logs the rows it gains
+            callbacks.insert(2, self.tracker)
+        if config.early_stopping_patience and config.val_every:
+            from lightning.pytorch.callbacks import EarlyStopping
+
+            callbacks.append(EarlyStopping(monitor="val_loss", mode="min",
+                                           patience=config.early_stopping_patience))
+        kwargs = self._trainer_kwargs()
+        if config.lr == "auto" and self.start is None:
+            with _quiet_lightning():
+                self.config = config = _lr_find(kwargs, self.module, dm, config, self.say)
+            self.notes.append(f"lr='auto' chose lr={config.lr:.3g} (Lightning's learning-rate "
+                              "finder).")
+        if self.primary:
+            write_json(run_dir / "config.json", config.to_dict())
+        manager.mirror_file("config.json")
         with _quiet_lightning():
-            config = _lr_find(kwargs, module, dm, config, say)
-        notes.append(f"lr='auto' chose lr={config.lr:.3g} (Lightning's learning-rate finder).")
-    if primary:
-        write_json(run_dir / "config.json", config.to_dict())
-    manager.mirror_file("config.json")
-    with _quiet_lightning():
-        trainer = pl.Trainer(**kwargs, max_steps=config.max_steps if config.max_steps > 0 else -1,
-                             max_epochs=config.epochs if config.max_steps <= 0 else -1,
-                             callbacks=callbacks, plugins=[ManagerIO(manager)],
-                             enable_progress_bar=not plain)
-    resumed = None
-    complete = False
-    if start is not None:
-        path = getattr(start, "path", start)
-        resumed = {"step": getattr(start, "step", None), "file": str(path)}
-        complete = config.max_steps > 0 and (resumed["step"] or 0) >= config.max_steps
-        if complete:
-            resumed["complete"] = True
-            done = (f"The run is already complete: its checkpoint of step {resumed['step']} "
-                    f"reached {arg('max_steps', config.max_steps)}, so nothing was trained; "
-                    f"raise {arg('max_steps')} to train on.")
-            notes.append(done)
-            say(done)
-        else:
-            say(f"Resuming from step {resumed['step']} ({Path(path).name}).")
-    began = time.perf_counter()
-    interrupted = False
-    with _quiet_lightning():
-        try:
-            trainer.fit(module, datamodule=dm, weights_only=True,
-                        ckpt_path=str(path) if start is not None else None)
-        except SystemExit:  # Lightning's answer to Ctrl-C, after on_exception saved
-            if not trainer.interrupted:
-                raise
-            interrupted = True
-    if resumed is not None and resumed["step"] is None:
-        resumed["step"] = state.resumed_step
-    if validating and not interrupted and not complete and \
-            module.last_validated != trainer.global_step:
-        with _quiet_lightning():  # the run's last step gets a val_loss (a short run its only)
-            trainer.validate(module, datamodule=dm, verbose=False)
-    notes += state.events
-    if module.skipped_steps:
-        notes.append(f"{module.skipped_steps} step(s) skipped by the loss guard "
-                     "(non-finite or spiking loss).")
-    if not interrupted:
-        state.save(trainer)  # the last step is always a checkpoint
-    final_dir = None
-    if not interrupted and trainer.is_global_zero:
-        final_dir = save_model_folder(adapter.model, loaded, run_dir / "final",
-                                      tokenizer=tokenizer, extra={
-                                          "source": adapter.source, "steps": trainer.global_step,
-                                          "metrics": metrics_log.final})
-        for file in sorted(final_dir.iterdir()):
-            manager.mirror_file(f"final/{file.name}")
-    result = build_result(run_dir, final_dir, metrics_log, resumed, trainer, module, state,
-                          config, notes, report, interrupted, adapter, tokenizer,
-                          time.perf_counter() - began, data=getattr(dm, "data", None))
-    if tracker is not None:
-        tracker.finish(result)
-    if trainer.is_global_zero:
-        write_json(run_dir / "summary.json", result.summary())
-        manager.mirror_file("summary.json")
-        manager.mirror_file("metrics.csv")
-        manager.drain()
-    return result
+            self.trainer = pl.Trainer(
+                **kwargs, max_steps=config.max_steps if config.max_steps > 0 else -1,
+                max_epochs=config.epochs if config.max_steps <= 0 else -1,
+                callbacks=callbacks, plugins=[ManagerIO(manager)],
+                enable_progress_bar=not self.plain)
+
+    def _trainer_kwargs(self) -> dict[str, Any]:
+        """What the Trainer and the learning-rate finder's throwaway trainer share."""
+        config = self.config
+        kwargs: dict[str, Any] = dict(
+            accelerator=config.accelerator, devices=config.devices, num_nodes=config.num_nodes,
+            strategy=config.strategy, precision=_precision(config),
+            accumulate_grad_batches=config.grad_accum,
+            gradient_clip_val=config.grad_clip or None,
+            limit_val_batches=(config.val_batches if config.val_batches else 1.0)
+            if self.validating else 0,
+            check_val_every_n_epoch=None if self.validating else 1,
+            num_sanity_val_steps=0, use_distributed_sampler=False, enable_model_summary=False,
+            default_root_dir=str(self.run_dir), logger=_logger(config, self.run_dir),
+            enable_checkpointing=False, deterministic=False)
+        if self.validating:
+            kwargs["val_check_interval"] = config.val_every * config.grad_accum
+        return kwargs
+
+    # ---- fit ----------------------------------------------------------------------------
+    def fit(self) -> None:
+        """Train from the resume point (or the start); validate the last step if the run did
+        not (a short run gets its only val_loss)."""
+        config, start, trainer = self.config, self.start, self.trainer
+        if start is not None:
+            self.resumed = {"step": start.step, "file": str(start.path)}
+            self.complete = config.max_steps > 0 and (start.step or 0) >= config.max_steps
+            if self.complete:
+                self.resumed["complete"] = True
+                done = (f"The run is already complete: its checkpoint of step {start.step} "
+                        f"reached {arg('max_steps', config.max_steps)}, so nothing was trained; "
+                        f"raise {arg('max_steps')} to train on.")
+                self.notes.append(done)
+                self.say(done)
+            else:
+                self.say(f"Resuming from step {start.step} ({start.path.name}).")
+        began = time.perf_counter()
+        with _quiet_lightning():
+            try:
+                trainer.fit(self.module, datamodule=self.dm, weights_only=True,
+                            ckpt_path=str(start.path) if start is not None else None)
+            except SystemExit:  # Lightning's answer to Ctrl-C, after on_exception saved
+                if not trainer.interrupted:
+                    raise
+                self.interrupted = True
+        self.seconds = time.perf_counter() - began
+        if self.resumed is not None and self.resumed["step"] is None:
+            self.resumed["step"] = self.state.resumed_step  # a checkpoint file named otherwise
+        if self.validating and not self.interrupted and not self.complete and \
+                self.module.last_validated != trainer.global_step:
+            with _quiet_lightning():
+                trainer.validate(self.module, datamodule=self.dm, verbose=False)
+
+    # ---- finish -------------------------------------------------------------------------
+    def finish(self) -> TrainResult:
+        """The last checkpoint, ``final/``, the result and ``summary.json`` (and the mirror)."""
+        trainer, manager = self.trainer, self.manager
+        self.notes += self.state.events
+        if self.module.skipped_steps:
+            self.notes.append(f"{self.module.skipped_steps} step(s) skipped by the loss guard "
+                              "(non-finite or spiking loss).")
+        if not self.interrupted:
+            self.state.save(trainer)  # the last step is always a checkpoint
+        final_dir = None
+        if not self.interrupted and trainer.is_global_zero:
+            final_dir = save_model_folder(
+                self.adapter.model, self.loaded, self.run_dir / "final", tokenizer=self.tokenizer,
+                extra={"source": self.adapter.source, "steps": trainer.global_step,
+                       "metrics": self.metrics_log.final})
+            for file in sorted(final_dir.iterdir()):
+                manager.mirror_file(f"final/{file.name}")
+        result = build_result(self, final_dir)
+        if self.tracker is not None:
+            self.tracker.finish(result)
+        if trainer.is_global_zero:
+            write_json(self.run_dir / "summary.json", result.summary())
+            manager.mirror_file("summary.json")
+            manager.mirror_file("metrics.csv")
+            manager.drain()
+        return result
 
 
 def _has_validation(dm: Any) -> bool:
