@@ -382,25 +382,6 @@ def _crash_finding(result: CheckResult, first_of: dict[tuple, str]) -> None:
                       + f": {err['type']}: {message}." + (f" {hint}." if hint else ""))
 
 
-_FLIPPED = {"keep": "pad", "keep_bool": "pad", "pad": "keep"}
-
-
-@contextmanager
-def _mask_flipped(adapter) -> Iterator[bool]:
-    """The adapter feeds the padding mask the other way round while inside (True when it
-    could)."""
-    spec = adapter.spec
-    old = spec.mask_style
-    if old not in _FLIPPED:
-        yield False
-        return
-    spec.mask_style = _FLIPPED[old]
-    try:
-        yield True
-    finally:
-        spec.mask_style = old
-
-
 def _inverted_mask_finding(result: CheckResult, first: str, adapter,
                            options: CheckOptions) -> None:
     """A failure after a check found the mask applied inverted is asked again with the mask
@@ -408,7 +389,7 @@ def _inverted_mask_finding(result: CheckResult, first: str, adapter,
     it depends on it (``skip``), as the checks a crash stops do."""
     if result.status != "fail":
         return
-    with _mask_flipped(adapter) as flipped:
+    with adapter.mask_flipped() as flipped:
         if not flipped:
             return
         again = _run_one(result.name, adapter, options)

@@ -10,6 +10,8 @@ classification) and ``decoder_input_ids`` for seq2seq.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +29,9 @@ from utils.errors import UserError
 from utils.tasks import IGNORE_INDEX, Task
 
 __all__ = ["RAISED_IN_MODE", "ModelAdapter", "adapt"]
+
+# a padding-mask convention -> the opposite one (the inverted-mask retry of the checks)
+_FLIPPED = {"keep": "pad", "keep_bool": "pad", "pad": "keep"}
 
 # The attribute ModelAdapter.forward sets on an exception the model raises: "training" or
 # "eval", the model's mode at that moment (a check may reset the mode before reporting).
@@ -133,6 +138,58 @@ class ModelAdapter:
                 [torch.full((batch, 1), start, dtype=labels.dtype), labels[:, :-1]], dim=1)
         target = torch.device(device) if device is not None else self.device
         return {k: v.to(target) for k, v in out.items()}
+
+    # ---- how forward is called (the Adapter Protocol's names for the call spec) -------
+    @property
+    def takes_mask(self) -> bool:
+        """Whether forward has a padding-mask parameter the batch's mask is fed to."""
+        return self.spec.takes_mask
+
+    @property
+    def mask_param(self) -> str | None:
+        """forward's padding-mask parameter, if it has one."""
+        return self.spec.mask_param
+
+    @property
+    def token_param(self) -> str | None:
+        """forward's token parameter (None: passed positionally)."""
+        return self.spec.token_param
+
+    @property
+    def targets_param(self) -> str | None:
+        """forward's optional targets/labels parameter, if it has one."""
+        return self.spec.targets_param
+
+    def takes_by_name(self, param: str) -> bool:
+        """Whether forward's ``param`` can be passed by keyword (not positional-only)."""
+        return param not in self.spec.positional
+
+    def unfed_params(self) -> list[str]:
+        """forward's optional parameters this adapter leaves at their defaults."""
+        return list(self.spec.left_default)
+
+    def call_args(self, batch: dict[str, torch.Tensor], *, feed_targets: bool = False,
+                  ) -> tuple[list[Any], dict[str, Any]]:
+        """``(args, kwargs)`` forward is called with for ``batch``; ``feed_targets`` passes
+        the input ids to the targets parameter too (a model that returns full logits only
+        then)."""
+        spec = dataclasses.replace(self.spec, feed_targets=True) if feed_targets else self.spec
+        args, kwargs = spec.build_call(batch)
+        return list(args), dict(kwargs)
+
+    @contextlib.contextmanager
+    def mask_flipped(self) -> Iterator[bool]:
+        """Feed the padding mask the other way round while inside (yields whether it could:
+        only a mask whose convention is known can be flipped)."""
+        old = self.spec.mask_style
+        if old not in _FLIPPED:
+            yield False
+            return
+        self.spec.mask_style = _FLIPPED[old]
+        try:
+            yield True
+        finally:
+            self.spec.mask_style = old
 
     # ---- calling the model ------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> Any:

@@ -145,7 +145,7 @@ def _never_given(adapter) -> str:
     mask = adapter.evidence.get("mask")
     if mask is None or mask.value != "not a padding mask":
         return ""
-    name = next((n for n in adapter.spec.left_default if "mask" in n), None)
+    name = next((n for n in adapter.unfed_params() if "mask" in n), None)
     if name is None:
         return ""
     return (f" forward's '{name}' defaults to None and is not a [batch, seq_len] padding mask, "

@@ -190,14 +190,14 @@ def _nan_with_nothing_padded(adapter, batch: dict[str, torch.Tensor], seed: int,
     """Outputs not finite with nothing padded: when they are finite without the mask, the
     mask blocks every key — applied inverted — which is the finding; otherwise a skip."""
     mask = batch.get("attention_mask")
-    if mask is not None and adapter.spec.takes_mask:
+    if mask is not None and adapter.takes_mask:
         try:
             unmasked = eval_logits(adapter, {k: v for k, v in batch.items()
                                              if k != "attention_mask"}, seed).float()
         except Exception:  # the mask is required: nothing to compare with
             unmasked = None
         if unmasked is not None and _finite(unmasked):
-            param = adapter.spec.mask_param
+            param = adapter.mask_param
             return CheckResult(
                 "padding_invariance", 1, "fail",
                 f"With nothing padded ({param} all ones, 1 = real token) the outputs are "
@@ -217,7 +217,7 @@ def check_padding_invariance(adapter, options) -> CheckResult:
     if t < 2:
         return CheckResult("padding_invariance", 1, "skip",
                            f"max_seq_len {top} leaves no room for padding after real tokens.")
-    takes_mask = adapter.spec.takes_mask
+    takes_mask = adapter.takes_mask
     rows = []
     for extra in sorted({1, min(top - t, t)}):
         batch = adapter.make_inputs(1, t, seed=options.seed + extra)
@@ -238,7 +238,7 @@ def check_padding_invariance(adapter, options) -> CheckResult:
     threshold = {"max_rel_change": tol}
     how = f"padding {metrics['padding_tested']} token(s) after {t} real ones"
     if worst <= tol:
-        why = (f"masked through '{adapter.spec.mask_param}'" if takes_mask else
+        why = (f"masked through '{adapter.mask_param}'" if takes_mask else
                "no mask needed: a causal model never looks right")
         return CheckResult("padding_invariance", 1, "pass",
                            f"Outputs at real positions unchanged by {how} ({why}; max relative "
@@ -253,7 +253,7 @@ def check_padding_invariance(adapter, options) -> CheckResult:
             f"{worst:.2e} (relative): {who} attends to padding, so it cannot be trained on "
             "batches of different lengths. Accept an attention_mask (1 = real token) and apply "
             "it to the attention scores." + found, metrics, threshold, rows)
-    param = adapter.spec.mask_param
+    param = adapter.mask_param
     inverted = probed is not None and "inverted" in (probed.detail or "")
     constant = _same_at_every_position(adapter, clean)
     if inverted or constant:

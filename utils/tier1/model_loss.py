@@ -12,7 +12,6 @@ causal LM (labels unshifted for a ``labels`` parameter, already the next tokens 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import torch
@@ -33,10 +32,9 @@ def _own_loss(adapter, ids: torch.Tensor, mask: torch.Tensor | None,
     or tuple holding no other tensor)."""
     from utils.adapters.targets import returned_logits, scalar_loss
 
-    spec = dataclasses.replace(adapter.spec, feed_targets=True)
     batch = {"input_ids": ids, **({"attention_mask": mask} if mask is not None else {})}
-    args, kwargs = spec.build_call(batch)
-    kwargs[spec.targets_param] = labels
+    args, kwargs = adapter.call_args(batch, feed_targets=True)
+    kwargs[adapter.targets_param] = labels
     adapter.model.eval()
     with torch.no_grad():
         out = adapter.model(*args, **kwargs)
@@ -108,22 +106,21 @@ def _ignores_by_pad_id(adapter, x, mask, labels, param: str, next_tokens: bool,
 @register("model_loss", tier=1, thresholds=("rtol",))
 def check_model_loss(adapter, options) -> CheckResult:
     name = "model_loss"
-    spec = adapter.spec
-    if adapter.task != "causal_lm" or spec.targets_param is None:
+    param = adapter.targets_param
+    if adapter.task != "causal_lm" or param is None:
         return CheckResult(name, 1, "skip", "The model takes no labels/targets argument, so it "
                            "computes no loss of its own; training uses the task loss."
-                           if spec.targets_param is None else
+                           if param is None else
                            f"Compared for causal LMs only (this is a {adapter.task} model).")
-    if spec.targets_param in spec.positional:
-        return CheckResult(name, 1, "skip", f"'{spec.targets_param}' is positional-only, so it "
-                           "cannot be fed by name.")
-    param = spec.targets_param
+    if not adapter.takes_by_name(param):
+        return CheckResult(name, 1, "skip", f"'{param}' is positional-only, so it cannot be fed "
+                           "by name.")
     next_tokens = param in _NEXT_TOKEN_NAMES
     t = max(4, min(options.max_len(adapter), 16))
     batch = adapter.make_inputs(2, t, seed=options.seed)
     ids = batch["input_ids"]
     mask = None
-    if spec.takes_mask:  # the last quarter of the second row is padding, ignored by the loss
+    if adapter.takes_mask:  # the last quarter of the second row is padding, ignored by the loss
         mask = torch.ones_like(ids)
         mask[1, -(t // 4):] = 0
     if next_tokens:  # nanoGPT: inputs x[:, :-1], targets x[:, 1:], aligned

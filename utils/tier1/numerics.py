@@ -69,7 +69,7 @@ def check_output_stability(adapter, options) -> CheckResult:
                 "padding mask that blocks every key (applied inverted; padding_invariance "
                 "checks it) or a softmax over scores that are all -inf; otherwise look for "
                 "divisions and exp/log without clamping." if onset <= 2 and
-                adapter.spec.takes_mask else
+                adapter.takes_mask else
                 "Look for divisions, exp/log without clamping, or scores that grow with "
                 "length (scale attention by 1/sqrt(head_dim))."),
             metrics, threshold, rows)

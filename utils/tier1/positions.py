@@ -198,7 +198,7 @@ def check_position_shift(adapter, options) -> CheckResult:
         return CheckResult(name, 1, "skip", f"Absolute positions ({evidence}): moving the "
                            "sequence changes every position's encoding by design, so shift "
                            "invariance is not a property of this model.", metrics)
-    if not adapter.spec.takes_mask:
+    if not adapter.takes_mask:
         return offset_shift(adapter, options, family, evidence)
     top = options.max_len(adapter)
     extra = min(4, top // 3)

@@ -111,7 +111,7 @@ def _padded_non_finite(adapter, batch: dict[str, torch.Tensor],
     autocast while fp32 is finite: a mask constant the format cannot hold. Right padding for
     every model that takes a mask; left padding too for a causal LM, where a leading pad's
     query sees only masked keys."""
-    if not adapter.spec.takes_mask or not dtypes:
+    if not adapter.takes_mask or not dtypes:
         return []
     ids = batch["input_ids"]
     t = ids.shape[1]

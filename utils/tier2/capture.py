@@ -228,7 +228,7 @@ def capture_attention(adapter, batch: dict[str, torch.Tensor]) -> Capture:
     if "decoder_input_ids" in batch:
         lengths.add(batch["decoder_input_ids"].shape[1])
     rec = _Recorder(lengths)
-    args, kwargs = adapter.spec.build_call({k: v for k, v in batch.items() if k != "labels"})
+    args, kwargs = adapter.call_args({k: v for k, v in batch.items() if k != "labels"})
     asks = "output_attentions" in inspect.signature(model.forward).parameters
     if asks:
         kwargs["output_attentions"] = True

@@ -60,7 +60,7 @@ def _cached_logits(adapter, ids: torch.Tensor, prompt: int, new: int) -> torch.T
     """Per-step logits from cached decoding of ``ids``, or None if the forward takes no cache."""
     params = inspect.signature(adapter.model.forward).parameters
     cache_param = next((p for p in _CACHE_PARAMS if p in params), None)
-    token = adapter.spec.token_param
+    token = adapter.token_param
     if adapter.task != "causal_lm" or cache_param is None or "use_cache" not in params \
             or token is None:
         return None

@@ -84,7 +84,7 @@ class Program:
     @classmethod
     def of(cls, adapter: Any, *, seed: int = 0) -> Program:
         names = ["input_ids"]
-        if adapter.spec.takes_mask:
+        if adapter.takes_mask:
             names.append("attention_mask")
         if adapter.task == "seq2seq":
             names.append("decoder_input_ids")
