@@ -131,6 +131,20 @@ def test_resume_never_refuses_to_overwrite_a_run(tmp_path, tiny_lm):
               config.replace(resume="never"), **QUIET)
 
 
+@pytest.mark.parametrize("content, says", [
+    (lambda path: torch.save({"weights": torch.zeros(2)}, path), "holds no global_step"),
+    (lambda path: path.write_bytes(b"not a checkpoint"), "truncated or corrupt"),
+    (None, "no such checkpoint file or run folder")])
+def test_resume_from_a_named_file_that_is_no_checkpoint_says_so(tmp_path, tiny_lm, content,
+                                                                 says):
+    file = tmp_path / "mine.ckpt"
+    if content is not None:
+        content(file)
+    config = tiny_config(tmp_path, max_steps=4, resume=str(file))
+    with pytest.raises(UserError, match=says):
+        train(utils.load_model(tiny_lm, say=lambda m: None), corpus(40), config, **QUIET)
+
+
 def test_nan_steps_are_skipped_then_rolled_back_at_a_lower_lr(tmp_path, tiny_lm):
     faulty = {**CONFIG, "nan_at_call": 14}  # training calls 14, 15, 16 return NaN
     loaded = utils.load_model(tiny_lm, config=faulty, say=lambda m: None)

@@ -8,7 +8,7 @@ imports Lightning, so only :func:`utils.tier3.fine_tune.fine_tune` imports it, i
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -16,7 +16,10 @@ from utils.environment import require
 
 __all__ = ["LossTrace"]
 
-L = require("lightning", "Fine-tuning")
+if TYPE_CHECKING:  # the type checker reads the real classes; at run time a missing extra
+    import lightning as L  # is a MissingExtraError naming it
+else:
+    L = require("lightning", "Fine-tuning")
 
 
 class LossTrace(L.Callback):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import Dataset
@@ -29,7 +29,10 @@ from utils.tokenization.sampler import BatchKey, ResumableBatchSampler, Resumabl
 
 __all__ = ["TextDataModule"]
 
-L = require("lightning", "The training data module")
+if TYPE_CHECKING:  # the type checker reads the real classes; at run time a missing extra
+    import lightning as L  # is a MissingExtraError naming it
+else:
+    L = require("lightning", "The training data module")
 
 CACHE_VERSION = "1"  # bump when the row format changes
 

@@ -16,7 +16,7 @@ import math
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -25,8 +25,12 @@ from utils.seeding import capture_rng, restore_rng
 
 __all__ = ["METRIC_FIELDS", "ManagerIO", "MetricsLog", "RunState"]
 
-L = require("lightning", "Training")
-_io = require("lightning.fabric.plugins.io.checkpoint_io", "Training")
+if TYPE_CHECKING:  # the type checker reads the real classes; at run time a missing extra
+    import lightning as L  # is a MissingExtraError naming it
+    import lightning.fabric.plugins.io.checkpoint_io as _io
+else:
+    L = require("lightning", "Training")
+    _io = require("lightning.fabric.plugins.io.checkpoint_io", "Training")
 
 # The columns of metrics.csv, fixed and documented (docs/training.md).
 METRIC_FIELDS = ("step", "epoch", "train_loss", "train_perplexity", "val_loss",

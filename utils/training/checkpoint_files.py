@@ -32,10 +32,10 @@ _STEP_FILE = re.compile(r"^step-(\d{8,})\.(ckpt|json)$")
 @dataclass(frozen=True)
 class CheckpointInfo:
     """A checkpoint that verified against its manifest, or a file the user named
-    (``location="given"``: no manifest, ``sha256`` empty, ``step`` None unless its name says)."""
+    (``location="given"``: no manifest, so ``sha256`` is empty; its step read from the file)."""
 
     path: Path
-    step: int | None
+    step: int
     sha256: str
     size: int
     val_loss: float | None

@@ -298,13 +298,14 @@ class CheckpointManager:
             warnings.warn(message, RuntimeWarning, stacklevel=2)
         return found
 
-    def load(self, info: CheckpointInfo | str | Path, map_location="cpu") -> dict:
-        """``torch.load(weights_only=True)`` of a checkpoint; a file that will not load is a
-        ``UserError``."""
+    def load(self, info: CheckpointInfo | str | Path, map_location="cpu", *,
+             mmap: bool = False) -> dict:
+        """``torch.load(weights_only=True)`` of a checkpoint (``mmap``: tensors read only when
+        touched); a file that will not load is a ``UserError``."""
         path = info.path if isinstance(info, CheckpointInfo) else Path(info)
         self._wait_local(raise_failure=False)
         try:
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
         except FileNotFoundError as exc:
             raise UserError(f"Checkpoint {path} does not exist.",
                             why="It was deleted or moved, or the path is wrong.",

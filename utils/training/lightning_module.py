@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -23,7 +23,10 @@ from utils.tasks import IGNORE_INDEX
 
 __all__ = ["AdapterModule", "cosine_with_warmup", "parameter_groups"]
 
-L = require("lightning", "Training")
+if TYPE_CHECKING:  # the type checker reads the real classes; at run time a missing extra
+    import lightning as L  # is a MissingExtraError naming it
+else:
+    L = require("lightning", "Training")
 
 _NO_DECAY_TYPES = (nn.LayerNorm, nn.Embedding, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d,
                    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()))

@@ -34,7 +34,7 @@ import secrets
 import socket
 import string
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from utils.atomic import read_json, write_json
@@ -43,7 +43,10 @@ from utils.errors import UserError
 
 __all__ = ["RUN_FILE", "WandbTracker", "api_key", "choose_mode", "wandb_tracker"]
 
-L = require("lightning", "Training")
+if TYPE_CHECKING:  # the type checker reads the real classes; at run time a missing extra
+    import lightning as L  # is a MissingExtraError naming it
+else:
+    L = require("lightning", "Training")
 
 RUN_FILE = "wandb.json"  # in the run folder: the W&B run id and every local folder it used
 PROJECT = "transformer-testbench"

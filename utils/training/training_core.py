@@ -122,10 +122,19 @@ def _resume_point(config: TrainingConfig, manager: CheckpointManager,
         raise UserError(f"{arg('resume', config.resume)}: no such checkpoint file or run "
                         "folder.", fix=f"Use {arg('resume', 'auto')} (the newest valid checkpoint "
                         f"of the run), {arg('resume', 'never')}, or an existing path.")
-    # a file the user names: no manifest to verify it against (torch.load judges it); its step
-    # from its name when it has ours, else from the checkpoint once loaded
-    return CheckpointInfo(path, step_of(path), sha256="", size=path.stat().st_size,
-                          val_loss=None, location="given")
+    # a file the user names: no manifest to verify it against; torch.load judges it (memory-
+    # mapped: only the step is read here, the tensors when Lightning restores it)
+    step = step_of(path)
+    if step is None:
+        state = manager.load(path, mmap=True)
+        step = state.get("global_step") if isinstance(state, dict) else None
+        if not isinstance(step, int):
+            raise UserError(f"{arg('resume', config.resume)} is not a checkpoint of a "
+                            "Lightning run: it holds no global_step.",
+                            fix="Point it at a step-*.ckpt of a run folder, or at the run "
+                            "folder itself.")
+    return CheckpointInfo(path, step, sha256="", size=path.stat().st_size, val_loss=None,
+                          location="given")
 
 
 def _lr_find(trainer_kwargs: dict, module: Any, dm: Any, config: TrainingConfig,
@@ -410,8 +419,6 @@ class Run:
                     raise
                 self.interrupted = True
         self.seconds = time.perf_counter() - began
-        if self.resumed is not None and self.resumed["step"] is None:
-            self.resumed["step"] = self.state.resumed_step  # a checkpoint file named otherwise
         if self.validating and not self.interrupted and not self.complete and \
                 self.module.last_validated != trainer.global_step:
             with _quiet_lightning():
