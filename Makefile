@@ -35,6 +35,7 @@ demo: $(VENV)/.base
 ## test: lint, then the whole suite (what CI runs)
 test: $(VENV)/.dev
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest --durations=25
 
 ## test-fast: the inner loop, without tests marked slow

@@ -129,15 +129,14 @@ def write_atomic_stream(path: str | os.PathLike,
     is hashed on the way, so no second read is needed. Returns ``(sha256, size)``. On any
     failure the previous ``path`` is left as it was and no temporary file remains.
     """
-    writer: _HashingWriter | None = None
+    writers: list[_HashingWriter] = []
 
     def hashed(fh: BinaryIO) -> None:
-        nonlocal writer
-        writer = _HashingWriter(fh)
-        fill(writer)
+        writers.append(_HashingWriter(fh))
+        fill(writers[-1])  # type: ignore[arg-type]  # write and flush are all torch.save uses
 
     _publish(Path(path), hashed)
-    return writer.digest.hexdigest(), writer.size
+    return writers[-1].digest.hexdigest(), writers[-1].size
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
@@ -168,7 +167,8 @@ def copy_atomic(src: str | os.PathLike, dst: str | os.PathLike, *,
                 fout.write(chunk)
                 if hasher is not None:
                     hasher.update(chunk)
-        if expect_sha256 is not None and hasher.hexdigest() != expect_sha256:
+        if expect_sha256 is not None and hasher is not None and \
+                hasher.hexdigest() != expect_sha256:
             raise OSError(errno.EIO, f"{src} does not match its expected sha256 "
                           f"{expect_sha256[:12]}… (it changed or is corrupt)")
 

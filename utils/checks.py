@@ -441,6 +441,7 @@ def run_checks(adapter, names: list[str], options: CheckOptions | None = None, *
             f"CheckOptions(max_len_cap={adapter.max_seq_len}) tests them.")
     if runnable is not None:
         options = dataclasses.replace(options, max_len_cap=runnable)
+        assert prober is not None, "a runnable length comes from the check that probed it"
         capped_by = f"Tier {REGISTRY[prober].tier}'s {prober}"
         report.notes.append(f"The model fails beyond length {runnable} (a length probe found "
                             f"it); every check stays within it. Run {prober} for the cause.")

@@ -28,10 +28,10 @@ __all__ = ["capture_rng", "restore_rng", "seed_all", "seeded"]
 
 def capture_rng() -> dict[str, Any]:
     """The states of torch (CPU and every CUDA device), numpy and Python's ``random``."""
-    key, array, pos, has_gauss, cached = np.random.get_state()
+    key, array, pos, has_gauss, cached = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {"key": str(key), "state": torch.from_numpy(array.astype(np.int64)),
+        "numpy": {"key": str(key), "state": torch.from_numpy(np.asarray(array).astype(np.int64)),
                   "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
         "python": random.getstate(),
     }

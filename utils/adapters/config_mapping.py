@@ -107,7 +107,7 @@ def _config_class(cls: type, param: inspect.Parameter, module: ModuleType) -> ty
     hint = param.annotation
     if isinstance(hint, str) or hint is inspect.Parameter.empty:
         try:
-            hint = typing.get_type_hints(cls.__init__, vars(module)).get(param.name)
+            hint = typing.get_type_hints(cls.__init__, vars(module)).get(param.name)  # type: ignore[misc]
         except Exception:
             hint = vars(module).get(hint) if isinstance(hint, str) else None
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
@@ -153,7 +153,7 @@ def _fill(names: list[inspect.Parameter], flat: dict, record: BuildRecord) -> li
 def build_model(cls: type, module: ModuleType, config: dict, config_name: str = "config.json"):
     """Instantiate ``cls`` from ``config``; returns ``(model, BuildRecord)``."""
     flat, notes = flatten_config(config)
-    sig = inspect.signature(cls.__init__)
+    sig = inspect.signature(cls.__init__)  # type: ignore[misc]
     params = [p for p in list(sig.parameters.values())[1:]
               if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     single = params[0] if len(params) == 1 else None
@@ -192,7 +192,7 @@ def build_model(cls: type, module: ModuleType, config: dict, config_name: str = 
     try:
         model = cls(*args, **kwargs)
     except Exception as exc:
-        user_files = {inspect.getsourcefile(module)} if inspect.getsourcefile(module) else set()
+        user_files: set[str] = {f for f in [inspect.getsourcefile(module)] if f}
         user_files |= {str(p) for p in _sibling_files(module)}
         shown = ", ".join(f"{k}={v!r}" for k, v in record.passed.items()) or "no arguments"
         raise UserError(

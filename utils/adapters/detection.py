@@ -86,14 +86,13 @@ class Probe:
 
 def model_files(model: nn.Module) -> set[str]:
     """Source files of the classes that make up ``model`` (for error locations)."""
-    files = set()
+    files: set[str | None] = set()
     for cls in {type(m) for m in model.modules()}:
         if cls.__module__.startswith("torch."):
             continue
         with contextlib.suppress(TypeError, OSError):
             files.add(inspect.getsourcefile(cls))
-    files.discard(None)
-    return files
+    return {f for f in files if f is not None}
 
 
 def _is_causal_buffer(t: torch.Tensor) -> bool:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.client import HTTPException
 from pathlib import Path
+from typing import Any
 from urllib.error import HTTPError, URLError
 from urllib.parse import urlsplit
 from urllib.request import Request, urlopen
@@ -90,7 +91,7 @@ def _get_with_retries(url: str, *, token, timeout, retries, backoff, accept) -> 
 
 
 def _http_error(exc: HTTPError, gist_id: str, revision: str | None, has_token: bool) -> UserError:
-    headers = exc.headers or {}
+    headers: Any = exc.headers or {}
     try:
         message = json.loads(exc.read() or b"{}").get("message", "")
     except (ValueError, AttributeError):

@@ -28,7 +28,7 @@ def own_config(model: nn.Module) -> dict[str, Any]:
     nanoGPT's ``GPTConfig`` whose defaults config.json may not repeat) and a maximum length it
     keeps as an attribute (``self.block_size``, ``self.n_ctx``, ``self.sequence_len``)."""
     cfg = getattr(model, "config", None)
-    if hasattr(cfg, "to_dict") and hasattr(cfg, "model_type"):
+    if cfg is not None and hasattr(cfg, "to_dict") and hasattr(cfg, "model_type"):
         own = cfg.to_dict()
         return own if isinstance(own, dict) else {}
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):

@@ -147,7 +147,7 @@ def _class_signs(cls: type) -> list[str]:
             defaults = dict(zip([a.arg for a in args.args][::-1], args.defaults[::-1],
                                 strict=False))
             defaults.update({a.arg: d for a, d in zip(args.kwonlyargs, args.kw_defaults,
-                                                      strict=True)})
+                                                      strict=True) if d is not None})
             for arg in ("is_causal", "causal"):  # not __init__'s: the instance may differ
                 if node.name != "__init__" and _is_true(defaults.get(arg)):
                     found.append(f"{name}.{node.name}() defaults to {arg}=True")

@@ -154,7 +154,7 @@ def probe_mask_polarity(model: nn.Module, spec: ForwardSpec, **kw) -> MaskProbe:
     right = [s for s, c in measured.items() if c <= _UNCHANGED]
     if len(_polarities(changes)) == 1:
         return MaskProbe(right[0], Evidence(_MEANING[right[0]], "probe", how))
-    default = _default_style(name)
+    default = _default_style(name or "")
     chosen = default if default in measured else next(iter(measured))
     reason = ("every convention left them unchanged, so the polarity cannot be told (a causal "
               "model never looks right)" if right else "no convention left them unchanged: the "
@@ -168,6 +168,7 @@ def check_named_mask(model: nn.Module, spec: ForwardSpec, **kw) -> tuple[Evidenc
     ``(evidence, warning or None)``. The name's meaning is kept either way, so a mask applied
     inverted fails padding_invariance rather than being silently flipped here."""
     named = spec.mask_style
+    assert named is not None, "called for a mask whose name decided its meaning"
     opposite = "keep_bool" if named == "pad" else "pad"
     changes, _, how = _probe(model, spec, (named, opposite), **kw)
     right = {s for s, c in changes.items() if isinstance(c, float) and c <= _UNCHANGED}

@@ -343,7 +343,7 @@ def adapt(model, config: dict | None = None, *, task: str | None = None,
     evidence["forward"] = Evidence(spec.describe(), "signature",
                                    f"output found as {probe.output_how}, shape {list(shape)}")
     if spec.feed_targets:
-        evidence["forward"] = Evidence(spec.describe(), "probe", last_only)
+        evidence["forward"] = Evidence(spec.describe(), "probe", last_only or "")
 
     classes = inference.decide_classes(task_ev.value, flat, shape, num_classes, evidence,
                                        notes)
@@ -378,8 +378,8 @@ def adapt(model, config: dict | None = None, *, task: str | None = None,
     mask_id, _ = _optional_int(flat, ("mask_token_id", "mask_id", "mask_idx"))
     out_size = shape[-1]
     # the model's own rows, not an override's (which decide_vocab has compared with them)
-    rows = scan.embeddings.get(probe.token_embedding, vocab_ev.value)
-    if task_ev.value in ("causal_lm", "masked_lm") and out_size != rows:
+    rows = scan.embeddings.get(probe.token_embedding or "", vocab_ev.value)
+    if task_ev.value in ("causal_lm", "masked_lm") and rows is not None and out_size != rows:
         notes.append(f"The output head has {out_size} outputs but the token embedding has "
                      f"{rows} rows: ids >= {min(out_size, rows)} cannot be both read and "
                      "predicted.")

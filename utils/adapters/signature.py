@@ -72,7 +72,7 @@ class ForwardSpec:
             parts.append(f"decoder tokens -> {self.decoder_param}")
         if self.mask_param:
             meaning = {"keep": "1 = real token", "keep_bool": "True = real token",
-                       "pad": "True = padding"}.get(self.mask_style, "meaning not decided")
+                       "pad": "True = padding"}.get(self.mask_style or "", "meaning not decided")
             parts.append(f"mask -> {self.mask_param} ({meaning})")
         else:
             parts.append("no padding mask accepted")

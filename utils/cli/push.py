@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from utils.errors import UserError
@@ -15,7 +16,7 @@ from utils.errors import UserError
 __all__ = ["add_parser", "run"]
 
 
-def add_parser(sub: Any, parents: list[argparse.ArgumentParser] = ()) -> None:
+def add_parser(sub: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> None:
     """Register ``testbench push DIR --repo user/name`` on the CLI's subparsers."""
     p = sub.add_parser("push", parents=list(parents),
                        help="push an exported model folder to the Hugging Face Hub",
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from utils.environment import versions
     from utils.report import envelope
 
-    source = {"input": str(args.dir), "kind": "export", "gist_id": None, "revision": None,
+    source: dict[str, Any] = {"input": str(args.dir), "kind": "export", "gist_id": None, "revision": None,
               "sha256": {}}
     result, error = None, None
     try:

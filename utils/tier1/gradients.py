@@ -125,7 +125,7 @@ def check_gradient_flow(adapter, options) -> CheckResult:
             f"{cause}: .detach(), torch.no_grad, .data and integer casts cut the graph; such "
             "weights never train.", metrics, threshold, rows)
     if spread > max_spread:
-        low = min(layers, key=layers.get)
+        low = min(layers, key=lambda name: layers[name])
         return CheckResult(
             "gradient_flow", 1, "warn",
             f"Layer gradient norms differ by ×{spread:.2g} (warn above ×{max_spread:g}); the "

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -130,7 +131,7 @@ def offset_shift(adapter, options, family: str, evidence: str) -> CheckResult:
     name = "position_shift"
     tables = rotary_tables(adapter.model)
     family = "rotary" if tables and family == "none found" else family
-    metrics = {"family": family, "evidence": evidence}
+    metrics: dict[str, Any] = {"family": family, "evidence": evidence}
     where = f"Positions: {family} ({evidence})."
     top = options.max_len(adapter)
     t = min(11, top)  # odd: unlikely to be the size of another axis

@@ -193,7 +193,7 @@ def check_position_shift(adapter, options) -> CheckResult:
                            "with its input positions, so a shift of the input cannot be compared "
                            "position by position.")
     family, evidence = position_family(adapter)
-    metrics = {"family": family, "evidence": evidence}
+    metrics: dict[str, Any] = {"family": family, "evidence": evidence}
     if family == "absolute":
         return CheckResult(name, 1, "skip", f"Absolute positions ({evidence}): moving the "
                            "sequence changes every position's encoding by design, so shift "
@@ -338,7 +338,8 @@ def _zero_learned_positions(model: nn.Module, frozen: bool = False) -> list[str]
     """Trainable position tables that start all zero (``nn.Parameter(torch.zeros(1, L, D))``
     in ViT-style code, an embedding zero-initialised): order-blind at init, by design. With
     ``frozen``, the all-zero ones that never train instead (buffers, requires_grad=False)."""
-    tensors = [(n, t) for n, t in model.named_parameters() if t.requires_grad != frozen]
+    tensors: list[tuple[str, torch.Tensor]] = [
+        (n, t) for n, t in model.named_parameters() if t.requires_grad != frozen]
     tensors += list(model.named_buffers()) if frozen else []
     return [n for n, t in tensors if t.dim() >= 2 and t.is_floating_point() and
             _ABSOLUTE.search(n) and not any(pat.search(n) for _, pat in _RELATIVE) and

@@ -10,6 +10,8 @@ kernel for the dtype on this device is a skip.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from utils.checks import register
@@ -52,7 +54,7 @@ def _compare(adapter, batch, ref: torch.Tensor, ref_loss: float | None, dtype) -
     device = adapter.device
     with torch.autocast(device.type, dtype=dtype):
         out = eval_logits(adapter, batch)
-    row = {"dtype": _NAMES[dtype], "output_dtype": str(out.dtype).replace("torch.", "")}
+    row: dict[str, Any] = {"dtype": _NAMES[dtype], "output_dtype": str(out.dtype).replace("torch.", "")}
     out = out.float()
     row["finite"] = bool(torch.isfinite(out).all())
     if not row["finite"]:
@@ -159,7 +161,9 @@ def check_mixed_precision(adapter, options) -> CheckResult:
     has_loss = "labels" in batch and adapter.task != "encoder" and not (
         adapter.task == "causal_lm" and t < 2)
     ref_loss = float(adapter.loss_from_logits(ref, batch)) if has_loss else None
-    rows, unsupported, raised = [], [], []
+    rows: list[dict[str, Any]] = []
+    unsupported: list[str] = []
+    raised: list[dict[str, Any]] = []
     for dtype in _dtypes(adapter.device):
         try:
             rows.append(_compare(adapter, batch, ref, ref_loss, dtype))
@@ -174,7 +178,7 @@ def check_mixed_precision(adapter, options) -> CheckResult:
                                "line": loc.line if loc else None, "at": str(loc or "")})
     warn = {_NAMES[d]: options.threshold(f"mixed_precision.{_NAMES[d]}_rel_error", w)
             for d, w in _WARN.items()}
-    metrics = {f"{r['dtype']}_rel_error": r.get("rel_error") for r in rows}
+    metrics: dict[str, Any] = {f"{r['dtype']}_rel_error": r.get("rel_error") for r in rows}
     metrics.update({f"{r['dtype']}_finite": r["finite"] for r in rows})
     metrics["device"] = adapter.device.type
     threshold = {"non_finite": 0, **{f"warn_{k}_rel_error": v for k, v in warn.items()}}
@@ -194,11 +198,11 @@ def check_mixed_precision(adapter, options) -> CheckResult:
     if broken:
         names = ", ".join(r["dtype"] for r in broken)
         t4 = " (what Colab's T4 trains in)" if any(r["dtype"] == "fp16" for r in broken) else ""
-        first = _first_non_finite(adapter, batch, next(d for d in _NAMES
-                                                       if _NAMES[d] == broken[0]["dtype"]))
-        if first:
-            metrics["first_non_finite_module"] = first
-        at = f" (made in {first})" if first else ""
+        made_in = _first_non_finite(adapter, batch, next(d for d in _NAMES
+                                                         if _NAMES[d] == broken[0]["dtype"]))
+        if made_in:
+            metrics["first_non_finite_module"] = made_in
+        at = f" (made in {made_in})" if made_in else ""
         return CheckResult(
             "mixed_precision", 1, "fail",
             f"Under {names} autocast{t4} the outputs hold NaN/Inf "
@@ -210,10 +214,10 @@ def check_mixed_precision(adapter, options) -> CheckResult:
     padded = _padded_non_finite(adapter, batch, [d for d in _dtypes(adapter.device)
                                                  if _NAMES[d] in {r["dtype"] for r in rows}])
     if padded:
-        side, names = padded[0]
+        side, padded_dtypes = padded[0]
         metrics["non_finite_when_padded"] = {s_: n for s_, n in padded}
-        t4 = " (what Colab's T4 trains in)" if "fp16" in names else ""
-        said = (f"Under {', '.join(names)} autocast{t4} the outputs at real positions hold "
+        t4 = " (what Colab's T4 trains in)" if "fp16" in padded_dtypes else ""
+        said = (f"Under {', '.join(padded_dtypes)} autocast{t4} the outputs at real positions hold "
                 f"NaN/Inf when the batch is {side}-padded, while fp32 is finite: a mask "
                 "constant such as -1e9 becomes -inf in fp16, and a query whose visible keys "
                 "are all masked then softmaxes to NaN, which the next layer spreads "

@@ -247,7 +247,10 @@ def check_residual_paths(adapter, options) -> CheckResult:
                           [b for _, b in blocks])
     need = options.threshold(f"{name}.min_cosine", 0.2)
     gen = torch.Generator().manual_seed(options.seed)
-    rows, broken, swamped, skipped = [], [], [], []
+    rows: list[dict[str, Any]] = []
+    broken: list[dict[str, Any]] = []
+    swamped: list[dict[str, Any]] = []
+    skipped: list[str] = []
     for label, block in blocks:
         call = calls.get(id(block))
         if call is None or call.hidden is None:

@@ -42,7 +42,7 @@ def trained_length(adapter, options) -> tuple[int, str]:
     fixed = table is not None and table.is_floating_point() and \
         not bool(((table == 0) | (table == 1)).all())  # a causal 0/1 mask is a real limit
     capped = min(seq, options.max_len_cap)
-    if fixed and capped < seq:
+    if fixed and named is not None and capped < seq:
         return capped, (f"length {capped}, the length training uses by default: max_seq_len "
                         f"{seq} is the rows of the fixed table '{named.group(1)}', a capacity "
                         "rather than a trained length")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from utils.checks import register
 from utils.report import CheckResult
 from utils.tier1._common import (
@@ -46,7 +48,8 @@ def check_shape_robustness(adapter, options) -> CheckResult:
     grid = [(b, t) for t in lengths(adapter, options) for b in batches]
     grid += [(1, top)] if (1, top) not in grid else []
     shortest = shortest_length(adapter, options)
-    rows, failures = [], []
+    rows: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
     for b, t in grid:
         batch = adapter.make_inputs(b, t, seed=options.seed)
         want = expected_shape(adapter, b, t)

@@ -141,7 +141,9 @@ def plot_attention_patterns(result: CheckResult):
     bottom = 0.9 if why_not else 0.9 + 0.28 * len(layers)
     fig = plt.figure(figsize=(max(2.3 * cols + 1.2, 0.45 * heads + 3.0, 7.5),
                               2.5 * map_rows + 0.6 + bottom), layout="constrained")
-    top_fig, bottom_fig = fig.subfigures(2, 1, height_ratios=[2.5 * map_rows + 0.6, bottom])
+    # an array of the two subfigures (the stubs say one SubFigure)
+    top_fig, bottom_fig = fig.subfigures(  # type: ignore[misc]
+        2, 1, height_ratios=[2.5 * map_rows + 0.6, bottom])
     _draw_maps(top_fig, result, layers)
     if why_not:
         width = int(fig.get_figwidth() * 12)  # characters of 9-pt text per line

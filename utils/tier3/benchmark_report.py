@@ -72,12 +72,12 @@ def verdict(model: Arm, baselines: list[Arm]) -> tuple[str, float | None, float 
     if mine is None or not math.isfinite(mine):
         return ("No verdict: your model has no finite validation loss (see its run's "
                 "metrics.csv).", None, None)
-    theirs = [v for v in theirs if v is not None and math.isfinite(v)]
-    if not theirs:
+    finite = [v for v in theirs if v is not None and math.isfinite(v)]
+    if not finite:
         return "No verdict: the baseline has no finite validation loss.", None, None
-    base = _mean(theirs)
+    base = _mean(finite)
     diff = mine - base
-    noise = abs(theirs[0] - theirs[1]) if len(theirs) >= 2 else None
+    noise = abs(finite[0] - finite[1]) if len(finite) >= 2 else None
     seeds = f"mean of {len(theirs)} seeds" if len(theirs) > 1 else "one seed"
     how = (f"validation loss {mine:.3f} vs the baseline's {base:.3f} ({seeds}): "
            f"{abs(diff):.3f} {'lower' if diff < 0 else 'higher'}")

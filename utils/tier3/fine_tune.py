@@ -14,7 +14,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -64,7 +64,7 @@ def _device(config: Any) -> tuple[str, str, float | None]:
 
 
 def learning_run(result: Any, losses: list[tuple[int, float]],
-                 val_losses: list[tuple[int, float]] = ()) -> LearningRun:
+                 val_losses: Sequence[tuple[int, float]] = ()) -> LearningRun:
     """The facts the learning checks read, from a ``TrainResult``, its per-step training
     losses and its validation losses."""
     adapter, config = result.adapter, result.config

@@ -112,7 +112,7 @@ class AdaptiveTokenizer:
 
         folder = Path(folder)
         write_atomic(folder / "tokenizer.json", self.tokenizer.to_str(pretty=True))
-        config = {f"{r}_token": t for r, t in self.specials.items()}
+        config: dict[str, Any] = {f"{r}_token": t for r, t in self.specials.items()}
         config["testbench"] = {"strategy": self.strategy, "reason": self.reason}
         write_atomic(folder / CONFIG_FILE, json.dumps(config, indent=1))
         return folder / "tokenizer.json"

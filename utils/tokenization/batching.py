@@ -104,7 +104,7 @@ class BatchBuilder:
         labels = ids.masked_fill(~chosen, IGNORE_INDEX)
         roll = torch.rand(ids.shape, generator=gen)
         inputs = ids.clone()
-        inputs[chosen & (roll < 0.8)] = self.mask_id
+        inputs[chosen & (roll < 0.8)] = self.mask_id  # type: ignore[assignment]
         randomised = chosen & (roll >= 0.8) & (roll < 0.9)
         drawn = torch.randint(0, self.random_limit, ids.shape, generator=gen)
         for sid in self.special_ids:  # a random *word*: a drawn special id keeps the original

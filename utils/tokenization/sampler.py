@@ -93,7 +93,7 @@ class ResumableDataLoader(DataLoader):
         self._position = 0
         self._trained: int | None = None
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         sampler: ResumableBatchSampler = self.sampler  # type: ignore[assignment]
         self._position = sampler.start
         self._trained = None

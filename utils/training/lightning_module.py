@@ -44,7 +44,9 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
         is_norm = isinstance(module, _NO_DECAY_TYPES) or "norm" in type(module).__name__.lower()
         if is_norm or isinstance(module, nn.Embedding):
             exempt.update(id(p) for p in module.parameters(recurse=False))
-    decay, no_decay, seen = [], [], set()
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    seen: set[int] = set()
     for p in model.parameters():
         if not p.requires_grad or id(p) in seen:
             continue
@@ -101,7 +103,7 @@ class AdapterModule(L.LightningModule):
         self.last_validated: int | None = None  # the optimizer step of the last validation
 
     # ---- optimisation -----------------------------------------------------------------
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> Any:  # Lightning's OptimizerLRSchedulerConfig dict
         c = self.config
         opt = torch.optim.AdamW(parameter_groups(self.model, c.weight_decay), lr=float(c.lr),
                                 betas=tuple(c.betas), eps=c.eps,
@@ -205,6 +207,7 @@ class AdapterModule(L.LightningModule):
         logits = self.adapter.logits(**inputs)
         loss = self.adapter.loss_from_logits(logits, batch)
         m = self._val_metrics
+        assert m is not None, "on_validation_epoch_start sets it"
         # weight by rows so the epoch value is the mean over all rows, not over batches
         rows = batch["input_ids"].shape[0]
         m["loss_sum"] += float(loss) * rows

@@ -129,7 +129,7 @@ class WandbTracker(L.Callback):
                  manager: Any = None, say=print) -> None:
         self.config, self.run_dir, self.mode, self.say = config, Path(run_dir), mode, say
         self.manager = manager
-        self.record = {"id": stored.get("id") or _new_id(),
+        self.record: dict[str, Any] = {"id": stored.get("id") or _new_id(),
                        "project": stored.get("project") or os.environ.get("WANDB_PROJECT")
                        or PROJECT, "folders": list(stored.get("folders", []))}
         self.resumed = bool(stored.get("id"))
@@ -151,8 +151,8 @@ class WandbTracker(L.Callback):
         if self.mode != "disabled":
             save_dir.mkdir(parents=True, exist_ok=True)
         key, _ = api_key() if self.mode == "online" else (None, "")
-        settings = wandb.Settings(silent=True, console="off", init_timeout=60,
-                                  **({"api_key": key} if key else {}))
+        extra: dict[str, Any] = {"api_key": key} if key else {}
+        settings = wandb.Settings(silent=True, console="off", init_timeout=60, **extra)
         self.logger = WandbLogger(name=self.run_dir.name, save_dir=str(save_dir),
                                   id=self.run_id, project=self.record["project"],
                                   mode=self.mode, resume="allow", settings=settings,

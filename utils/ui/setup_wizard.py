@@ -26,7 +26,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from utils.errors import UserError
-from utils.training.config import PRECISIONS, ConfigError, TrainingConfig, config_fields
+from utils.training.config import (
+    PRECISIONS,
+    ConfigError,
+    TrainingConfig,
+    config_fields,
+    effective_precision,
+)
 
 __all__ = ["FIELDS", "PresetChoice", "SetupWizard", "memory_note", "settings_form"]
 
@@ -275,8 +281,8 @@ def memory_note(adapter: Any, batch: int, seq_len: int, precision: str, device: 
     device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
     cuda = device.type == "cuda"
     bf16 = cuda and torch.cuda.is_bf16_supported()
-    here = TrainingConfig(precision=precision).effective_precision(device.type, bf16)
-    t4 = TrainingConfig(precision=precision).effective_precision("cuda", False)
+    here = effective_precision(device.type, bf16, precision)
+    t4 = effective_precision("cuda", False, precision)
     need = estimate_train_memory(adapter, batch, seq_len, precision=here, fit=fit)
     on_t4 = estimate_train_memory(adapter, batch, seq_len, precision=t4, fit=fit)
     t4_usable = usable_bytes(int(COLAB_FREE.memory_gb * _GB))

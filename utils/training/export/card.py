@@ -80,7 +80,7 @@ def _parity(result: Any) -> list[str]:
                      f"rtol {p['rtol']:g}, atol {p['atol']:g}" if p else "-",
                      p.get("top1_agreement"), m.get("speedup_vs_eager"),
                      f.error or ("" if f.ok else "artifact kept, marked PARITY_FAILED")])
-    shapes = next((f.parity["inputs"] for f in result.formats.values() if f.parity), None)
+    shapes: Any = next((f.parity["inputs"] for f in result.formats.values() if f.parity), None)
     where = f" on fresh inputs {shapes}" if shapes else ""
     dims = ", ".join(f"{k} from {lo} to {hi or 'any'}" for k, (lo, hi) in result.dims.items())
     return ["## Parity", "", f"Inputs: {', '.join(f'`{n}`' for n in _names(result))} "
@@ -94,7 +94,7 @@ def _parity(result: Any) -> list[str]:
 
 
 def _names(result: Any) -> list[str]:
-    shapes = next((f.parity["inputs"] for f in result.formats.values() if f.parity), {})
+    shapes: Any = next((f.parity["inputs"] for f in result.formats.values() if f.parity), {})
     return list(shapes)
 
 

@@ -41,6 +41,8 @@ class LogitsModule(nn.Module):
         self.names = names
         self.__dict__["adapter"] = adapter  # not a submodule: no second copy of the weights
 
+    adapter: Any  # in __dict__, not a submodule (see __init__)
+
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         return self.adapter.logits(**dict(zip(self.names, inputs, strict=True)))
 
@@ -52,7 +54,7 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     was_training = model.training
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
-    config = getattr(model, "config", None)
+    config: Any = getattr(model, "config", None)
     cache = getattr(config, "use_cache", None)
     if cache is not None:  # Hugging Face models return a DynamicCache torch.export cannot pass
         config.use_cache = False
