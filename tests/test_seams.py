@@ -243,3 +243,23 @@ def test_every_module_the_seed_names_is_at_its_path():
              "training/checkpoint_manager.py", "training/dataset_utilities.py",
              "training/export_utilities.py", "ui/setup_wizard.py", "ui/presets.py"]
     assert [n for n in named if not (PACKAGE / n).is_file()] == []
+
+
+def test_a_new_cross_check_inference_is_one_function_in_the_findings(monkeypatch):
+    """The runner applies utils.checks.findings.FINDINGS in order to every result: an inference
+    across checks is a function added there, seeing each result and what the run carries."""
+    from utils.checks import findings, run_checks, runner
+
+    seen = []
+
+    def noted(result, run):
+        seen.append((result.name, run.crashes == {}, run.inverted_by))
+        result.summary += " [noted]"
+
+    monkeypatch.setattr(runner, "FINDINGS", (*findings.FINDINGS, noted))
+    adapter = utils.adapt(utils.load_model(say=lambda _: None))
+    report = run_checks(adapter, ["shape_robustness", "causal_masking"], progress=False)
+    assert seen == [("shape_robustness", True, None), ("causal_masking", True, None)]
+    assert all(r.summary.endswith(" [noted]") for r in report.results)
+    assert [f.__name__ for f in findings.FINDINGS] == [
+        "crash_finding", "inverted_mask_finding", "capped_length_note", "length_cap_finding"]
