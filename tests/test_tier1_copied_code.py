@@ -190,7 +190,7 @@ class Gated(nn.Module):
 
 def test_a_zero_gate_whose_opening_steps_cancel_is_alive():
     from utils.tier1 import gradients
-    from utils.tier1._common import after_first_steps
+    from utils.tier1.training_steps import after_first_steps
 
     torch.manual_seed(4)  # weights whose two opening steps cancel (one seed in six here)
     adapter = adapt(Gated(), task="masked_lm", max_seq_len=8)

@@ -291,11 +291,11 @@ def _state(model):
 
 @pytest.mark.parametrize("free", [None, 10_000])
 def test_weights_and_buffers_are_restored_in_memory_or_through_a_file(monkeypatch, free):
-    from utils.tier1 import _common, learning
+    from utils.tier1 import learning, training_steps
 
     if free is not None:  # too little host memory for a copy: through a temporary file
         monkeypatch.setattr(learning, "free_memory_bytes", lambda device: free)  # Adam's state
-        monkeypatch.setattr(_common, "free_memory_bytes", lambda device: free)  # the snapshot
+        monkeypatch.setattr(training_steps, "free_memory_bytes", lambda device: free)  # snapshot
     model = WithBatchNorm()  # running statistics are buffers that training updates
     before = _state(model)
     result = run(model, "overfit_one_batch")

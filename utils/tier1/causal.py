@@ -16,16 +16,11 @@ from utils.adapters.detection import closed_at_init
 from utils.adapters.inference import SUSPECTED
 from utils.checks import register
 from utils.report import CheckResult
-from utils.tier1._common import (
-    after_first_steps,
-    describe_module,
-    different_ids,
-    eval_logits,
-    softmax_off_the_keys,
-    token_key,
-    where_positions_mix,
-)
+from utils.tier1.inputs import different_ids, token_key
 from utils.tier1.invariances import _EXACT, _finite, _is_norm, _not_finite
+from utils.tier1.locate import describe_module, softmax_off_the_keys, where_positions_mix
+from utils.tier1.outputs import eval_logits
+from utils.tier1.training_steps import after_first_steps
 
 
 # ---- causal_masking ---------------------------------------------------------------------

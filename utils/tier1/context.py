@@ -17,14 +17,9 @@ import math
 
 from utils.checks import register
 from utils.report import CheckResult
-from utils.tier1._common import (
-    NAN_SOURCES,
-    after_first_steps,
-    eval_logits,
-    moved_by_changing,
-    token_key,
-    without_padding,
-)
+from utils.tier1.inputs import token_key
+from utils.tier1.outputs import NAN_SOURCES, eval_logits, moved_by_changing, without_padding
+from utils.tier1.training_steps import after_first_steps
 
 
 def _probes(adapter, options, t: int) -> list[tuple[str, float, str]]:

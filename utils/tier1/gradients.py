@@ -15,7 +15,8 @@ import torch
 
 from utils.checks import register
 from utils.report import CheckResult
-from utils.tier1._common import NAN_SOURCES, after_first_steps
+from utils.tier1.outputs import NAN_SOURCES
+from utils.tier1.training_steps import after_first_steps
 
 # key biases: softmax(q·(k + b)) = softmax(q·k + q·b), and q·b is constant across keys
 _ZERO_BY_CONSTRUCTION = re.compile(r"(^|\.)(k_proj|key|k|to_k|wk|k_lin)\.bias$")

@@ -17,16 +17,14 @@ from utils.checks import register
 from utils.compare import rel_diff
 from utils.report import CheckResult
 from utils.tasks import IGNORE_INDEX
-from utils.tier1._common import (
+from utils.tier1.locate import (
     describe_module,
-    eval_logits,
-    eval_randomness,
-    random_in_eval,
     softmax_off_the_keys,
-    train_without_dropout,
     where_positions_mix,
     where_samples_mix,
 )
+from utils.tier1.outputs import eval_logits, eval_randomness, random_in_eval
+from utils.tier1.training_steps import train_without_dropout
 
 _EXACT = 1e-5  # relative; what float noise between two equivalent forwards stays under
 

@@ -22,7 +22,7 @@ import torch
 from utils.checks import register
 from utils.environment import free_memory_bytes
 from utils.report import CheckResult
-from utils.tier1._common import Snapshot, train_without_dropout
+from utils.tier1.training_steps import Snapshot, train_without_dropout
 
 
 class _Adam:

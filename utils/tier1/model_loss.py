@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from utils.checks import register
 from utils.report import CheckResult
 from utils.tasks import IGNORE_INDEX
-from utils.tier1._common import NAN_SOURCES, eval_logits, eval_randomness, random_in_eval
+from utils.tier1.outputs import NAN_SOURCES, eval_logits, eval_randomness, random_in_eval
 
 _NEXT_TOKEN_NAMES = ("targets", "target", "y")  # nanoGPT: the caller passes the next tokens
 

@@ -9,16 +9,8 @@ import torch
 from utils.checks import register
 from utils.report import CheckResult
 from utils.tasks import chance_loss
-from utils.tier1._common import (
-    NAN_SOURCES,
-    eval_logits,
-    first_failing_length,
-    grid_batch,
-    lengths,
-    output_stats,
-    shortest_length,
-    summarise,
-)
+from utils.tier1.lengths import first_failing_length, grid_batch, lengths, shortest_length
+from utils.tier1.outputs import NAN_SOURCES, eval_logits, output_stats, summarise
 
 # Above this |logit| softmax saturates and fp16 (max 65504) is one bad layer from overflow.
 _LOGIT_WARN = 1e3

@@ -26,14 +26,9 @@ from torch.overrides import TorchFunctionMode
 
 from utils.compare import rel_diff
 from utils.report import CheckResult
-from utils.tier1._common import (
-    after_first_steps,
-    call_site,
-    eval_logits,
-    eval_randomness,
-    random_in_eval,
-    without_padding,
-)
+from utils.tier1.locate import call_site
+from utils.tier1.outputs import eval_logits, eval_randomness, random_in_eval, without_padding
+from utils.tier1.training_steps import after_first_steps
 
 _TABLE = re.compile(r"^(cos|sin)(_?(cached|cache|table|emb|buf))?$|^_(cos|sin)(_cached)?$|"
                     r"(cos|sin)_cached|freqs?_cis|rope_cache|rotary_cache", re.I)

@@ -36,16 +36,14 @@ from torch.overrides import TorchFunctionMode
 from utils.checks import register
 from utils.compare import rel_diff
 from utils.report import CheckResult
-from utils.tier1._common import (
+from utils.tier1.inputs import token_key
+from utils.tier1.locate import call_site
+from utils.tier1.outputs import (
     NAN_SOURCES,
-    OPENING_STEPS,
-    after_first_steps,
-    call_site,
     eval_logits,
     eval_randomness,
     moved_by_changing,
     random_in_eval,
-    token_key,
     without_padding,
 )
 from utils.tier1.position_offsets import (
@@ -55,6 +53,7 @@ from utils.tier1.position_offsets import (
     rotary_tables,
     starts_closed,
 )
+from utils.tier1.training_steps import OPENING_STEPS, after_first_steps
 
 _EXACT = 1e-5
 # Names (of modules, their classes, parameters and buffers) that say which encoding a model has.

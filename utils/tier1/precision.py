@@ -17,7 +17,8 @@ import torch
 from utils.checks import register
 from utils.errors import locate_in_files
 from utils.report import CheckResult
-from utils.tier1._common import describe_module, eval_logits, eval_randomness, random_in_eval
+from utils.tier1.locate import describe_module
+from utils.tier1.outputs import eval_logits, eval_randomness, random_in_eval
 
 _NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
 # Relative Frobenius deviation from fp32 to warn above: ~8× each format's epsilon

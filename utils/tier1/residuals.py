@@ -23,7 +23,7 @@ from torch import nn
 
 from utils.checks import register
 from utils.report import CheckResult
-from utils.tier1._common import eval_logits
+from utils.tier1.outputs import eval_logits
 
 _BLOCKISH = re.compile(r"block|layer", re.I)
 

@@ -6,16 +6,8 @@ from typing import Any
 
 from utils.checks import register
 from utils.report import CheckResult
-from utils.tier1._common import (
-    eval_logits,
-    eval_logits_remembered,
-    expected_shape,
-    first_failing_length,
-    grid_batch,
-    lengths,
-    shortest_length,
-    where,
-)
+from utils.tier1.lengths import first_failing_length, grid_batch, lengths, shortest_length
+from utils.tier1.outputs import eval_logits, eval_logits_remembered, expected_shape, where
 
 
 def _runs(adapter, options, t: int) -> bool:
