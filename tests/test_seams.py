@@ -263,3 +263,19 @@ def test_a_new_cross_check_inference_is_one_function_in_the_findings(monkeypatch
     assert all(r.summary.endswith(" [noted]") for r in report.results)
     assert [f.__name__ for f in findings.FINDINGS] == [
         "crash_finding", "inverted_mask_finding", "capped_length_note", "length_cap_finding"]
+
+
+def test_the_adapter_the_checks_get_is_the_protocols_adapter():
+    """The checks, training and export are typed against utils.adapters.protocol.Adapter (mypy
+    proves ModelAdapter conforms in `make test`); at run time it is one too, and the tiers do
+    not import the Protocol (TYPE_CHECKING only)."""
+    import subprocess
+    import sys
+
+    from utils.adapters.protocol import Adapter
+
+    assert isinstance(utils.adapt(utils.load_model(say=lambda _: None)), Adapter)
+    code = ("import sys, utils, utils.tier1_critical_validation, utils.tier2_advanced_analysis; "
+            "print('utils.adapters.protocol' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "False", out.stderr

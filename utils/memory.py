@@ -15,9 +15,14 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from utils.adapters.protocol import Adapter
+
 
 __all__ = ["ACTIVATION_SHARE", "MemoryEstimate", "activation_fit", "estimate_train_memory",
            "max_batch_size"]
@@ -65,7 +70,7 @@ class MemoryEstimate:
         return self.total <= device_bytes
 
 
-def _saved_bytes(adapter, batch: dict[str, torch.Tensor], param_ptrs: set[int]) -> int:
+def _saved_bytes(adapter: Adapter, batch: dict[str, torch.Tensor], param_ptrs: set[int]) -> int:
     """Bytes autograd keeps for backward during one forward (parameters excluded)."""
     seen: dict[int, int] = {}
 
@@ -81,7 +86,7 @@ def _saved_bytes(adapter, batch: dict[str, torch.Tensor], param_ptrs: set[int]) 
     return sum(seen.values())
 
 
-def _measure(adapter, seed: int, t_a: int, t_b: int) -> tuple[float, float]:
+def _measure(adapter: Adapter, seed: int, t_a: int, t_b: int) -> tuple[float, float]:
     params = {p.untyped_storage().data_ptr() for p in adapter.model.parameters()}
     b = 2
     a_a = _saved_bytes(adapter, adapter.make_inputs(b, t_a, seed=seed), params) / b
@@ -94,7 +99,7 @@ def _measure(adapter, seed: int, t_a: int, t_b: int) -> tuple[float, float]:
     return max(a_a / t_a - beta * t_a, 0.0), beta
 
 
-def activation_fit(adapter, *, seed: int = 0, max_len: int | None = None) -> tuple[float, float]:
+def activation_fit(adapter: Adapter, *, seed: int = 0, max_len: int | None = None) -> tuple[float, float]:
     """Per-sample activation bytes as ``(α, β)`` with activations(T) = αT + βT².
 
     Measured in train mode (dropout masks count) with two forwards at batch 2, at lengths
@@ -140,7 +145,7 @@ def _share(precision: str) -> float:
                          "resolve 'auto' with TrainingConfig.effective_precision first") from None
 
 
-def estimate_train_memory(adapter, batch_size: int, seq_len: int, *, precision: str = "32",
+def estimate_train_memory(adapter: Adapter, batch_size: int, seq_len: int, *, precision: str = "32",
                           fit: tuple[float, float] | None = None) -> MemoryEstimate:
     """Bytes one training step of ``adapter`` needs at ``batch_size`` × ``seq_len``.
 
@@ -161,7 +166,7 @@ def estimate_train_memory(adapter, batch_size: int, seq_len: int, *, precision: 
                           batch_size, seq_len, precision)
 
 
-def max_batch_size(adapter, seq_len: int, device_bytes: float, *, precision: str = "32",
+def max_batch_size(adapter: Adapter, seq_len: int, device_bytes: float, *, precision: str = "32",
                    fit: tuple[float, float] | None = None) -> int:
     """The largest micro-batch whose step fits in ``device_bytes``.
 

@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -423,3 +423,10 @@ def _check_output(task_ev: Evidence, shape: tuple[int, ...], seq_len: int, name:
         why=f"Task '{task}' needs {want}, batch first.",
         fix="Return batch-first logits from forward, or set the right task in config.json "
         '("task": "classification" | "causal_lm" | ...).')
+
+
+if TYPE_CHECKING:  # the type checker proves ModelAdapter is an Adapter (the Protocol's seam)
+    from utils.adapters.protocol import Adapter
+
+    def _is_an_adapter(adapter: ModelAdapter) -> Adapter:
+        return adapter

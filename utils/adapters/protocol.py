@@ -15,6 +15,8 @@ from typing import Any, Protocol, TypedDict, runtime_checkable
 import torch
 from torch import nn
 
+from utils.tasks import Task
+
 __all__ = ["Adapter", "Batch"]
 
 
@@ -36,7 +38,7 @@ class Adapter(Protocol):
     """What checks, training and export may use of an adapted model."""
 
     model: nn.Module
-    task: str
+    task: Task
     vocab_size: int
     max_seq_len: int | None
     output_size: int
@@ -44,6 +46,8 @@ class Adapter(Protocol):
     pad_token_id: int | None
     mask_token_id: int | None
     bos_token_id: int | None
+    target_vocab_size: int | None
+    token_embedding: str | None
     config: dict[str, Any]
     evidence: dict[str, Any]
     warnings: list[str]
@@ -61,6 +65,9 @@ class Adapter(Protocol):
     @property
     def num_parameters(self) -> int: ...
 
+    @property
+    def model_files(self) -> set[str]: ...
+
     # how forward is called (named, so no caller reads the call spec itself)
     @property
     def takes_mask(self) -> bool: ...
@@ -74,9 +81,11 @@ class Adapter(Protocol):
     @property
     def targets_param(self) -> str | None: ...
 
+    def takes_by_name(self, param: str) -> bool: ...
+
     def unfed_params(self) -> list[str]: ...
 
-    def call_args(self, batch: Batch | dict[str, torch.Tensor], *, feed_targets: bool = False,
+    def call_args(self, batch: dict[str, torch.Tensor], *, feed_targets: bool = False,
                   ) -> tuple[list[Any], dict[str, Any]]: ...
 
     def mask_flipped(self) -> AbstractContextManager[bool]: ...
@@ -85,14 +94,14 @@ class Adapter(Protocol):
     def make_inputs(self, batch: int = 2, seq_len: int | None = None, seed: int = 0,
                     device: Any = None) -> dict[str, torch.Tensor]: ...
 
-    def forward(self, batch: Batch | dict[str, torch.Tensor]) -> Any: ...
+    def forward(self, batch: dict[str, torch.Tensor]) -> Any: ...
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                **extra: torch.Tensor) -> torch.Tensor: ...
 
-    def loss(self, batch: Batch | dict[str, torch.Tensor]) -> torch.Tensor: ...
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
 
-    def loss_from_logits(self, logits: torch.Tensor, batch: Batch | dict[str, torch.Tensor],
+    def loss_from_logits(self, logits: torch.Tensor, batch: dict[str, torch.Tensor],
                          ) -> torch.Tensor: ...
 
     def describe(self) -> dict[str, Any]: ...

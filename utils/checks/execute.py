@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 import traceback
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -13,6 +14,10 @@ from utils.checks.options import CheckOptions
 from utils.checks.registry import REGISTRY
 from utils.errors import locate_in_files
 from utils.report import CheckResult
+
+if TYPE_CHECKING:
+    from utils.adapters.protocol import Adapter
+
 
 __all__ = ["mode_at_raise", "probe_lengths", "run_one"]
 
@@ -58,7 +63,7 @@ def run_one(name: str, adapter, options: CheckOptions) -> CheckResult:
     return result
 
 
-def probe_lengths(adapter, names: list[str], options: CheckOptions,
+def probe_lengths(adapter: Adapter, names: list[str], options: CheckOptions,
                    ) -> tuple[int | None, str | None]:
     """The longest runnable length and the check whose probe found it, when the run does not
     start with a check that measures it itself."""

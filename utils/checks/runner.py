@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from utils.checks.execute import probe_lengths, run_one
 from utils.checks.findings import FINDINGS, CheckRun
@@ -14,6 +14,10 @@ from utils.checks.library_warnings import LibraryWarnings
 from utils.checks.options import CheckOptions
 from utils.checks.registry import REGISTRY, select
 from utils.report import Report
+
+if TYPE_CHECKING:
+    from utils.adapters.protocol import Adapter
+
 
 __all__ = ["as_adapter", "run_checks", "run_tier"]
 
@@ -28,7 +32,7 @@ def _progress(names: list[str], enabled: bool):
     return tqdm(names, desc="checks", unit="check", leave=False)
 
 
-def run_checks(adapter, names: list[str], options: CheckOptions | None = None, *,
+def run_checks(adapter: Adapter, names: list[str], options: CheckOptions | None = None, *,
                progress: bool = True, model_info: dict[str, Any] | None = None) -> Report:
     """Run the named checks on ``adapter``; a crash is an ``error`` result, never a stop.
 

@@ -10,6 +10,8 @@ mask that leaks, gets a warning with the override to run.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from utils.adapters.detection import closed_at_init
@@ -22,6 +24,10 @@ from utils.tier1.locate import describe_module, softmax_off_the_keys, where_posi
 from utils.tier1.outputs import eval_logits
 from utils.tier1.training_steps import after_first_steps
 
+if TYPE_CHECKING:
+    from utils.adapters.protocol import Adapter
+
+
 
 # ---- causal_masking ---------------------------------------------------------------------
 def _cuts(t: int) -> list[int]:
@@ -29,7 +35,7 @@ def _cuts(t: int) -> list[int]:
 
 
 @register("causal_masking", tier=1, thresholds=("rtol",))
-def check_causal_masking(adapter, options) -> CheckResult:
+def check_causal_masking(adapter: Adapter, options) -> CheckResult:
     if not adapter.is_causal:
         probe = adapter.evidence.get("causal_probe")
         if probe is not None and probe.value == SUSPECTED:  # the probe alone decided
@@ -93,7 +99,7 @@ def check_causal_masking(adapter, options) -> CheckResult:
         _never_given(adapter) + _why_causal(adapter), metrics, threshold, rows)
 
 
-def _diagnosis(adapter, base, key: str, rows: list[dict], metrics: dict, seed: int) -> str:
+def _diagnosis(adapter: Adapter, base, key: str, rows: list[dict], metrics: dict, seed: int) -> str:
     """What the leak looks like and where it enters (recorded in ``metrics``), on the weights
     the leaking ``rows`` were measured with."""
     leaks = [r for r in rows if r["positions_moved"]]
@@ -134,7 +140,7 @@ def _named(names: list[str]) -> str:
     return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
-def _never_given(adapter) -> str:
+def _never_given(adapter: Adapter) -> str:
     """When forward takes a mask the adapter leaves at its default (a [T, T] attention mask,
     not a [batch, seq_len] padding mask): called as model(ids), that mask is never applied."""
     mask = adapter.evidence.get("mask")
@@ -149,7 +155,7 @@ def _never_given(adapter) -> str:
             f"nn.Transformer.generate_square_subsequent_mask(T), or register a tril buffer).")
 
 
-def _why_causal(adapter) -> str:
+def _why_causal(adapter: Adapter) -> str:
     """What in the model's code made it causal (not its behaviour), and the way out for a model
     meant to be bidirectional."""
     task = adapter.evidence.get("task")
@@ -167,7 +173,7 @@ def _why_causal(adapter) -> str:
 _TINY_LEAK = 1e-7
 
 
-def _leak_rows(adapter, base, key: str, ref: torch.Tensor, tol: float,
+def _leak_rows(adapter: Adapter, base, key: str, ref: torch.Tensor, tol: float,
                seed: int) -> list[dict]:
     """Per cut k: how far outputs before k move when the tokens from k on change."""
     t = base[key].shape[1]

@@ -14,6 +14,7 @@ optimizer step.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from utils.checks import register
 from utils.report import CheckResult
@@ -21,8 +22,12 @@ from utils.tier1.inputs import token_key
 from utils.tier1.outputs import NAN_SOURCES, eval_logits, moved_by_changing, without_padding
 from utils.tier1.training_steps import after_first_steps
 
+if TYPE_CHECKING:
+    from utils.adapters.protocol import Adapter
 
-def _probes(adapter, options, t: int) -> list[tuple[str, float, str]]:
+
+
+def _probes(adapter: Adapter, options, t: int) -> list[tuple[str, float, str]]:
     """``(what was changed, relative change of the outputs, the diagnosis if none)`` for
     each way the other tokens must matter to this task."""
     # two samples: a model that normalises over the batch is not blanked out at batch 1
@@ -66,7 +71,7 @@ def _probes(adapter, options, t: int) -> list[tuple[str, float, str]]:
 
 
 @register("context_use", tier=1, thresholds=("rtol",))
-def check_context_use(adapter, options) -> CheckResult:
+def check_context_use(adapter: Adapter, options) -> CheckResult:
     """Outputs must depend on the other tokens — what only attention can give a transformer."""
     name = "context_use"
     t = min(options.max_len(adapter), 16)

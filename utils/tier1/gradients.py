@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -17,6 +18,10 @@ from utils.checks import register
 from utils.report import CheckResult
 from utils.tier1.outputs import NAN_SOURCES
 from utils.tier1.training_steps import after_first_steps
+
+if TYPE_CHECKING:
+    from utils.adapters.protocol import Adapter
+
 
 # key biases: softmax(q·(k + b)) = softmax(q·k + q·b), and q·b is constant across keys
 _ZERO_BY_CONSTRUCTION = re.compile(r"(^|\.)(k_proj|key|k|to_k|wk|k_lin)\.bias$")
@@ -31,7 +36,7 @@ def layer_of(name: str) -> str:
     return ".".join(parts[:-1]) or parts[0]
 
 
-def _backward(adapter, options) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
+def _backward(adapter: Adapter, options) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
     """The task loss of one training-mode batch, and each trainable parameter's gradient."""
     model = adapter.model
     model.train()
@@ -45,7 +50,7 @@ def _backward(adapter, options) -> tuple[torch.Tensor, dict[str, torch.Tensor | 
     return loss, grads
 
 
-def _closed_at_init(adapter, options, cut: list[str]) -> list[str]:
+def _closed_at_init(adapter: Adapter, options, cut: list[str]) -> list[str]:
     """Of the parameters in ``cut`` (no or zero gradient), those that get one during or after
     the first optimizer steps: their branch starts closed by design — a zero-initialised
     output projection (modded-nanogpt), a layer scale or ReZero gain at 0 — and training opens
@@ -59,11 +64,12 @@ def _closed_at_init(adapter, options, cut: list[str]) -> list[str]:
 
 
 @register("gradient_flow", tier=1, thresholds=("layer_spread",))
-def check_gradient_flow(adapter, options) -> CheckResult:
+def check_gradient_flow(adapter: Adapter, options) -> CheckResult:
     model = adapter.model
     loss, grads = _backward(adapter, options)
 
-    rows, layers = [], {}
+    rows: list[dict[str, Any]] = []
+    layers: dict[str, float] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue

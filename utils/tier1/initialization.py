@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -30,6 +31,10 @@ from torch import nn
 from utils.checks import register
 from utils.report import CheckResult
 from utils.tier1.gradients import layer_of
+
+if TYPE_CHECKING:
+    from utils.adapters.protocol import Adapter
+
 
 _GAIN_FAIL, _GAIN_WARN, _GAIN_TINY = 3.0, 2.5, 0.01
 _Z = 3.0  # standard errors of the sampled std allowed before a verdict
@@ -80,18 +85,18 @@ def _gain_bounds(gain: float, n: int) -> tuple[float, float]:
 
 
 @register("parameter_initialization", tier=1, thresholds=("gain", "warn_gain"))
-def check_parameter_initialization(adapter, options) -> CheckResult:
+def check_parameter_initialization(adapter: Adapter, options) -> CheckResult:
     modules = dict(adapter.model.named_modules())
     fail_gain = options.threshold("parameter_initialization.gain", _GAIN_FAIL)
     warn_gain = options.threshold("parameter_initialization.warn_gain", _GAIN_WARN)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, p in adapter.model.named_parameters():
         owner = modules.get(name.rsplit(".", 1)[0], adapter.model) if "." in name else adapter.model
         kind, fan_in = _kind(name, p, owner)
         data = p.detach().float()
         finite = bool(torch.isfinite(data).all())
         std = float(data.std()) if data.numel() > 1 and finite else 0.0
-        row = {"parameter": name, "layer": layer_of(name), "kind": kind, "shape": list(p.shape),
+        row: dict[str, Any] = {"parameter": name, "layer": layer_of(name), "kind": kind, "shape": list(p.shape),
                "mean": float(data.mean()) if finite else math.nan, "std": std,
                "gain": std * math.sqrt(fan_in) if fan_in else None, "gain_low": None,
                "gain_high": None, "all_zero": bool((data == 0).all()), "finite": finite,

@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
+if TYPE_CHECKING:
+    from utils.adapters.protocol import Adapter
 
-def token_key(adapter) -> str:
+
+
+def token_key(adapter: Adapter) -> str:
     """The batch key whose tokens the outputs are aligned with (the decoder's for seq2seq)."""
     return "decoder_input_ids" if adapter.task == "seq2seq" else "input_ids"
 
 
-def token_limit(adapter, key: str) -> int:
+def token_limit(adapter: Adapter, key: str) -> int:
     """Ids fed under ``key`` stay below this."""
     if key == "decoder_input_ids":
         return min(adapter.target_vocab_size or adapter.vocab_size, adapter.output_size)
     return adapter.id_limit
 
 
-def different_ids(adapter, ids: torch.Tensor, key: str, seed: int) -> torch.Tensor:
+def different_ids(adapter: Adapter, ids: torch.Tensor, key: str, seed: int) -> torch.Tensor:
     """``ids`` with every token replaced by another valid one (never itself, never padding)."""
     limit = token_limit(adapter, key)
     gen = torch.Generator().manual_seed(seed)

@@ -11,6 +11,8 @@ falls beautifully — so they are measured directly, by perturbation, in eval mo
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from utils.checks import register
@@ -25,6 +27,10 @@ from utils.tier1.locate import (
 )
 from utils.tier1.outputs import eval_logits, eval_randomness, random_in_eval
 from utils.tier1.training_steps import train_without_dropout
+
+if TYPE_CHECKING:
+    from utils.adapters.protocol import Adapter
+
 
 _EXACT = 1e-5  # relative; what float noise between two equivalent forwards stays under
 
@@ -47,7 +53,7 @@ def _rows(batch: dict[str, torch.Tensor], index) -> dict[str, torch.Tensor]:
     return {k: v[index] for k, v in batch.items()}
 
 
-def _train_mode_spread(adapter, batch, seed: int) -> tuple[float | None, str]:
+def _train_mode_spread(adapter: Adapter, batch, seed: int) -> tuple[float | None, str]:
     """Largest relative change of a sample's train-mode outputs between batch and alone."""
     model = adapter.model
     inputs = {k: v for k, v in batch.items() if k != "labels"}
@@ -71,7 +77,7 @@ def _train_mode_spread(adapter, batch, seed: int) -> tuple[float | None, str]:
         model.eval()
 
 
-def _batch_coupling_cause(adapter, batch: dict[str, torch.Tensor], seed: int,
+def _batch_coupling_cause(adapter: Adapter, batch: dict[str, torch.Tensor], seed: int,
                           tol: float) -> str:
     """What couples the samples, in the user's terms: copies of one sample that come out
     different by their place in the batch point at something indexed by the batch position
@@ -102,7 +108,7 @@ def _batch_coupling_cause(adapter, batch: dict[str, torch.Tensor], seed: int,
 
 
 @register("batch_independence", tier=1, thresholds=("rtol",))
-def check_batch_independence(adapter, options) -> CheckResult:
+def check_batch_independence(adapter: Adapter, options) -> CheckResult:
     b = max(2, options.batch(adapter, 4))
     t = min(options.max_len(adapter), 16)
     batch = adapter.make_inputs(b, t, seed=options.seed)
@@ -154,7 +160,7 @@ def check_batch_independence(adapter, options) -> CheckResult:
 
 
 # ---- padding_invariance -----------------------------------------------------------------
-def _pad_right(adapter, batch: dict[str, torch.Tensor], extra: int) -> dict[str, torch.Tensor]:
+def _pad_right(adapter: Adapter, batch: dict[str, torch.Tensor], extra: int) -> dict[str, torch.Tensor]:
     """The batch with ``extra`` padding tokens appended to the (encoder) input, masked out."""
     pad = adapter.pad_token_id if adapter.pad_token_id is not None else 0
     ids, mask = batch["input_ids"], batch["attention_mask"]
@@ -167,7 +173,7 @@ def _pad_right(adapter, batch: dict[str, torch.Tensor], extra: int) -> dict[str,
     return out
 
 
-def _same_at_every_position(adapter, out: torch.Tensor) -> bool:
+def _same_at_every_position(adapter: Adapter, out: torch.Tensor) -> bool:
     """Per-token outputs that do not vary along the sequence (relative spread < 1e-4): what a
     fully masked attention gives, as when a mask is inverted and nothing is padded."""
     if adapter.task in ("classification", "seq2seq") or out.dim() != 3 or out.shape[1] < 2:
@@ -176,14 +182,14 @@ def _same_at_every_position(adapter, out: torch.Tensor) -> bool:
     return spread <= 1e-4 * max(float(out.abs().max()), 1e-12)
 
 
-def _real_part(adapter, out: torch.Tensor, t: int) -> torch.Tensor:
+def _real_part(adapter: Adapter, out: torch.Tensor, t: int) -> torch.Tensor:
     """Outputs at real positions: all of them for pooled or decoder-side outputs."""
     if adapter.task in ("classification", "seq2seq"):
         return out
     return out[:, :t]
 
 
-def _nan_with_nothing_padded(adapter, batch: dict[str, torch.Tensor], seed: int,
+def _nan_with_nothing_padded(adapter: Adapter, batch: dict[str, torch.Tensor], seed: int,
                              t: int) -> CheckResult:
     """Outputs not finite with nothing padded: when they are finite without the mask, the
     mask blocks every key — applied inverted — which is the finding; otherwise a skip."""
@@ -209,7 +215,7 @@ def _nan_with_nothing_padded(adapter, batch: dict[str, torch.Tensor], seed: int,
 
 
 @register("padding_invariance", tier=1, thresholds=("rtol",))
-def check_padding_invariance(adapter, options) -> CheckResult:
+def check_padding_invariance(adapter: Adapter, options) -> CheckResult:
     top = options.max_len(adapter)
     t = min(top - 1, 12)
     if t < 2:

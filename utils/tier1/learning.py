@@ -16,6 +16,7 @@ never reach the output; ``residual_paths`` and ``position_information``
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -23,6 +24,10 @@ from utils.checks import register
 from utils.environment import free_memory_bytes
 from utils.report import CheckResult
 from utils.tier1.training_steps import Snapshot, train_without_dropout
+
+if TYPE_CHECKING:
+    from utils.adapters.protocol import Adapter
+
 
 
 class _Adam:
@@ -93,7 +98,7 @@ def _optimizer(params: list[torch.nn.Parameter], device: torch.device, lr: float
 
 
 @register("overfit_one_batch", tier=1, thresholds=("steps", "min_steps", "lr", "min_drop"))
-def check_overfit_one_batch(adapter, options) -> CheckResult:
+def check_overfit_one_batch(adapter: Adapter, options) -> CheckResult:
     if adapter.task == "encoder":
         return CheckResult("overfit_one_batch", 1, "skip",
                            "An encoder returns hidden states and has no task loss to fit.")

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from utils.tier1.outputs import eval_logits
+
+if TYPE_CHECKING:
+    from utils.adapters.protocol import Adapter
+
 
 
 @dataclass(frozen=True)
@@ -24,13 +29,13 @@ _SHORTEST: weakref.WeakKeyDictionary[nn.Module, Shortest] = weakref.WeakKeyDicti
 _MIN_LEN_BY_DESIGN = 8  # a refusal of longer inputs than this is not a minimum, it is a bug
 
 
-def grid_batch(adapter, options) -> int:
+def grid_batch(adapter: Adapter, options) -> int:
     """The larger batch of shape_robustness's grid. output_stability's random probes use it
     too, so the summaries of those forwards are remembered instead of run twice."""
     return options.batch(adapter, 4)
 
 
-def lengths(adapter, options, *, include_one: bool = True) -> list[int]:
+def lengths(adapter: Adapter, options, *, include_one: bool = True) -> list[int]:
     """Lengths to sweep: 1, 2, an odd one, half and the (capped) maximum — deduplicated."""
     top = options.max_len(adapter)
     picks = [1, 2, 7, top // 2 + 1 if top > 4 else top, top]
@@ -56,7 +61,7 @@ def _deliberate(exc: BaseException, files: set[str]) -> str | None:
     return f"{type(exc).__name__} at {Path(last.filename).name}, line {last.lineno}: {code[:80]}"
 
 
-def shortest_length(adapter, options) -> Shortest:
+def shortest_length(adapter: Adapter, options) -> Shortest:
     """The shortest length the model runs at (batch 1, eval): 1, or — when its own code
     refuses shorter inputs with an ``assert`` or ``raise`` (a prompt of at least two tokens) —
     the first length up to 8 that runs. A crash of an operation at length 1 is not a minimum:

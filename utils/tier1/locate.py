@@ -5,13 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from utils.compare import rel_diff
 from utils.tier1.outputs import eval_logits
+
+if TYPE_CHECKING:
+    from utils.adapters.protocol import Adapter
+
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,7 @@ def describe_module(module: nn.Module, name: str) -> str:
     return label
 
 
-def where_positions_mix(adapter, before: dict[str, torch.Tensor],
+def where_positions_mix(adapter: Adapter, before: dict[str, torch.Tensor],
                         after: dict[str, torch.Tensor], keep: int, seed: int,
                         tol: float = 1e-5) -> Mixing | None:
     """Compare, module by module (in the order calls finish), what the forwards of
@@ -81,7 +85,7 @@ def where_positions_mix(adapter, before: dict[str, torch.Tensor],
     return Mixing(first, touched)
 
 
-def _module_calls(adapter, batch: dict[str, torch.Tensor], seed: int,
+def _module_calls(adapter: Adapter, batch: dict[str, torch.Tensor], seed: int,
                   pick: Callable[[Any], list[torch.Tensor]],
                   ) -> list[tuple[nn.Module, list, list]]:
     """``(module, pick(inputs), pick(output))`` of every module call of one eval forward, in
@@ -104,7 +108,7 @@ def _same(xs: list, ys: list, tol: float) -> bool:
         x.shape == y.shape and rel_diff(x, y) <= tol for x, y in zip(xs, ys, strict=True))
 
 
-def where_samples_mix(adapter, batch: dict[str, torch.Tensor], seed: int,
+def where_samples_mix(adapter: Adapter, batch: dict[str, torch.Tensor], seed: int,
                       tol: float = 1e-5) -> tuple[str, nn.Module] | None:
     """``(name, module)`` of the first module (in the order calls finish) whose inputs for the
     last sample are the same alone as in ``batch`` and whose output for it is not: where the
@@ -150,7 +154,7 @@ def call_site(files: set[str]) -> str | None:
     return None
 
 
-def softmax_off_the_keys(adapter, batch: dict[str, torch.Tensor], seed: int) -> str | None:
+def softmax_off_the_keys(adapter: Adapter, batch: dict[str, torch.Tensor], seed: int) -> str | None:
     """Where the model softmaxes attention scores over another axis than the keys, or None.
 
     Scores are a tensor whose last two axes both have the sequence's length ([…, T, T]); a

@@ -13,6 +13,7 @@ causal LM (labels unshifted for a ``labels`` parameter, already the next tokens 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -22,10 +23,14 @@ from utils.report import CheckResult
 from utils.tasks import IGNORE_INDEX
 from utils.tier1.outputs import NAN_SOURCES, eval_logits, eval_randomness, random_in_eval
 
+if TYPE_CHECKING:
+    from utils.adapters.protocol import Adapter
+
+
 _NEXT_TOKEN_NAMES = ("targets", "target", "y")  # nanoGPT: the caller passes the next tokens
 
 
-def _own_loss(adapter, ids: torch.Tensor, mask: torch.Tensor | None,
+def _own_loss(adapter: Adapter, ids: torch.Tensor, mask: torch.Tensor | None,
               labels: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """``(logits or None, the model's own loss or None)`` of one eval forward with ``labels``
     fed. The logits are None when forward returned the loss alone (a 0-dim tensor, or a dict
@@ -69,7 +74,7 @@ def _task_loss(logits: torch.Tensor, labels: torch.Tensor, next_tokens: bool) ->
         _cross_entropy(logits[:, :-1], labels[:, 1:])
 
 
-def _ignores_by_pad_id(adapter, x, mask, labels, param: str, next_tokens: bool,
+def _ignores_by_pad_id(adapter: Adapter, x, mask, labels, param: str, next_tokens: bool,
                        exc: Exception, tol: float) -> CheckResult:
     """The model raised on -100 in its labels: does it mark padding with its pad id instead?"""
     name = "model_loss"
@@ -104,7 +109,7 @@ def _ignores_by_pad_id(adapter, x, mask, labels, param: str, next_tokens: bool,
 
 
 @register("model_loss", tier=1, thresholds=("rtol",))
-def check_model_loss(adapter, options) -> CheckResult:
+def check_model_loss(adapter: Adapter, options) -> CheckResult:
     name = "model_loss"
     param = adapter.targets_param
     if adapter.task != "causal_lm" or param is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -12,11 +13,15 @@ from utils.tasks import chance_loss
 from utils.tier1.lengths import first_failing_length, grid_batch, lengths, shortest_length
 from utils.tier1.outputs import NAN_SOURCES, eval_logits, output_stats, summarise
 
+if TYPE_CHECKING:
+    from utils.adapters.protocol import Adapter
+
+
 # Above this |logit| softmax saturates and fp16 (max 65504) is one bad layer from overflow.
 _LOGIT_WARN = 1e3
 
 
-def _probes(adapter, t: int, options):
+def _probes(adapter: Adapter, t: int, options):
     """``(label, OutputStats)`` at length ``t``: random ids — the batch shape_robustness runs at
     this length, so its forward is not repeated — then the lowest and the highest valid id
     everywhere (extreme token ids), one row each, in one forward."""
@@ -33,7 +38,7 @@ def _probes(adapter, t: int, options):
 
 
 @register("output_stability", tier=1, thresholds=("max_abs_logit",))
-def check_output_stability(adapter, options) -> CheckResult:
+def check_output_stability(adapter: Adapter, options) -> CheckResult:
     rows, first_bad, scale = [], None, 0.0
     shortest = shortest_length(adapter, options)  # a model may refuse one token by design
     for t in [t for t in lengths(adapter, options) if t >= shortest.length]:
@@ -76,7 +81,7 @@ def check_output_stability(adapter, options) -> CheckResult:
                        f"extreme token ids; max |logit| {scale:.3g}.", metrics, threshold, rows)
 
 
-def _onset(adapter, options, good: int, bad: int) -> int:
+def _onset(adapter: Adapter, options, good: int, bad: int) -> int:
     """The shortest non-finite length in (good, bad], on random inputs."""
 
     def finite(t: int) -> bool:
@@ -87,7 +92,7 @@ def _onset(adapter, options, good: int, bad: int) -> int:
 
 
 @register("initial_loss", tier=1, thresholds=("ratio", "warn_ratio"))
-def check_initial_loss(adapter, options) -> CheckResult:
+def check_initial_loss(adapter: Adapter, options) -> CheckResult:
     chance = chance_loss(adapter)
     if chance is None:
         return CheckResult("initial_loss", 1, "skip",
@@ -130,7 +135,7 @@ def check_initial_loss(adapter, options) -> CheckResult:
 
 
 @register("determinism", tier=1, thresholds=("rtol",))
-def check_determinism(adapter, options) -> CheckResult:
+def check_determinism(adapter: Adapter, options) -> CheckResult:
     batch = adapter.make_inputs(options.batch(adapter, 2), min(options.max_len(adapter), 32),
                                 seed=options.seed)
     runs = []

@@ -7,6 +7,7 @@ import hashlib
 import math
 import weakref
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -15,6 +16,10 @@ from utils.compare import rel_diff
 from utils.errors import locate_in_files
 from utils.report import CheckResult
 from utils.tier1.inputs import different_ids
+
+if TYPE_CHECKING:
+    from utils.adapters.protocol import Adapter
+
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,7 @@ def where(exc: BaseException, adapter) -> str:
     return f" at {loc}" if loc else ""
 
 
-def expected_shape(adapter, batch: int, seq_len: int) -> tuple[int, ...]:
+def expected_shape(adapter: Adapter, batch: int, seq_len: int) -> tuple[int, ...]:
     """The output shape a healthy model of this task returns for ``batch × seq_len``."""
     if adapter.task == "classification":
         return (batch, adapter.num_classes or adapter.output_size)
@@ -62,7 +67,7 @@ def expected_shape(adapter, batch: int, seq_len: int) -> tuple[int, ...]:
 
 
 @torch.no_grad()
-def eval_logits(adapter, batch: dict[str, torch.Tensor], seed: int | None = None,
+def eval_logits(adapter: Adapter, batch: dict[str, torch.Tensor], seed: int | None = None,
                 ) -> torch.Tensor:
     """Eval-mode outputs. With ``seed``, the forward draws from a fresh generator seeded so,
     and the global RNG is left as it was: two forwards of the same shapes then see the same
@@ -77,7 +82,7 @@ def eval_logits(adapter, batch: dict[str, torch.Tensor], seed: int | None = None
         return adapter.logits(**inputs)
 
 
-def _forward_key(adapter, batch: dict[str, torch.Tensor]) -> tuple:
+def _forward_key(adapter: Adapter, batch: dict[str, torch.Tensor]) -> tuple:
     model = adapter.model
     state = tuple((t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
     digest = hashlib.blake2b(digest_size=16)
@@ -88,7 +93,7 @@ def _forward_key(adapter, batch: dict[str, torch.Tensor]) -> tuple:
     return id(adapter), adapter.task, state, digest.digest()
 
 
-def summarise(adapter, batch: dict[str, torch.Tensor], out: torch.Tensor) -> OutputStats:
+def summarise(adapter: Adapter, batch: dict[str, torch.Tensor], out: torch.Tensor) -> OutputStats:
     """The :class:`OutputStats` of ``out``, the eval-mode outputs for ``batch``."""
     out = out.float()
     if not out.numel():
@@ -109,7 +114,7 @@ def summarise(adapter, batch: dict[str, torch.Tensor], out: torch.Tensor) -> Out
     return OutputStats(finite, max_abs, std, loss_finite)
 
 
-def eval_logits_remembered(adapter, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def eval_logits_remembered(adapter: Adapter, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """:func:`eval_logits`, keeping a summary of the outputs for :func:`output_stats`.
 
     For a check whose own forwards a later check would otherwise repeat. A summary that cannot
@@ -131,7 +136,7 @@ def eval_logits_remembered(adapter, batch: dict[str, torch.Tensor]) -> torch.Ten
     return out
 
 
-def output_stats(adapter, batch: dict[str, torch.Tensor]) -> OutputStats:
+def output_stats(adapter: Adapter, batch: dict[str, torch.Tensor]) -> OutputStats:
     """The summary of the eval-mode forward on ``batch``: remembered, or run now."""
     try:
         hit = _SEEN.get(adapter.model, {}).get(_forward_key(adapter, batch))
@@ -140,7 +145,7 @@ def output_stats(adapter, batch: dict[str, torch.Tensor]) -> OutputStats:
     return hit if hit is not None else summarise(adapter, batch, eval_logits(adapter, batch))
 
 
-def eval_randomness(adapter, batch: dict[str, torch.Tensor], seed: int,
+def eval_randomness(adapter: Adapter, batch: dict[str, torch.Tensor], seed: int,
                     first: torch.Tensor) -> float:
     """Relative difference between ``first`` (``eval_logits(adapter, batch, seed)``, which the
     caller has already run) and one more eval forward under ``seed + 1``: 0 for a
@@ -163,7 +168,7 @@ def without_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def moved_by_changing(adapter, batch: dict[str, torch.Tensor], key: str, where: slice,
+def moved_by_changing(adapter: Adapter, batch: dict[str, torch.Tensor], key: str, where: slice,
                       seed: int, ref: torch.Tensor, look: slice | None) -> float:
     """Largest relative change of the outputs (at positions ``look``, or all of a pooled
     output) when the tokens of ``key`` at ``where`` are replaced by others."""

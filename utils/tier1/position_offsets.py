@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -29,6 +29,10 @@ from utils.report import CheckResult
 from utils.tier1.locate import call_site
 from utils.tier1.outputs import eval_logits, eval_randomness, random_in_eval, without_padding
 from utils.tier1.training_steps import after_first_steps
+
+if TYPE_CHECKING:
+    from utils.adapters.protocol import Adapter
+
 
 _TABLE = re.compile(r"^(cos|sin)(_?(cached|cache|table|emb|buf))?$|^_(cos|sin)(_cached)?$|"
                     r"(cos|sin)_cached|freqs?_cis|rope_cache|rotary_cache", re.I)
@@ -119,7 +123,7 @@ def _listed(tables) -> str:
     return ", ".join(f"'{n}'" for n, _, _ in tables[:3]) + ("…" if len(tables) > 3 else "")
 
 
-def offset_shift(adapter, options, family: str, evidence: str) -> CheckResult:
+def offset_shift(adapter: Adapter, options, family: str, evidence: str) -> CheckResult:
     """``position_shift`` for a model that takes no attention mask: every position offset by
     a constant — the rotary tables read further on, or ``torch.arange(T)`` starting later —
     must leave a relative encoding's outputs unchanged."""
@@ -191,7 +195,7 @@ def offset_shift(adapter, options, family: str, evidence: str) -> CheckResult:
         "queries and keys only (never the values or the hidden states).", metrics, threshold)
 
 
-def pinned_tables_verdict(adapter, options, batch: dict[str, torch.Tensor], where: str,
+def pinned_tables_verdict(adapter: Adapter, options, batch: dict[str, torch.Tensor], where: str,
                           metrics: dict) -> CheckResult:
     """``position_information`` for a model whose rotary tables are precomputed: with every
     position pinned to the first row the outputs must move, or the tables never reach them."""

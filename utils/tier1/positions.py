@@ -27,7 +27,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -55,6 +55,10 @@ from utils.tier1.position_offsets import (
 )
 from utils.tier1.training_steps import OPENING_STEPS, after_first_steps
 
+if TYPE_CHECKING:
+    from utils.adapters.protocol import Adapter
+
+
 _EXACT = 1e-5
 # Names (of modules, their classes, parameters and buffers) that say which encoding a model has.
 _RELATIVE = (("rotary", re.compile(r"rotary|\brope\b|_rope|rope_|inv_freq|freqs?_cis|"
@@ -68,7 +72,7 @@ _HF_FAMILY = {"llama": "rotary", "mistral": "rotary", "gpt_neox": "rotary", "qwe
               "mpt": "ALiBi", "t5": "relative-position bias"}
 
 
-def position_family(adapter) -> tuple[str, str]:
+def position_family(adapter: Adapter) -> tuple[str, str]:
     """``(family, evidence)``: ``"absolute"``, ``"rotary"``, ``"ALiBi"``,
     ``"relative-position bias"`` or ``"none found"``, and what in the model said so."""
     model: nn.Module = adapter.model
@@ -101,7 +105,7 @@ def position_family(adapter) -> tuple[str, str]:
     return "none found", "no position table, rotary, ALiBi or relative bias in the structure"
 
 
-def _called_in_forward(adapter) -> list[tuple[str, str]]:
+def _called_in_forward(adapter: Adapter) -> list[tuple[str, str]]:
     """``(file name, function name)`` of the functions of the model's own files that one
     short forward calls, in call order (a profile hook, removed afterwards)."""
     files = adapter.model_files
@@ -134,7 +138,7 @@ def seq_first_position_table(model: nn.Module, max_len: int | None) -> str | Non
     return None
 
 
-def _pad_left(adapter, batch: dict[str, torch.Tensor], extra: int) -> dict[str, torch.Tensor]:
+def _pad_left(adapter: Adapter, batch: dict[str, torch.Tensor], extra: int) -> dict[str, torch.Tensor]:
     pad = adapter.pad_token_id if adapter.pad_token_id is not None else 0
     ids, mask = batch["input_ids"], batch["attention_mask"]
     b = ids.shape[0]
@@ -185,7 +189,7 @@ def _pad_rows_kept_finite(model: nn.Module, batch: int, length: int,
 
 
 @register("position_shift", tier=1, thresholds=("rtol",))
-def check_position_shift(adapter, options) -> CheckResult:
+def check_position_shift(adapter: Adapter, options) -> CheckResult:
     name = "position_shift"
     if adapter.task not in ("causal_lm", "masked_lm", "encoder"):
         return CheckResult(name, 1, "skip", f"A {adapter.task} model's outputs are not aligned "
@@ -320,7 +324,7 @@ class _ScaledAngles(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _angles_probe(adapter, batch, seed: int, clean: torch.Tensor) -> tuple[_ScaledAngles, float]:
+def _angles_probe(adapter: Adapter, batch, seed: int, clean: torch.Tensor) -> tuple[_ScaledAngles, float]:
     """The probe's record and how far the outputs moved with every angle scaled."""
     probe = _ScaledAngles(adapter.model_files)
     with probe:
@@ -346,7 +350,7 @@ def _zero_learned_positions(model: nn.Module, frozen: bool = False) -> list[str]
 
 
 @register("position_information", tier=1, thresholds=("rtol",))
-def check_position_information(adapter, options) -> CheckResult:
+def check_position_information(adapter: Adapter, options) -> CheckResult:
     result = _position_information(adapter, options)
     zero = _zero_learned_positions(adapter.model) if result.status == "fail" else []
     frozen = _zero_learned_positions(adapter.model, frozen=True) \
@@ -372,7 +376,7 @@ def check_position_information(adapter, options) -> CheckResult:
     return result
 
 
-def _position_information(adapter, options) -> CheckResult:
+def _position_information(adapter: Adapter, options) -> CheckResult:
     name = "position_information"
     family, evidence = position_family(adapter)
     metrics: dict[str, Any] = {"family": family, "evidence": evidence}

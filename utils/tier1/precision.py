@@ -10,7 +10,7 @@ kernel for the dtype on this device is a skip.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,6 +19,10 @@ from utils.errors import locate_in_files
 from utils.report import CheckResult
 from utils.tier1.locate import describe_module
 from utils.tier1.outputs import eval_logits, eval_randomness, random_in_eval
+
+if TYPE_CHECKING:
+    from utils.adapters.protocol import Adapter
+
 
 _NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
 # Relative Frobenius deviation from fp32 to warn above: ~8× each format's epsilon
@@ -51,7 +55,7 @@ def _dtypes(device: torch.device) -> list[torch.dtype]:
     return [torch.bfloat16, torch.float16]
 
 
-def _compare(adapter, batch, ref: torch.Tensor, ref_loss: float | None, dtype) -> dict:
+def _compare(adapter: Adapter, batch, ref: torch.Tensor, ref_loss: float | None, dtype) -> dict:
     device = adapter.device
     with torch.autocast(device.type, dtype=dtype):
         out = eval_logits(adapter, batch)
@@ -77,7 +81,7 @@ def _non_finite(values) -> bool:
                not bool(torch.isfinite(v).all()) for v in values)
 
 
-def _first_non_finite(adapter, batch: dict[str, torch.Tensor], dtype) -> str | None:
+def _first_non_finite(adapter: Adapter, batch: dict[str, torch.Tensor], dtype) -> str | None:
     """The first module whose inputs are finite and whose output holds NaN/Inf under
     autocast to ``dtype`` — where they are made, in its own code — with where its forward is
     defined; or None."""
@@ -108,7 +112,7 @@ def _finite_where_real(out: torch.Tensor, real: torch.Tensor) -> bool:
     return bool(torch.isfinite(out).all())
 
 
-def _padded_non_finite(adapter, batch: dict[str, torch.Tensor],
+def _padded_non_finite(adapter: Adapter, batch: dict[str, torch.Tensor],
                        dtypes: list[torch.dtype]) -> list[tuple[str, list[str]]]:
     """``(side, [dtype names])`` for each padding side whose real positions hold NaN/Inf under
     autocast while fp32 is finite: a mask constant the format cannot hold. Right padding for
@@ -149,7 +153,7 @@ def _padded_non_finite(adapter, batch: dict[str, torch.Tensor],
 
 
 @register("mixed_precision", tier=1, thresholds=("fp16_rel_error", "bf16_rel_error"))
-def check_mixed_precision(adapter, options) -> CheckResult:
+def check_mixed_precision(adapter: Adapter, options) -> CheckResult:
     t = min(options.max_len(adapter), 64)
     batch = adapter.make_inputs(options.batch(adapter, 2), t, seed=options.seed)
     ref = eval_logits(adapter, batch, options.seed).float()

@@ -16,7 +16,7 @@ import inspect
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -24,6 +24,10 @@ from torch import nn
 from utils.checks import register
 from utils.report import CheckResult
 from utils.tier1.outputs import eval_logits
+
+if TYPE_CHECKING:
+    from utils.adapters.protocol import Adapter
+
 
 _BLOCKISH = re.compile(r"block|layer", re.I)
 
@@ -234,7 +238,7 @@ def _call_site(block: nn.Module, child: str, files: set[str]) -> str:
 
 
 @register("residual_paths", tier=1, thresholds=("min_cosine",))
-def check_residual_paths(adapter, options) -> CheckResult:
+def check_residual_paths(adapter: Adapter, options) -> CheckResult:
     name = "residual_paths"
     stacks = block_stacks(adapter.model)
     if not stacks:

@@ -14,6 +14,7 @@ import math
 import re
 import statistics
 import time
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,13 +23,17 @@ from utils.gpu_table import COLAB_FREE, RESERVED_GB, lookup
 from utils.memory import activation_fit, estimate_train_memory, max_batch_size
 from utils.report import CheckResult
 
+if TYPE_CHECKING:
+    from utils.adapters.protocol import Adapter
+
+
 _MB = 2**20
 _GB = 2**30
 # The one way the card is named: its size and the share a training step may use (gpu_table).
 _T4 = f"{COLAB_FREE.memory_gb:g} GB card, {COLAB_FREE.memory_gb - RESERVED_GB:g} GB usable"
 
 
-def trained_length(adapter, options) -> tuple[int, str]:
+def trained_length(adapter: Adapter, options) -> tuple[int, str]:
     """The length a training step runs at, and why: the model's max_seq_len (a config key, a
     learned table, a causal mask); but where that number is only the rows of a fixed table
     (PyTorch's sinusoidal PositionalEncoding keeps max_len=5000 by default) — a capacity, not
@@ -50,7 +55,7 @@ def trained_length(adapter, options) -> tuple[int, str]:
 
 
 @register("memory_footprint", tier=1)
-def check_memory_footprint(adapter, options) -> CheckResult:
+def check_memory_footprint(adapter: Adapter, options) -> CheckResult:
     model = adapter.model
     fitted = activation_fit(adapter, seed=options.seed, max_len=options.max_len(adapter))
     seq, at = trained_length(adapter, options)
@@ -119,7 +124,7 @@ def _until_stable(once, seconds: float) -> tuple[list[float], str]:
 
 
 @register("inference_speed", tier=1)
-def check_inference_speed(adapter, options) -> CheckResult:
+def check_inference_speed(adapter: Adapter, options) -> CheckResult:
     seq, size = min(options.max_len(adapter), 128), options.batch(adapter)
     batch = adapter.make_inputs(size, seq, seed=options.seed)
     inputs = {k: v for k, v in batch.items() if k != "labels"}

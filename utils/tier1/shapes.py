@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from utils.checks import register
 from utils.report import CheckResult
 from utils.tier1.lengths import first_failing_length, grid_batch, lengths, shortest_length
 from utils.tier1.outputs import eval_logits, eval_logits_remembered, expected_shape, where
 
+if TYPE_CHECKING:
+    from utils.adapters.protocol import Adapter
 
-def _runs(adapter, options, t: int) -> bool:
+
+
+def _runs(adapter: Adapter, options, t: int) -> bool:
     batch = adapter.make_inputs(1, t, seed=options.seed)
     try:
         return tuple(eval_logits(adapter, batch).shape) == expected_shape(adapter, 1, t)
@@ -18,7 +22,7 @@ def _runs(adapter, options, t: int) -> bool:
         return False
 
 
-def runnable_max_len(adapter, options) -> int | None:
+def runnable_max_len(adapter: Adapter, options) -> int | None:
     """The longest length that runs when it is below the (capped) maximum, else None.
 
     One forward at the maximum when the model is healthy; a bisection when it is not. Used by
@@ -33,7 +37,7 @@ def runnable_max_len(adapter, options) -> int | None:
 
 
 @register("shape_robustness", tier=1, length_probe=runnable_max_len)
-def check_shape_robustness(adapter, options) -> CheckResult:
+def check_shape_robustness(adapter: Adapter, options) -> CheckResult:
     top = options.max_len(adapter)
     wide = grid_batch(adapter, options)
     batches = sorted({1, wide})

@@ -6,12 +6,16 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import torch
 from torch import nn
 
 from utils.environment import free_memory_bytes
+
+if TYPE_CHECKING:
+    from utils.adapters.protocol import Adapter
+
 
 
 class Snapshot:
@@ -57,7 +61,7 @@ def train_without_dropout(model: nn.Module) -> None:
 
 
 @contextmanager
-def after_first_steps(adapter, options, lr: float = 1e-3,
+def after_first_steps(adapter: Adapter, options, lr: float = 1e-3,
                       touched: set[str] | None = None) -> Iterator[None]:
     """The model as after its first :data:`OPENING_STEPS` optimizer steps on random batches,
     while inside; its weights (and train/eval mode) as before afterwards.

@@ -6,13 +6,17 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+if TYPE_CHECKING:
+    from utils.adapters.protocol import Adapter
+
+
 
 @contextmanager
-def counting(adapter) -> Iterator[dict[str, int]]:
+def counting(adapter: Adapter) -> Iterator[dict[str, int]]:
     """Count the model's forward passes (one per top-level call, whatever the batch) while the
     block runs; callers add their backward passes to ``counts["backward_passes"]``."""
     counts = {"forward_passes": 0, "backward_passes": 0}
@@ -79,7 +83,7 @@ class EmbeddingSwap:
         self._handle.remove()
 
 
-def no_embedding_reason(adapter) -> str | None:
+def no_embedding_reason(adapter: Adapter) -> str | None:
     """Why the token embedding cannot be hooked, or None when it can."""
     if adapter.token_embedding is None:
         return ("no nn.Embedding receives the token ids (the adapter found none), so there is "
@@ -87,7 +91,7 @@ def no_embedding_reason(adapter) -> str | None:
     return None
 
 
-def weights_note(adapter) -> tuple[bool | None, str]:
+def weights_note(adapter: Adapter) -> tuple[bool | None, str]:
     """Whether trained weights were loaded, and the sentence a summary should carry."""
     weights = adapter.source.get("weights")
     if weights:

@@ -11,12 +11,18 @@ all-sink layers are warnings.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from utils.checks import register
 from utils.report import CheckResult
 from utils.tier2._common import counting, mean_of, weights_note
 from utils.tier2.capture import AttentionMap, capture_attention
+
+if TYPE_CHECKING:
+    from utils.adapters.protocol import Adapter
+
 
 NAME = "attention_patterns"
 _MAP_SIDE = 32  # stored maps are pooled to at most this many rows and columns
@@ -126,7 +132,7 @@ def _malformed(maps: list[AttentionMap], tol: float) -> str | None:
 
 
 @register(NAME, tier=2, thresholds=("row_sum_tol", "saturated", "duplicate_tv"))
-def check_attention_patterns(adapter, options) -> CheckResult:
+def check_attention_patterns(adapter: Adapter, options) -> CheckResult:
     t = min(options.max_len(adapter), 64)
     batch = adapter.make_inputs(options.batch(adapter, 2), t, seed=options.seed)
     with counting(adapter) as passes:

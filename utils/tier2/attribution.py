@@ -17,6 +17,7 @@ is reported as the convergence delta. Gradient × input comes free from the path
 from __future__ import annotations
 
 from itertools import pairwise
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -34,10 +35,14 @@ from utils.tier2._common import (
     weights_note,
 )
 
+if TYPE_CHECKING:
+    from utils.adapters.protocol import Adapter
+
+
 NAME = "attribution_analysis"
 
 
-def target_positions(adapter, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def target_positions(adapter: Adapter, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The position whose prediction is explained, per sample (ignored for classifiers)."""
     ids = batch.get("decoder_input_ids", batch["input_ids"])
     last = torch.full((ids.shape[0],), ids.shape[1] - 1, dtype=torch.long)
@@ -48,7 +53,7 @@ def target_positions(adapter, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return last
 
 
-def target_directions(adapter, logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+def target_directions(adapter: Adapter, logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """Per sample, the output direction f projects on: one-hot predicted class/token, or the
     unit vector of an encoder's own output."""
     out = _at(adapter, logits, pos).float()
@@ -57,7 +62,7 @@ def target_directions(adapter, logits: torch.Tensor, pos: torch.Tensor) -> torch
     return torch.nn.functional.one_hot(out.argmax(-1), out.shape[-1]).float()
 
 
-def _at(adapter, logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+def _at(adapter: Adapter, logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     if adapter.task == "classification":
         return logits
     return logits[torch.arange(logits.shape[0], device=logits.device), pos.to(logits.device)]
@@ -78,7 +83,7 @@ def path_nodes(steps: int) -> tuple[torch.Tensor, torch.Tensor]:
             torch.tensor(np.concatenate(weights), dtype=torch.float32))
 
 
-def integrated_gradients(adapter, batch: dict[str, torch.Tensor], steps: int = 32,
+def integrated_gradients(adapter: Adapter, batch: dict[str, torch.Tensor], steps: int = 32,
                          chunk: int = 32, counts: dict[str, int] | None = None,
                          ) -> dict[str, torch.Tensor]:
     """IG and gradient × input on the token-embedding output of ``batch`` (N samples).
@@ -140,7 +145,7 @@ def _rank_corr(a: torch.Tensor, b: torch.Tensor) -> float | None:
 
 
 @register(NAME, tier=2, thresholds=("steps", "rel_delta"))
-def check_attribution_analysis(adapter, options) -> CheckResult:
+def check_attribution_analysis(adapter: Adapter, options) -> CheckResult:
     reason = no_embedding_reason(adapter)
     if reason is not None:
         return CheckResult(NAME, 2, "skip", f"Skipped: {reason}.")

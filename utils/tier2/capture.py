@@ -23,11 +23,15 @@ import sys
 from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from utils.adapters.protocol import Adapter
+
 
 _MHA_SIGNATURE = inspect.signature(nn.MultiheadAttention.forward)
 _SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale",
@@ -220,7 +224,7 @@ def _returned_attentions(out: Any) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def capture_attention(adapter, batch: dict[str, torch.Tensor]) -> Capture:
+def capture_attention(adapter: Adapter, batch: dict[str, torch.Tensor]) -> Capture:
     """Run ``batch`` through the model once in eval mode and collect every attention map."""
     model = adapter.model
     model.eval()

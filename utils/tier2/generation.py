@@ -12,7 +12,7 @@ input; seq2seq models decode the target for a fixed source. Other tasks do not d
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -21,11 +21,15 @@ from utils.compare import rel_diff
 from utils.report import CheckResult
 from utils.tier2._common import counting
 
+if TYPE_CHECKING:
+    from utils.adapters.protocol import Adapter
+
+
 NAME = "generation_consistency"
 _CACHE_PARAMS = ("cache", "past_key_values")
 
 
-def _decode(adapter, batch: dict[str, torch.Tensor], prompt: int, new: int,
+def _decode(adapter: Adapter, batch: dict[str, torch.Tensor], prompt: int, new: int,
             limit: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Greedy tokens ``(B, new)``, per-step logits ``(B, new, V)`` and the full pass's logits
     at the same positions."""
@@ -56,7 +60,7 @@ def _output_cache(out: Any) -> Any:
     return None
 
 
-def _cached_logits(adapter, ids: torch.Tensor, prompt: int, new: int) -> torch.Tensor | None:
+def _cached_logits(adapter: Adapter, ids: torch.Tensor, prompt: int, new: int) -> torch.Tensor | None:
     """Per-step logits from cached decoding of ``ids``, or None if the forward takes no cache."""
     params = inspect.signature(adapter.model.forward).parameters
     cache_param = next((p for p in _CACHE_PARAMS if p in params), None)
@@ -78,7 +82,7 @@ def _cached_logits(adapter, ids: torch.Tensor, prompt: int, new: int) -> torch.T
 
 @register(NAME, tier=2, thresholds=("rtol",))
 @torch.no_grad()
-def check_generation_consistency(adapter, options) -> CheckResult:
+def check_generation_consistency(adapter: Adapter, options) -> CheckResult:
     if adapter.task not in ("causal_lm", "seq2seq"):
         return CheckResult(NAME, 2, "skip", f"Task '{adapter.task}' does not decode token by "
                            "token; only causal LMs and seq2seq models are checked.")

@@ -11,6 +11,8 @@ batch.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from utils.checks import register
@@ -24,12 +26,16 @@ from utils.tier2._common import (
     weights_note,
 )
 
+if TYPE_CHECKING:
+    from utils.adapters.protocol import Adapter
+
+
 NAME = "robustness"
 NOISE = (0.01, 0.03, 0.1, 0.3, 1.0)  # × the embedding's RMS
 SUBSTITUTION = (0.05, 0.1, 0.2, 0.4)  # share of tokens replaced
 
 
-def compare(adapter, clean: torch.Tensor, noisy: torch.Tensor) -> dict[str, float]:
+def compare(adapter: Adapter, clean: torch.Tensor, noisy: torch.Tensor) -> dict[str, float]:
     """Agreement, KL, loss increase and relative change of ``noisy`` against ``clean``
     (both ``(B, C)`` or ``(B, T, V)``, one strength)."""
     clean, noisy = clean.float(), noisy.float()
@@ -46,7 +52,7 @@ def compare(adapter, clean: torch.Tensor, noisy: torch.Tensor) -> dict[str, floa
             "output_change": change}
 
 
-def _substituted(adapter, ids: torch.Tensor, rate: float, gen: torch.Generator) -> torch.Tensor:
+def _substituted(adapter: Adapter, ids: torch.Tensor, rate: float, gen: torch.Generator) -> torch.Tensor:
     """``ids`` with a share ``rate`` of positions (at least one) replaced by other valid ids."""
     chosen = torch.rand(ids.shape, generator=gen) < rate
     chosen[torch.arange(ids.shape[0]), torch.randint(0, ids.shape[1], (ids.shape[0],),
@@ -59,7 +65,7 @@ def _substituted(adapter, ids: torch.Tensor, rate: float, gen: torch.Generator) 
     return torch.where(chosen, other, ids.cpu()).to(ids.device)
 
 
-def _run(adapter, inputs: dict[str, torch.Tensor], copies: int, chunk: int,
+def _run(adapter: Adapter, inputs: dict[str, torch.Tensor], copies: int, chunk: int,
          swap: EmbeddingSwap | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
     """Logits of ``copies`` stacked copies of ``inputs``, in chunks of whole copies; with
     ``noise`` (``(copies·B, T, D)``), added to the embedding output of each row."""
@@ -77,7 +83,7 @@ def _run(adapter, inputs: dict[str, torch.Tensor], copies: int, chunk: int,
 
 
 @torch.no_grad()
-def sweeps(adapter, batch: dict[str, torch.Tensor], seed: int, chunk: int = 32) -> list[dict]:
+def sweeps(adapter: Adapter, batch: dict[str, torch.Tensor], seed: int, chunk: int = 32) -> list[dict]:
     """One row per (perturbation, strength) with :func:`compare`'s numbers."""
     adapter.model.eval()
     inputs = call_inputs(batch)
@@ -109,7 +115,7 @@ def sweeps(adapter, batch: dict[str, torch.Tensor], seed: int, chunk: int = 32) 
 
 
 @register(NAME, tier=2, thresholds=("tiny_noise_agreement", "tiny_noise_amplification"))
-def check_robustness(adapter, options) -> CheckResult:
+def check_robustness(adapter: Adapter, options) -> CheckResult:
     t = min(options.max_len(adapter), 64)
     batch = adapter.make_inputs(options.batch(adapter, 4), t, seed=options.seed)
     with counting(adapter) as counts:

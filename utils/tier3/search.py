@@ -26,7 +26,7 @@ import math
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from utils.errors import UserError
 from utils.tier3.search_result import SearchResult, build_result
@@ -36,6 +36,10 @@ from utils.tier3.search_worker import SearchWorker
 from utils.tier3.study_storage import check_storage, dead_local_workers, open_storage
 from utils.training.config import TrainingConfig
 from utils.training.gate import run_gate
+
+if TYPE_CHECKING:
+    from utils.adapters.protocol import Adapter
+
 
 __all__ = ["PRUNERS", "SearchResult", "SearchSpace", "hyperparameter_search"]
 
@@ -240,7 +244,7 @@ def _data(adapter: Any, data: Any, search_dir: Path, say: Callable[[str], None])
     return dataset, tokenizer
 
 
-def _signature(adapter, tokenizer, config, space, steps, report_every) -> dict[str, Any]:
+def _signature(adapter: Adapter, tokenizer, config, space, steps, report_every) -> dict[str, Any]:
     from utils.training.runs import fingerprint
 
     print_ = fingerprint(adapter.model, tokenizer)

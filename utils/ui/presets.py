@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import difflib
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -22,6 +22,10 @@ from utils.errors import UserError
 from utils.gpu_table import usable_bytes
 from utils.memory import activation_fit, estimate_train_memory, max_batch_size
 from utils.training.config import TrainingConfig
+
+if TYPE_CHECKING:
+    from utils.adapters.protocol import Adapter
+
 
 __all__ = ["CPU_MEMORY_SHARE", "PRESETS", "device_budget", "fit_length", "preset", "preset_for"]
 
@@ -94,7 +98,7 @@ def _largest_divisor(n: int, at_most: int) -> int:
     return max(d for d in range(1, min(n, at_most) + 1) if n % d == 0)
 
 
-def preset_for(adapter, device: str | torch.device | None = None, *, name: str | None = None,
+def preset_for(adapter: Adapter, device: str | torch.device | None = None, *, name: str | None = None,
                memory_bytes: int | None = None, **overrides: Any) -> TrainingConfig:
     """A preset whose micro-batch fits ``adapter``'s training step in the device's memory.
 
