@@ -52,9 +52,12 @@ def _labelled(tmp_path: Path, task: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case,task", [("flat_gpt", "causal_lm"), ("masked_lm_encoder", "masked_lm"),
-                                       ("encoder_classifier", "classification"),
-                                       ("torch_seq2seq", "seq2seq")])
+# all four in CI; `make test-fast` keeps the causal LM as the smoke test
+@pytest.mark.parametrize("case,task", [
+    ("flat_gpt", "causal_lm"),
+    pytest.param("masked_lm_encoder", "masked_lm", marks=pytest.mark.slow),
+    pytest.param("encoder_classifier", "classification", marks=pytest.mark.slow),
+    pytest.param("torch_seq2seq", "seq2seq", marks=pytest.mark.slow)])
 def test_each_task_of_the_zoo_learns(tmp_path, case, task):
     from utils.training.dataset_utilities import load_text_dataset
 

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -265,6 +266,14 @@ class CheckpointManager:
             raise GaveUp(f"mirror of {name}: {src} does not exist")
         self._mirror.retry(f"copying {name} to {self.mirror_dir}",
                            lambda: _copy_verified(src, dst, None))
+
+    def read_run_json(self, name: str) -> Any:
+        """A JSON file of the run folder (``config.json``, ``fingerprint.json``…), else the
+        mirror's copy (a new VM: the local folder is gone, Drive kept it); None if neither."""
+        found = read_json(self.run_dir / name)
+        if found is None and self.mirror_dir is not None:
+            found = read_json(Path(self.mirror_dir) / name)
+        return found
 
     # -- resuming -------------------------------------------------------------------------
 

@@ -113,7 +113,9 @@ def wandb_tracker(config: Any, run_dir: Path, *, manager: Any = None,
         return None
     require("wandb", "Tracking with Weights & Biases")
     mode, why = choose_mode()
-    stored = read_json(run_dir / RUN_FILE) or {}
+    # the run's W&B id, so a resumed run (on a new VM: from the mirror) continues the same run
+    stored = (manager.read_run_json(RUN_FILE) if manager is not None
+              else read_json(run_dir / RUN_FILE)) or {}
     if mode == "disabled":
         say(f"W&B is disabled ({why}): metrics go to metrics.csv only.")
     else:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from utils.atomic import read_json, write_json
+from utils.atomic import write_json
 from utils.errors import UserError, arg
 from utils.training.checkpoint_files import CheckpointInfo, step_of
 from utils.training.checkpoint_manager import CheckpointManager
@@ -273,7 +273,7 @@ class Run:
             self.notes.append("Resumed from the mirror: the local run folder had no valid "
                               "checkpoint.")
         if self.start is not None:
-            stored = self._read_run_file("config.json")
+            stored = self.manager.read_run_json("config.json")
             if stored:
                 self.config, changes = merge_for_resume(TrainingConfig.from_dict(stored), config)
                 self.notes += changes
@@ -290,7 +290,7 @@ class Run:
                                                self.tokenizer, self.say)
         current = fingerprint(self.adapter.model, self.tokenizer)
         if self.start is not None:
-            check_fingerprint(self._read_run_file("fingerprint.json"), current, run_dir)
+            check_fingerprint(self.manager.read_run_json("fingerprint.json"), current, run_dir)
         elif self.primary:
             write_json(run_dir / "fingerprint.json", current)
         if self.primary and not (run_dir / "tokenizer" / "tokenizer.json").is_file():
@@ -298,13 +298,6 @@ class Run:
         for name in ("tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json",
                      "fingerprint.json"):
             manager.mirror_file(name)
-
-    def _read_run_file(self, name: str) -> Any:
-        """A JSON file of the run folder, else of its mirror (a new VM, the local copy gone)."""
-        found = read_json(self.run_dir / name)
-        if found is None and self.manager.mirror_dir is not None:
-            found = read_json(Path(self.manager.mirror_dir) / name)
-        return found
 
     # ---- build --------------------------------------------------------------------------
     def build(self) -> None:
