@@ -26,6 +26,7 @@ import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -394,83 +395,129 @@ def _position_information(adapter: Adapter, options) -> CheckResult:
         return CheckResult(name, 1, "skip", f"{where} The outputs are not finite at length {t} "
                            "(NaN or Inf), so whether positions reach them cannot be measured. "
                            + NAN_SOURCES, metrics)
+    c = _Probe(name, adapter, options, batch, clean, family, where, metrics, tol, threshold, t)
     if adapter.task != "causal_lm":  # bidirectional, pooled or seq2seq: shuffle the tokens
-        perm = torch.cat([torch.zeros(1, dtype=torch.long), torch.arange(t - 1, 0, -1)])
-        shuffled = {**batch, "input_ids": batch["input_ids"][:, perm]}
-        moved = eval_logits(adapter, shuffled, options.seed).float()
-        pooled = adapter.task in ("classification", "seq2seq")
-        change = rel_diff(clean if pooled else clean[:, perm], moved)
-        metrics["max_rel_change"] = change
-        side = "encoder's " if adapter.task == "seq2seq" else ""
-        what = ("the prediction" if adapter.task == "classification" else
-                "the decoder's outputs" if adapter.task == "seq2seq" else "the outputs")
-        order = (f"Reversing the {side}tokens after the first changes {what} (max relative "
-                 f"change {change:.1e})")
-        if change > tol and (adapter.task != "seq2seq" or
-                             family not in ("absolute", "none found")):
-            return CheckResult(name, 1, "pass", f"{where} {order}: the model sees word order.",
-                               metrics, threshold)
-        if change <= tol and moved_by_changing(adapter, batch, "input_ids", slice(1, t),
-                                               options.seed + 3, clean,
-                                               None if pooled else slice(1, t)) <= tol:
-            return CheckResult(name, 1, "skip", f"{where} The {side}tokens after the first do "
-                               f"not move {what} even when replaced, so their order cannot "
-                               "matter either; context_use reports why.", metrics)
-        if change <= tol:
-            return CheckResult(
-                name, 1, "fail", f"{where} Reversing the {side}tokens after the first "
-                f"{'leaves ' + what + ' unchanged' if pooled else 'only reverses the outputs'} "
-                f"(max relative change {change:.1e} ≤ {tol:g}): the model is order-blind — "
-                "'dog bites man' and 'man bites dog' look the same to it. No position "
-                "information reaches the output: the positions fed are constant (torch.zeros "
-                "or arange(1) where arange(T) belongs), the encoding is added along the batch "
-                "axis, or its sum is discarded. (If the inputs are sets by design, skip this "
-                "check.)", metrics, threshold)
-        where = f"{where} {order};"  # its positions are tested below
-    key = token_key(adapter)
+        c.where, verdict = _order_verdict(c)
+        if verdict is not None:
+            return verdict
     if family in ("absolute", "none found"):
-        ids = batch[key]
-        same = ids[:, t // 2: t // 2 + 1].expand_as(ids).contiguous()
-        out = eval_logits(adapter, {**batch, key: same}, options.seed).float()
-        spread = _spread_over_positions(out)
-        metrics["spread_over_positions"] = spread
-        what = f"{where} On a sequence of one repeated token" if adapter.task != "seq2seq" \
-            else f"{where} on a decoder input of one repeated token"
-        if spread > tol:
-            return CheckResult(name, 1, "pass", f"{what} the outputs differ from position to "
-                               f"position (relative spread {spread:.1e}): positions reach the "
-                               "output.", metrics, threshold)
-        if family == "none found":  # positions may be computed in forward (sin/cos)
-            probe, change = _angles_probe(adapter, batch, options.seed, clean)
-            metrics.update({"sin_cos_calls": probe.calls, "computed_at": probe.site})
-            if probe.calls:
-                at = f" ({probe.site})" if probe.site else ""
-                if change > tol:
-                    return CheckResult(
-                        name, 1, "pass", f"{what} every position gives the same output, as a "
-                        "rotary encoding does (it depends on distances only); the sines and "
-                        f"cosines the model computes in forward{at} reach the output: scaling "
-                        f"their angles by 1.37 moved it by {change:.1e}.", metrics, threshold)
+        return _repeated_token_verdict(c)
+    return _relative_verdict(c)
+
+
+@dataclass
+class _Probe:
+    """What every branch of position_information measures against."""
+
+    name: str
+    adapter: Any
+    options: Any
+    batch: dict[str, torch.Tensor]
+    clean: torch.Tensor  # the eval outputs of ``batch``: every probe's reference
+    family: str
+    where: str  # "Positions: <family> (<evidence>)." and what the order probe found
+    metrics: dict[str, Any]
+    tol: float
+    threshold: dict[str, float]
+    t: int
+
+
+def _order_verdict(c: _Probe) -> tuple[str, CheckResult | None]:
+    """Bidirectional, pooled and seq2seq models: the tokens after the first reversed. A verdict
+    when that decides it, else None and what it found, for the position probes after it."""
+    adapter, options, batch, clean = c.adapter, c.options, c.batch, c.clean
+    name, family, where, metrics = c.name, c.family, c.where, c.metrics
+    tol, threshold, t = c.tol, c.threshold, c.t
+    perm = torch.cat([torch.zeros(1, dtype=torch.long), torch.arange(t - 1, 0, -1)])
+    shuffled = {**batch, "input_ids": batch["input_ids"][:, perm]}
+    moved = eval_logits(adapter, shuffled, options.seed).float()
+    pooled = adapter.task in ("classification", "seq2seq")
+    change = rel_diff(clean if pooled else clean[:, perm], moved)
+    metrics["max_rel_change"] = change
+    side = "encoder's " if adapter.task == "seq2seq" else ""
+    what = ("the prediction" if adapter.task == "classification" else
+            "the decoder's outputs" if adapter.task == "seq2seq" else "the outputs")
+    order = (f"Reversing the {side}tokens after the first changes {what} (max relative "
+             f"change {change:.1e})")
+    if change > tol and (adapter.task != "seq2seq" or
+                         family not in ("absolute", "none found")):
+        return where, CheckResult(name, 1, "pass", f"{where} {order}: the model sees word "
+                                  "order.", metrics, threshold)
+    if change <= tol and moved_by_changing(adapter, batch, "input_ids", slice(1, t),
+                                           options.seed + 3, clean,
+                                           None if pooled else slice(1, t)) <= tol:
+        return where, CheckResult(name, 1, "skip", f"{where} The {side}tokens after the first "
+                                  f"do not move {what} even when replaced, so their order "
+                                  "cannot matter either; context_use reports why.", metrics)
+    if change <= tol:
+        return where, CheckResult(
+            name, 1, "fail", f"{where} Reversing the {side}tokens after the first "
+            f"{'leaves ' + what + ' unchanged' if pooled else 'only reverses the outputs'} "
+            f"(max relative change {change:.1e} ≤ {tol:g}): the model is order-blind — "
+            "'dog bites man' and 'man bites dog' look the same to it. No position "
+            "information reaches the output: the positions fed are constant (torch.zeros "
+            "or arange(1) where arange(T) belongs), the encoding is added along the batch "
+            "axis, or its sum is discarded. (If the inputs are sets by design, skip this "
+            "check.)", metrics, threshold)
+    return f"{where} {order};", None  # its positions are tested below
+
+
+def _repeated_token_verdict(c: _Probe) -> CheckResult:
+    """Absolute positions (or none found): one token repeated must give different outputs at
+    different positions; for computed sines and cosines, scaling their angles must matter."""
+    adapter, options, batch, clean = c.adapter, c.options, c.batch, c.clean
+    name, family, where, metrics = c.name, c.family, c.where, c.metrics
+    tol, threshold, t = c.tol, c.threshold, c.t
+    key = token_key(adapter)
+    ids = batch[key]
+    same = ids[:, t // 2: t // 2 + 1].expand_as(ids).contiguous()
+    out = eval_logits(adapter, {**batch, key: same}, options.seed).float()
+    spread = _spread_over_positions(out)
+    metrics["spread_over_positions"] = spread
+    what = f"{where} On a sequence of one repeated token" if adapter.task != "seq2seq" \
+        else f"{where} on a decoder input of one repeated token"
+    if spread > tol:
+        return CheckResult(name, 1, "pass", f"{what} the outputs differ from position to "
+                           f"position (relative spread {spread:.1e}): positions reach the "
+                           "output.", metrics, threshold)
+    if family == "none found":  # positions may be computed in forward (sin/cos)
+        probe, change = _angles_probe(adapter, batch, options.seed, clean)
+        metrics.update({"sin_cos_calls": probe.calls, "computed_at": probe.site})
+        if probe.calls:
+            at = f" ({probe.site})" if probe.site else ""
+            if change > tol:
                 return CheckResult(
-                    name, 1, "fail", f"{what} every position gives the same output (relative "
-                    f"spread {spread:.1e}), and scaling the angles of the sines and cosines the "
-                    f"model computes in forward{at} leaves the outputs unchanged ({change:.1e} "
-                    f"≤ {tol:g}): that position encoding never reaches the output — fed one "
-                    "position (pe[:1], zeros), added along the batch axis, or its sum "
-                    "discarded. Add pe[:T] along the time axis (x = tok + pe[:T]) or rotate q "
-                    "and k by torch.arange(T).", metrics, threshold)
-        if family == "none found":
+                    name, 1, "pass", f"{what} every position gives the same output, as a "
+                    "rotary encoding does (it depends on distances only); the sines and "
+                    f"cosines the model computes in forward{at} reach the output: scaling "
+                    f"their angles by 1.37 moved it by {change:.1e}.", metrics, threshold)
             return CheckResult(
-                name, 1, "warn", f"{what} every position gives the same output (relative "
-                f"spread {spread:.1e}): the model has no position information and tells "
-                "positions apart only through the causal mask (NoPE). If you meant it to have "
-                "positions, they do not reach the output.", metrics, threshold)
+                name, 1, "fail", f"{what} every position gives the same output (relative "
+                f"spread {spread:.1e}), and scaling the angles of the sines and cosines the "
+                f"model computes in forward{at} leaves the outputs unchanged ({change:.1e} "
+                f"≤ {tol:g}): that position encoding never reaches the output — fed one "
+                "position (pe[:1], zeros), added along the batch axis, or its sum "
+                "discarded. Add pe[:T] along the time axis (x = tok + pe[:T]) or rotate q "
+                "and k by torch.arange(T).", metrics, threshold)
+    if family == "none found":
         return CheckResult(
-            name, 1, "fail", f"{what} every position gives the same output (relative spread "
-            f"{spread:.1e} ≤ {tol:g}): the position encoding never reaches the output, so the "
-            "model cannot tell where a token sits. Feed torch.arange(T) as the positions (not "
-            "zeros or arange(1)), add the encoding along the time axis (x + pe[:T], not "
-            "pe[:batch]), and keep its sum (x = tok + pos).", metrics, threshold)
+            name, 1, "warn", f"{what} every position gives the same output (relative "
+            f"spread {spread:.1e}): the model has no position information and tells "
+            "positions apart only through the causal mask (NoPE). If you meant it to have "
+            "positions, they do not reach the output.", metrics, threshold)
+    return CheckResult(
+        name, 1, "fail", f"{what} every position gives the same output (relative spread "
+        f"{spread:.1e} ≤ {tol:g}): the position encoding never reaches the output, so the "
+        "model cannot tell where a token sits. Feed torch.arange(T) as the positions (not "
+        "zeros or arange(1)), add the encoding along the time axis (x + pe[:T], not "
+        "pe[:batch]), and keep its sum (x = tok + pos).", metrics, threshold)
+
+def _relative_verdict(c: _Probe) -> CheckResult:
+    """Relative encodings (rotary, ALiBi, bias tables): perturbing their frequencies, slopes or
+    tables must change the outputs; when it does not, which table is the culprit."""
+    adapter, options, batch, clean = c.adapter, c.options, c.batch, c.clean
+    name, family, where, metrics = c.name, c.family, c.where, c.metrics
+    tol, threshold, t = c.tol, c.threshold, c.t
     knobs = _relative_knobs(adapter.model)
     metrics["perturbed"] = [n for n, _ in knobs]
     if not knobs:  # the angles may still be computed in forward: scale them there
