@@ -100,7 +100,7 @@ def _pyproject_extras(path: Path) -> dict[str, list[str]]:
     try:
         import tomllib
     except ImportError:  # Python 3.10: the TOML reader pip itself uses
-        from pip._vendor import tomli as tomllib  # type: ignore[no-redef]
+        from pip._vendor import tomli as tomllib
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:

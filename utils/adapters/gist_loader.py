@@ -153,10 +153,11 @@ def load_model(
         >>> adapter = adapt(loaded)
     """
     spec = source if isinstance(source, SourceSpec) else parse_source(
-        source if source is not None else example_path())
+        os.fspath(source) if source is not None else example_path())
     provenance: dict[str, Any] = {"input": spec.input, "kind": spec.kind, "gist_id": spec.gist_id,
                                   "revision": spec.revision}
     if spec.kind == "gist":
+        assert spec.gist_id is not None, "parse_source gives a gist its id"
         fetched = fetch_gist(spec.gist_id, spec.revision, api_url=api_url, token=token,
                              cache_dir=cache_dir, say=say)
         folder, where = fetched.folder, f"Gist {spec.gist_id}"
@@ -168,6 +169,7 @@ def load_model(
         say(f"Running {model_path.name} from gist {spec.gist_id}{by}, revision "
             f"{fetched.revision[:7]}{cached}. Only run code you trust.")
     else:
+        assert spec.path is not None, "parse_source gives a folder or file its path"
         folder = spec.path if spec.kind == "folder" else spec.path.parent
         if spec.kind == "folder" and Path(spec.input).name == "config.json":
             say(f"{spec.input} is the folder's config: loading the folder {folder}.")

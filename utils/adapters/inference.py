@@ -223,7 +223,8 @@ def decide_vocab(*, override: int | None, flat: dict, scan: Scan, probe: Probe,
                             if override < found.value else "."))
     if found is not None and config is not None and int(config[1]) != found.value:
         notes.append(f"config {config[0]}={config[1]} but the model's token embedding has "
-                     f"{found.value} rows; using {used.value} (ids must stay below it).")
+                     f"{found.value} rows; using {(used or found).value} (ids must stay below "
+                     "it).")
     return used, notes
 
 

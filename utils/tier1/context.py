@@ -14,7 +14,7 @@ optimizer step.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from utils.checks import register
 from utils.report import CheckResult
@@ -81,7 +81,8 @@ def check_context_use(adapter: Adapter, options) -> CheckResult:
     tol = options.threshold(f"{name}.rtol", 1e-5)
     threshold = {"no_dependence_at_or_below": tol}
     probes = _probes(adapter, options, t)
-    rows = [{"changed": what, "max_rel_change": change} for what, change, _ in probes]
+    rows: list[dict[str, Any]] = [{"changed": what, "max_rel_change": change}
+                                  for what, change, _ in probes]
     if any(not math.isfinite(change) for _, change, _ in probes):
         return CheckResult(name, 1, "skip", f"The outputs are not finite at length {t} (NaN or "
                            "Inf), so whether they depend on the other tokens cannot be "

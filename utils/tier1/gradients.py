@@ -59,8 +59,8 @@ def _closed_at_init(adapter: Adapter, options, cut: list[str]) -> list[str]:
     touched: set[str] = set()
     with after_first_steps(adapter, options, touched=touched):
         _, grads = _backward(adapter, options)
-    return [n for n in cut if n in touched or (grads.get(n) is not None and
-            bool(torch.isfinite(grads[n]).all()) and bool(grads[n].any()))]
+    return [n for n in cut if n in touched or ((g := grads.get(n)) is not None and
+            bool(torch.isfinite(g).all()) and bool(g.any()))]
 
 
 @register("gradient_flow", tier=1, thresholds=("layer_spread",))
@@ -103,7 +103,7 @@ def check_gradient_flow(adapter: Adapter, options) -> CheckResult:
     total = math.sqrt(sum((r["grad_norm"] or 0.0) ** 2 for r in rows
                           if r["grad_norm"] is not None and math.isfinite(r["grad_norm"])))
     max_spread = options.threshold("gradient_flow.layer_spread", 1e4)
-    metrics = {"loss": loss.item(), "total_grad_norm": total, "parameters": len(rows),
+    metrics: dict[str, Any] = {"loss": loss.item(), "total_grad_norm": total, "parameters": len(rows),
                "no_gradient": len(missing), "zero_gradient": len(zero), "non_finite": len(bad),
                "layer_spread": spread, "layer_grad_norms": layers,
                "closed_at_init": len(closed)}

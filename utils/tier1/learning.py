@@ -54,10 +54,11 @@ class _Adam:
     @torch.no_grad()
     def step(self) -> None:
         self.t += 1
-        live = [i for i, p in enumerate(self.params) if p.grad is not None]
+        grads = {i: p.grad for i, p in enumerate(self.params) if p.grad is not None}
+        live = list(grads)
         if self.state is None:
             for i in live:
-                self.params[i].add_(self.params[i].grad, alpha=-self.lr)
+                self.params[i].add_(grads[i], alpha=-self.lr)
             return
         groups: dict[tuple, list[int]] = {}  # the fused kernel takes one device and dtype
         for i in live:
@@ -66,22 +67,23 @@ class _Adam:
         for idx in groups.values():
             if self.fused:
                 try:
-                    self._fused_step(idx)
+                    self._fused_step(idx, grads, self.state)
                     continue
                 except (RuntimeError, TypeError):  # checked before any tensor is written
                     self.fused = False
             for i in idx:
-                p, (m, v) = self.params[i], self.state[i]
-                m.lerp_(p.grad, 1 - b1)
-                v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+                p, (m, v), g = self.params[i], self.state[i], grads[i]
+                m.lerp_(g, 1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
                 denom = (v / (1 - b2**self.t)).sqrt_().add_(self.eps)
                 p.addcdiv_(m, denom, value=-self.lr / (1 - b1**self.t))
 
-    def _fused_step(self, idx: list[int]) -> None:
+    def _fused_step(self, idx: list[int], grads: dict[int, torch.Tensor],
+                    state: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         steps = torch._foreach_add([self.steps[i] for i in idx], 1)  # kept once it has run
         torch._fused_adam_(
-            [self.params[i] for i in idx], [self.params[i].grad for i in idx],
-            [self.state[i][0] for i in idx], [self.state[i][1] for i in idx], [], steps,
+            [self.params[i] for i in idx], [grads[i] for i in idx],
+            [state[i][0] for i in idx], [state[i][1] for i in idx], [], steps,
             lr=self.lr, beta1=self.betas[0], beta2=self.betas[1], weight_decay=0.0,
             eps=self.eps, amsgrad=False, maximize=False, grad_scale=None, found_inf=None)
         for i, step in zip(idx, steps, strict=True):

@@ -39,6 +39,7 @@ def _own_loss(adapter: Adapter, ids: torch.Tensor, mask: torch.Tensor | None,
 
     batch = {"input_ids": ids, **({"attention_mask": mask} if mask is not None else {})}
     args, kwargs = adapter.call_args(batch, feed_targets=True)
+    assert adapter.targets_param is not None, "model_loss runs for models that take targets"
     kwargs[adapter.targets_param] = labels
     adapter.model.eval()
     with torch.no_grad():
@@ -90,7 +91,8 @@ def _ignores_by_pad_id(adapter: Adapter, x, mask, labels, param: str, next_token
     if own is None:
         return CheckResult(name, 1, "skip", f"{said}; with the pad id there instead it gives "
                            "no loss either, so its own loss cannot be compared.")
-    if _logits_shape_note(logits, param, *x.shape) is not None:  # the loss alone, or flattened
+    if logits is None or _logits_shape_note(logits, param, *x.shape) is not None:
+        # the loss alone, or logits flattened: those of the same eval forward without targets
         logits = eval_logits(adapter, {"input_ids": x, "attention_mask": mask}).float()
     expected = _task_loss(logits, labels, next_tokens)
     own_value = float(own)
@@ -161,6 +163,7 @@ def check_model_loss(adapter: Adapter, options) -> CheckResult:
                                f"without it logits of shape {list(plain.shape)}: its own loss "
                                "cannot be lined up with per-position logits.")
         logits = plain
+    assert logits is not None, "_logits_shape_note names what forward gave instead"
     expected = _task_loss(logits, labels, next_tokens)
     if next_tokens:
         unshifted = _cross_entropy(logits[:, :-1], labels[:, 1:])  # shifted once more

@@ -125,14 +125,15 @@ class _Call:
             elif re.search(r"past|cache", key, re.I) and not isinstance(self.kwargs[key], bool):
                 self.kwargs[key] = None
         slot = _hidden_slot(args, kwargs)
-        self.slot, self.hidden = slot if slot else (None, None)
+        self.slot: int | str | None = slot[0] if slot else None
+        self.hidden: torch.Tensor | None = slot[1] if slot else None
 
     @torch.no_grad()
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor | None:
         args, kwargs = list(self.args), dict(self.kwargs)
         if isinstance(self.slot, int):
             args[self.slot] = hidden
-        else:
+        elif self.slot is not None:
             kwargs[self.slot] = hidden
         return _first_tensor(self.block(*args, **kwargs))
 
@@ -157,6 +158,8 @@ def _nudge(call: _Call, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tenso
     """``(δ, response)``: a 1 % random nudge of the call's hidden states and how its output
     moved; None when the output is not shaped like the input. Replaying may raise."""
     x = call.hidden
+    if x is None:  # the call had no hidden-state argument to nudge
+        return None
     delta = torch.randn(x.shape, generator=gen).to(x.device, x.dtype) * \
         (1e-2 * float(x.float().std()) or 1e-3)
     base, moved = call(x), call(x + delta)
@@ -174,9 +177,11 @@ def _mean_cosine(delta_out: torch.Tensor, delta_in: torch.Tensor) -> float:
 @contextmanager
 def _zeroed(module: nn.Module) -> Iterator[None]:
     """``module`` returns zeros (of its first output tensor) while inside."""
-    handle = module.register_forward_hook(
-        lambda _m, _a, out: _replace_first(out, torch.zeros_like(_first_tensor(out)))
-        if _first_tensor(out) is not None else out)
+    def zeros(_module: nn.Module, _args: Any, out: Any) -> Any:
+        first = _first_tensor(out)
+        return out if first is None else _replace_first(out, torch.zeros_like(first))
+
+    handle = module.register_forward_hook(zeros)
     try:
         yield
     finally:
@@ -233,7 +238,7 @@ def _call_site(block: nn.Module, child: str, files: set[str]) -> str:
     # the slip is a call whose result is not added to anything: prefer such a line
     bare = [f for f in found if "+" not in f[1][:f[2].start()]]
     for offset, text, _ in bare or found:
-        return f" ({path.rsplit('/', 1)[-1]}, line {start + offset}: {text.strip()})"
+        return f" ({str(path).rsplit('/', 1)[-1]}, line {start + offset}: {text.strip()})"
     return ""
 
 

@@ -11,7 +11,8 @@ all-sink layers are warnings.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -60,7 +61,7 @@ def head_stats(w: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
-def classify(s: dict[str, float], cut: float = 0.5) -> str:
+def classify(s: Mapping[str, Any], cut: float = 0.5) -> str:
     """previous-token | sink-dominated | positional/local | uniform | mixed."""
     if s["previous"] >= cut:
         return "previous-token"
@@ -89,7 +90,8 @@ def _head_rows(index: int, amap: AttentionMap) -> list[dict]:
     stats = head_stats(w) if self_attn else None
     rows = []
     for h in range(w.shape[1]):
-        row = {"layer": index, "module": amap.name, "head": h, "mechanism": amap.mechanism,
+        row: dict[str, Any] = {"layer": index, "module": amap.name, "head": h,
+                               "mechanism": amap.mechanism,
                "kind": amap.kind}
         if stats is None:
             ent = -(w[:, h] * w[:, h].clamp_min(1e-12).log()).sum(-1).mean()

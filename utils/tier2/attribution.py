@@ -17,7 +17,7 @@ is reported as the convergence delta. Gradient × input comes free from the path
 from __future__ import annotations
 
 from itertools import pairwise
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -85,7 +85,7 @@ def path_nodes(steps: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def integrated_gradients(adapter: Adapter, batch: dict[str, torch.Tensor], steps: int = 32,
                          chunk: int = 32, counts: dict[str, int] | None = None,
-                         ) -> dict[str, torch.Tensor]:
+                         ) -> dict[str, Any]:
     """IG and gradient × input on the token-embedding output of ``batch`` (N samples).
 
     Returns ``ig`` and ``gxi`` of shape ``(N, T)`` (summed over the embedding dim), ``f_input``,
@@ -103,6 +103,7 @@ def integrated_gradients(adapter: Adapter, batch: dict[str, torch.Tensor], steps
         swap.arm(lambda out: None)
         with torch.no_grad():
             clean = adapter.logits(**inputs)
+        assert swap.seen is not None, "the forward passed through the embedding"
         emb = swap.seen.float()  # (N, T, D)
         pos = target_positions(adapter, batch)
         direction = target_directions(adapter, clean, pos).to(emb.device)

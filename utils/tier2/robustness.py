@@ -35,7 +35,8 @@ NOISE = (0.01, 0.03, 0.1, 0.3, 1.0)  # × the embedding's RMS
 SUBSTITUTION = (0.05, 0.1, 0.2, 0.4)  # share of tokens replaced
 
 
-def compare(adapter: Adapter, clean: torch.Tensor, noisy: torch.Tensor) -> dict[str, float]:
+def compare(adapter: Adapter, clean: torch.Tensor, noisy: torch.Tensor,
+            ) -> dict[str, float | None]:
     """Agreement, KL, loss increase and relative change of ``noisy`` against ``clean``
     (both ``(B, C)`` or ``(B, T, V)``, one strength)."""
     clean, noisy = clean.float(), noisy.float()
@@ -95,6 +96,7 @@ def sweeps(adapter: Adapter, batch: dict[str, torch.Tensor], seed: int, chunk: i
         with EmbeddingSwap(adapter) as swap:
             swap.arm(lambda out: None)
             clean = adapter.logits(**inputs)
+            assert swap.seen is not None, "the forward passed through the embedding"
             emb = swap.seen.float()
             rms = float(emb.pow(2).mean().sqrt())
             noise = torch.cat([s * rms * torch.randn(emb.shape, generator=gen)

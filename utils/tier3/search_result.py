@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,8 @@ class SearchResult:
             return {}
         complete = [t for t in self.study.get_trials(deepcopy=False)
                     if t.state == optuna.trial.TrialState.COMPLETE]
-        makers = {"optimization_history": vis.plot_optimization_history}
+        makers: dict[str, Callable[..., Any]] = {
+            "optimization_history": vis.plot_optimization_history}
         if len(complete) >= 2:
             makers["param_importances"] = vis.plot_param_importances
             makers["parallel_coordinate"] = vis.plot_parallel_coordinate
@@ -113,7 +115,7 @@ class SearchResult:
         with warnings.catch_warnings():  # optuna marks its matplotlib backend experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             for name, make in makers.items():
-                ax = make(self.study)
+                ax: Any = make(self.study)
                 figures[name] = (ax[0] if hasattr(ax, "__len__") else ax).figure
         return figures
 

@@ -139,8 +139,9 @@ def open_storage(spec: Any, search_dir: Path, mirror_dir: str | None, heartbeat:
         beats = getattr(spec, "get_heartbeat_interval", lambda: None)() is not None
         return StudyStorage(kind, spec, type(spec).__name__, beats)
     if kind == "journal":
-        return _journal(Path(target))
-    local = mirror = None
+        return _journal(Path(str(target)))
+    local: Path | None = None
+    mirror: Path | None = None
     if kind == "default":
         local = search_dir / DB_FILE
         mirror = Path(mirror_dir) / DB_FILE if mirror_dir else None
@@ -151,10 +152,10 @@ def open_storage(spec: Any, search_dir: Path, mirror_dir: str | None, heartbeat:
             say(f"Continuing the study from the mirror's copy ({mirror}).")
         local.parent.mkdir(parents=True, exist_ok=True)
         target = f"sqlite:///{local.resolve()}"
-    elif target.startswith("sqlite:///") and "/content/drive" in target:
+    elif target is not None and target.startswith("sqlite:///") and "/content/drive" in target:
         say("Warning: SQLite's file locking does not work on Google Drive; keep the database "
             "on local disk (the default storage mirrors it to Drive) or use 'journal:PATH'.")
-    return _rdb(kind, target, heartbeat, local, mirror)
+    return _rdb(kind, str(target), heartbeat, local, mirror)
 
 
 def _rdb(kind: str, url: str, heartbeat: int, local: Path | None, mirror: Path | None,

@@ -232,7 +232,8 @@ def _train(vocab_size: int, corpus: Any, specials: list[str], min_frequency: int
                         why="BPE learns its merges from text.",
                         fix="Pass corpus= (e.g. the TextDataset from load_text_dataset), or "
                         "strategy='byte'.")
-    result = train_bpe(_texts(corpus), vocab_size, specials, min_frequency=min_frequency)
+    result = train_bpe(_texts(corpus) or iter(()), vocab_size, specials,
+                       min_frequency=min_frequency)
     why = f"byte-level BPE trained on the corpus: {result.describe()}"
     if result.reached < min_fill * vocab_size:
         # Smaller than the embedding is still valid (every id stays below the rows): use it,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import errno
+import functools
 import json
 import operator
 import threading
@@ -211,8 +212,8 @@ class CheckpointManager:
                 remove(folder / manifest_name(step))
                 remove(folder / ckpt_name(step))
         for path in folder.glob("step-*.ckpt"):  # interrupted saves older than a complete one
-            step = step_of(path)
-            if step is not None and step not in manifests and step < newest and step not in keep:
+            at = step_of(path)
+            if at is not None and at not in manifests and at < newest and at not in keep:
                 remove(path)
         atomic.sweep_temps(folder, older_than=started)
 
@@ -235,7 +236,7 @@ class CheckpointManager:
             if not atomic.is_temp(path):
                 name = path.relative_to(self.run_dir).as_posix()
                 self._mirror.submit(f"file:{name}", f"mirror of {name}",
-                                    lambda name=name: self._mirror_plain(name))
+                                    functools.partial(self._mirror_plain, name))
 
     def _mirror_checkpoint(self, info: CheckpointInfo, manifest: dict) -> None:
         mirror, folder, started = self._mirror, self.mirror_checkpoints_dir, time.time()
@@ -261,7 +262,8 @@ class CheckpointManager:
                      started)
 
     def _mirror_plain(self, name: str) -> None:
-        src, dst = self.run_dir / name, self.mirror_dir / name
+        assert self._mirror is not None and self.mirror_dir is not None, "mirroring"
+        src, dst = self.run_dir / name, Path(self.mirror_dir) / name
         if not src.is_file():
             raise GaveUp(f"mirror of {name}: {src} does not exist")
         self._mirror.retry(f"copying {name} to {self.mirror_dir}",
@@ -289,11 +291,12 @@ class CheckpointManager:
         candidates, notes = [], []
         for rank, (location, folder) in enumerate(places):
             try:
-                steps = {step_of(p) for p in folder.iterdir()} if folder.is_dir() else set()
+                steps = {s for p in folder.iterdir() if (s := step_of(p)) is not None} \
+                    if folder.is_dir() else set()
             except OSError as exc:  # Drive not mounted or dropped: search the other place
                 notes.append(f"Cannot search {folder} for checkpoints ({exc}).")
                 continue
-            candidates += [(-step, rank, location, folder) for step in steps - {None}
+            candidates += [(-step, rank, location, folder) for step in steps
                            if not (location == "mirror" and step in busy)]
         found = None
         for neg_step, _rank, location, folder in sorted(candidates):  # newest first, local first
@@ -341,13 +344,14 @@ class CheckpointManager:
         if self._mirror is None:
             return info
         mirror, root = self._mirror, self.mirror_dir
+        assert root is not None, "a mirror queue has a mirror folder"
         try:
             for src in sorted(root.rglob("*")):
                 rel = src.relative_to(root)
                 if (src.is_file() and not atomic.is_temp(src) and rel.parts[0] != "checkpoints"
                         and not (self.run_dir / rel).exists()):
-                    mirror.retry(f"restoring {rel}",
-                                 lambda s=src, r=rel: atomic.copy_atomic(s, self.run_dir / r))
+                    mirror.retry(f"restoring {rel}", functools.partial(
+                        atomic.copy_atomic, src, self.run_dir / rel))
             if info is None or info.location == "local":
                 return info
             with self._lock:

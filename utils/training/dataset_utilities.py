@@ -170,7 +170,7 @@ def load_text_dataset(source: Any = None, *, config: str | None = None, split: s
                         fix="Correct the arguments listed.")
     raw, described, cut = read_source(example_corpus() if source is None else source,
                                       config=config, split=split, document=document,
-                                      cache_dir=cache_dir)
+                                      cache_dir=Path(cache_dir) if cache_dir is not None else None)
     given = dict(raw) if hasattr(raw, "keys") else {"train": raw}
     first = next(iter(given.values()))
     roles = _roles(first, task, text_column, label_column, target_column)
@@ -268,6 +268,7 @@ def _iter_batches(ds, cols: list[str], size: int = 10_000):
 
 def _encode_labels(splits: dict, data: TextDataset) -> dict:
     col = data.label_column
+    assert col is not None, "called for a dataset with labels"
     dtype = getattr(splits[next(iter(splits))].features[col], "dtype", None)
     names = getattr(splits[next(iter(splits))].features[col], "names", None)
     if dtype in ("string", "large_string"):

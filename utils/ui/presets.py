@@ -90,8 +90,8 @@ def device_budget(device: torch.device) -> int | None:
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         return min(int(free), usable_bytes(total))
-    free = free_memory_bytes(device)
-    return None if free is None else int(free * CPU_MEMORY_SHARE)
+    available = free_memory_bytes(device)
+    return None if available is None else int(available * CPU_MEMORY_SHARE)
 
 
 def _largest_divisor(n: int, at_most: int) -> int:
