@@ -18,24 +18,31 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
-import os
-import sys
 import time
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from utils.atomic import write_json
-from utils.errors import UserError, arg
-from utils.training.checkpoint_files import CheckpointInfo, step_of
+from utils.errors import arg
+from utils.training.checkpoint_files import CheckpointInfo
 from utils.training.checkpoint_manager import CheckpointManager
 from utils.training.config import TrainingConfig, merge_for_resume
 from utils.training.gate import TIER1_GATE, GateFailed, run_gate
 from utils.training.result import TrainResult, build_result
+from utils.training.run_pieces import (
+    as_adapter_and_loaded,
+    data_module_for,
+    has_validation,
+    interactive,
+    lr_find,
+    precision_of,
+    primary_process,
+    quiet_lightning,
+    resume_point,
+)
 from utils.training.runs import (
     check_fingerprint,
     default_run_dir,
@@ -47,140 +54,6 @@ __all__ = ["TIER1_GATE", "GateFailed", "TrainResult", "train"]
 
 # What a training run imports (the train and data extras), checked before any work.
 TRAINING_PACKAGES = ("lightning", "torchmetrics", "safetensors", "datasets", "tokenizers")
-
-# ---- pieces of a run ---------------------------------------------------------------------
-def _as_adapter(model_or_adapter: Any):
-    from utils.adapters import LoadedModel
-    from utils.checks import as_adapter
-
-    loaded = model_or_adapter if isinstance(model_or_adapter, LoadedModel) else None
-    adapter = as_adapter(model_or_adapter)
-    # an adapter made from a LoadedModel (with overrides) keeps it: its code and config
-    return adapter, loaded if loaded is not None else getattr(adapter, "loaded", None)
-
-
-def _data_module(adapter: Any, data: Any, config: TrainingConfig, run_dir: Path,
-                 tokenizer: Any, say: Callable[[str], None]):
-    from utils.tokenization import AdaptiveTokenizer, TextDataModule, tokenizer_for_model
-    from utils.training.dataset_utilities import load_text_dataset
-
-    if isinstance(data, TextDataModule):
-        return data, data.tokenizer
-    dataset = data if hasattr(data, "train") and hasattr(data, "validation") else \
-        load_text_dataset(data, task=adapter.task)
-    if getattr(dataset, "cut", None):
-        say(f"Data: {dataset.source}: {dataset.cut}; validation: {dataset.split_by}.")
-    tok_dir = run_dir / "tokenizer"
-    if tokenizer is None and (tok_dir / "tokenizer.json").is_file():
-        tokenizer = AdaptiveTokenizer.load(tok_dir)  # the run's own: tokenize as before
-        say(f"Tokenizer: the run's own ({tokenizer.strategy}, {tokenizer.vocab_size:,} ids).")
-    elif tokenizer is None:
-        tokenizer = tokenizer_for_model(adapter, dataset)
-        first, *more = [part.strip() for part in tokenizer.reason.split(";") if part.strip()]
-        say(f"Tokenizer: {tokenizer.strategy}, {tokenizer.vocab_size:,} ids — {first}.")
-        for part in more:  # a pretrained tokenizer passed over or unavailable offline, …
-            say(f"  note: {part}.")
-    dm = TextDataModule(dataset, tokenizer, adapter, seq_len=config.seq_len_for(
-                        adapter.max_seq_len),
-                        batch_size=config.batch_size, seed=config.seed,
-                        num_workers=config.num_workers)
-    return dm, tokenizer
-
-
-def _precision(config: TrainingConfig) -> str:
-    import torch
-
-    cuda = torch.cuda.is_available() and config.accelerator in ("auto", "gpu", "cuda")
-    return config.effective_precision("cuda" if cuda else "cpu",
-                                      cuda and torch.cuda.is_bf16_supported())
-
-
-def _resume_point(config: TrainingConfig, manager: CheckpointManager,
-                  run_dir: Path) -> CheckpointInfo | None:
-    """The checkpoint to continue from, or None."""
-    if config.resume == "never":
-        found = manager.latest_valid()
-        if found is not None:
-            raise UserError(f"{run_dir} already holds a run (checkpoint of step {found.step}), "
-                            f"and {arg('resume', 'never')} would overwrite it.",
-                            why="Starting from scratch in a folder with checkpoints would mix "
-                            "two runs.", fix=f"Pass {arg('resume', 'auto')} to continue it, or "
-                            f"{arg('out_dir', '<another folder>')} to start a new run beside it.")
-        return None
-    if config.resume == "auto":
-        return manager.latest_valid()
-    path = Path(config.resume)
-    if path.is_dir():
-        with CheckpointManager(path, keep_last=config.keep_last) as other:
-            found = other.latest_valid()
-        if found is None:
-            raise UserError(f"{arg('resume', config.resume)}: no valid checkpoint in that "
-                            "folder.", fix=f"Point {arg('resume')} at a run folder with "
-                            "checkpoints/, or a .ckpt.")
-        return found
-    if not path.is_file():
-        raise UserError(f"{arg('resume', config.resume)}: no such checkpoint file or run "
-                        "folder.", fix=f"Use {arg('resume', 'auto')} (the newest valid checkpoint "
-                        f"of the run), {arg('resume', 'never')}, or an existing path.")
-    # a file the user names: no manifest to verify it against; torch.load judges it (memory-
-    # mapped: only the step is read here, the tensors when Lightning restores it)
-    step = step_of(path)
-    if step is None:
-        state = manager.load(path, mmap=True)
-        step = state.get("global_step") if isinstance(state, dict) else None
-        if not isinstance(step, int):
-            raise UserError(f"{arg('resume', config.resume)} is not a checkpoint of a "
-                            "Lightning run: it holds no global_step.",
-                            fix="Point it at a step-*.ckpt of a run folder, or at the run "
-                            "folder itself.")
-    return CheckpointInfo(path, step, sha256="", size=path.stat().st_size, val_loss=None,
-                          location="given")
-
-
-def _lr_find(trainer_kwargs: dict, module: Any, dm: Any, config: TrainingConfig,
-             say: Callable[[str], None]) -> TrainingConfig:
-    """Lightning's learning-rate finder on a throwaway trainer; the config stays the single
-    source of truth (the finder's own attribute update is off)."""
-    import lightning.pytorch as pl
-    from lightning.pytorch.tuner import Tuner
-
-    finder_kwargs = {k: v for k, v in trainer_kwargs.items()
-                     if k not in ("callbacks", "plugins", "max_steps", "max_epochs", "logger",
-                                  "enable_checkpointing")}
-    module.config = config.replace(lr=1e-3)
-    trainer = pl.Trainer(**finder_kwargs, max_steps=100, enable_progress_bar=False,
-                         enable_checkpointing=False, logger=False)
-    found = Tuner(trainer).lr_find(module, datamodule=dm, min_lr=1e-6, max_lr=1.0,
-                                   num_training=min(100, max(20, config.max_steps)),
-                                   update_attr=False)
-    suggestion = found.suggestion() if found is not None else None
-    if suggestion is None or not math.isfinite(suggestion):
-        suggestion = 3e-4
-        say("lr='auto': the finder found no clear slope; using lr=3e-4.")
-    else:
-        say(f"lr='auto': the learning-rate finder suggests {suggestion:.2e}.")
-    config = config.replace(lr=float(suggestion))
-    module.config = config
-    return config
-
-
-@contextlib.contextmanager
-def _quiet_lightning():
-    """Lightning's start-up banners ("GPU available…", "Trainer already configured…") are
-    noise in a notebook: keep warnings and errors only."""
-    names = ("lightning.pytorch", "lightning.fabric", "lightning")
-    levels = {n: logging.getLogger(n).level for n in names}
-    for n in names:
-        logging.getLogger(n).setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-            yield
-    finally:
-        for n, level in levels.items():
-            logging.getLogger(n).setLevel(level)
-
 
 # ---- the entry point ---------------------------------------------------------------------
 def train(model_or_adapter: Any, data: Any = None, config: TrainingConfig | None = None, *,
@@ -211,12 +84,12 @@ def train(model_or_adapter: Any, data: Any = None, config: TrainingConfig | None
 
     require_all(TRAINING_PACKAGES, "Training")  # before any work: every missing extra at once
     config = config or TrainingConfig()
-    adapter, loaded = _as_adapter(model_or_adapter)
+    adapter, loaded = as_adapter_and_loaded(model_or_adapter)
     run_dir = Path(config.out_dir) if config.out_dir else default_run_dir(adapter, config)
     run_dir.mkdir(parents=True, exist_ok=True)
     # ranks >= 1 of Lightning's ddp re-run this script: they read the run folder rank 0 has
     # prepared, and only rank 0 writes it and its mirror
-    mirror = config.mirror_dir if _primary_process() else None
+    mirror = config.mirror_dir if primary_process() else None
     with CheckpointManager(run_dir, mirror, keep_last=config.keep_last, say=say) as manager:
         run = Run(adapter, loaded, config, run_dir, manager, callbacks=list(callbacks),
                   tokenizer=tokenizer, force=force, gate=gate, progress=progress, say=say)
@@ -266,8 +139,8 @@ class Run:
     def prepare(self, data: Any) -> None:
         """Where the run starts, its settings, the gate, the data and the tokenizer."""
         config, manager, run_dir = self.config, self.manager, self.run_dir
-        self.primary = _primary_process()
-        self.start = _resume_point(config, manager, run_dir)
+        self.primary = primary_process()
+        self.start = resume_point(config, manager, run_dir)
         if self.start is not None and self.start.location == "mirror":
             manager.restore_local()
             self.notes.append("Resumed from the mirror: the local run folder had no valid "
@@ -280,13 +153,13 @@ class Run:
         if self.start is None and self.gate and self.primary:
             self.report = run_gate(self.adapter, run_dir, force=self.force, say=self.say,
                                    report=None if isinstance(self.gate, bool) else self.gate)
-        self.plain = self.progress is False or (self.progress is None and not _interactive())
+        self.plain = self.progress is False or (self.progress is None and not interactive())
         if self.plain:  # datasets' bars become hundreds of lines in a log: one line per phase
             with contextlib.suppress(ImportError):
                 import datasets
 
                 datasets.disable_progress_bars()
-        self.dm, self.tokenizer = _data_module(self.adapter, data, self.config, run_dir,
+        self.dm, self.tokenizer = data_module_for(self.adapter, data, self.config, run_dir,
                                                self.tokenizer, self.say)
         current = fingerprint(self.adapter.model, self.tokenizer)
         if self.start is not None:
@@ -323,7 +196,7 @@ class Run:
         total = config.max_steps if config.max_steps > 0 else steps_per_epoch * (
             config.epochs or 1)
         self.validating = bool(config.val_every)
-        if self.validating and not _has_validation(dm):
+        if self.validating and not has_validation(dm):
             self.validating = False
             self.notes.append("No validation text (validation_fraction=0, or the source's "
                               "validation split is empty): val_loss is not measured.")
@@ -353,14 +226,14 @@ class Run:
                                            patience=config.early_stopping_patience))
         kwargs = self._trainer_kwargs()
         if config.lr == "auto" and self.start is None:
-            with _quiet_lightning():
-                self.config = config = _lr_find(kwargs, self.module, dm, config, self.say)
+            with quiet_lightning():
+                self.config = config = lr_find(kwargs, self.module, dm, config, self.say)
             self.notes.append(f"lr='auto' chose lr={config.lr:.3g} (Lightning's learning-rate "
                               "finder).")
         if self.primary:
             write_json(run_dir / "config.json", config.to_dict())
         manager.mirror_file("config.json")
-        with _quiet_lightning():
+        with quiet_lightning():
             self.trainer = pl.Trainer(
                 **kwargs, max_steps=config.max_steps if config.max_steps > 0 else -1,
                 max_epochs=config.epochs if config.max_steps <= 0 else -1,
@@ -372,14 +245,16 @@ class Run:
         config = self.config
         kwargs: dict[str, Any] = dict(
             accelerator=config.accelerator, devices=config.devices, num_nodes=config.num_nodes,
-            strategy=config.strategy, precision=_precision(config),
+            strategy=config.strategy, precision=precision_of(config),
             accumulate_grad_batches=config.grad_accum,
             gradient_clip_val=config.grad_clip or None,
             limit_val_batches=(config.val_batches if config.val_batches else 1.0)
             if self.validating else 0,
             check_val_every_n_epoch=None if self.validating else 1,
             num_sanity_val_steps=0, use_distributed_sampler=False, enable_model_summary=False,
-            default_root_dir=str(self.run_dir), logger=_logger(config, self.run_dir),
+            # Lightning itself logs nowhere: metrics.csv is MetricsLog's, the record of truth,
+            # and logger='wandb' feeds W&B from it (utils.training.tracking's callback)
+            default_root_dir=str(self.run_dir), logger=False,
             enable_checkpointing=False, deterministic=False)
         if self.validating:
             kwargs["val_check_interval"] = config.val_every * config.grad_accum
@@ -403,7 +278,7 @@ class Run:
             else:
                 self.say(f"Resuming from step {start.step} ({start.path.name}).")
         began = time.perf_counter()
-        with _quiet_lightning():
+        with quiet_lightning():
             try:
                 trainer.fit(self.module, datamodule=self.dm, weights_only=True,
                             ckpt_path=str(start.path) if start is not None else None)
@@ -414,7 +289,7 @@ class Run:
         self.seconds = time.perf_counter() - began
         if self.validating and not self.interrupted and not self.complete and \
                 self.module.last_validated != trainer.global_step:
-            with _quiet_lightning():
+            with quiet_lightning():
                 trainer.validate(self.module, datamodule=self.dm, verbose=False)
 
     # ---- finish -------------------------------------------------------------------------
@@ -444,35 +319,3 @@ class Run:
             manager.mirror_file("metrics.csv")
             manager.drain()
         return result
-
-
-def _has_validation(dm: Any) -> bool:
-    """Whether the data module has validation rows (True when it cannot tell)."""
-    rows = getattr(dm, "rows", None)
-    return not isinstance(rows, dict) or "validation" not in rows or \
-        len(rows["validation"]) > 0
-
-
-def _logger(config: TrainingConfig, run_dir: Path):
-    """Lightning itself logs nowhere: metrics.csv is written by MetricsLog, the record of
-    truth, and logger='wandb' feeds W&B from it (utils.training.tracking's callback)."""
-    return False
-
-
-def _primary_process() -> bool:
-    """False in the processes Lightning's ``ddp`` launcher starts for ranks 1…N-1 (and on
-    nodes after the first): they run the whole script again, from before ``fit``."""
-    return all(os.environ.get(k, "0") == "0"
-               for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
-
-
-def _interactive() -> bool:
-    """A terminal or a notebook: somewhere a progress bar redraws instead of scrolling."""
-    try:
-        from IPython import get_ipython
-
-        if get_ipython() is not None and "IPKernelApp" in get_ipython().config:
-            return True
-    except ImportError:
-        pass
-    return sys.stderr.isatty()
