@@ -77,6 +77,18 @@ def assert_no_duplicates(trials) -> None:
     assert len(sets) == len(set(sets)), sets
 
 
+def survivor_and_doomed(common: list[str], tmp_path: Path) -> tuple[int, int]:
+    """Two workers of one study, one SIGKILLed in its 2nd trial; ``(doomed pid, survivor pid)``
+    once the survivor has finished (exit 0) the study."""
+    survivor = worker([*common, "--out", str(tmp_path / "b"), "--json", str(tmp_path / "b.json")])
+    doomed = worker([*common, "--out", str(tmp_path / "a")], kill="2:1")  # in its 2nd trial
+    code_a, err_a = finish(doomed)
+    code_b, err_b = finish(survivor)
+    assert code_a == -signal.SIGKILL, err_a[-3000:]
+    assert code_b == 0, err_b[-3000:]
+    return doomed.pid, survivor.pid
+
+
 def assert_shared_and_rerun(trials, total: int, killed_pid: int, survivor_pid: int):
     """Two workers shared one study: exactly ``total`` counted trials, none twice, both did real
     work, and the killed worker's trial was failed by the heartbeat and run again, with the
@@ -104,15 +116,10 @@ def test_two_workers_share_one_study_and_the_survivor_retries_the_killed_ones_tr
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     common = [str(folder), "--data", str(data), "--trials", "8", "--storage", storage,
               "--study-name", "shared", *FAST]
-    survivor = worker([*common, "--out", str(tmp_path / "b"), "--json", str(tmp_path / "b.json")])
-    doomed = worker([*common, "--out", str(tmp_path / "a")], kill="2:1")  # in its 2nd trial
-    code_a, err_a = finish(doomed)
-    code_b, err_b = finish(survivor)
-    assert code_a == -signal.SIGKILL, err_a[-3000:]
-    assert code_b == 0, err_b[-3000:]
+    doomed, survivor = survivor_and_doomed(common, tmp_path)
 
     trials = load(storage, "shared").get_trials()
-    killed, retry = assert_shared_and_rerun(trials, 8, doomed.pid, survivor.pid)
+    killed, retry = assert_shared_and_rerun(trials, 8, doomed, survivor)
 
     doc = json.loads((tmp_path / "b.json").read_text())
     assert doc["command"] == "search" and doc["error"] is None

@@ -7,11 +7,10 @@ The server runs for the session in a temporary folder (:mod:`postgres_server`)."
 from __future__ import annotations
 
 import json
-import signal
 
 import pytest
 from postgres_server import PASSWORD, Postgres, running
-from test_hpo import FAST, assert_shared_and_rerun, finish, worker
+from test_hpo import FAST, assert_shared_and_rerun, survivor_and_doomed
 from training.tiny_lm import corpus, write_tiny_lm
 
 from utils.__main__ import main
@@ -45,17 +44,12 @@ def test_two_workers_share_a_postgres_study_and_the_survivor_reruns_the_killed_o
     url = postgres.url()
     common = [str(folder), "--data", str(data), "--trials", "6", "--storage", url,
               "--study-name", "pg", *FAST]
-    survivor = worker([*common, "--out", str(tmp_path / "b"), "--json", str(tmp_path / "b.json")])
-    doomed = worker([*common, "--out", str(tmp_path / "a")], kill="2:1")  # in its 2nd trial
-    code_a, err_a = finish(doomed)
-    code_b, err_b = finish(survivor)
-    assert code_a == -signal.SIGKILL, err_a[-3000:]
-    assert code_b == 0, err_b[-3000:]
+    doomed, survivor = survivor_and_doomed(common, tmp_path)
 
     trials = optuna.load_study(study_name="pg", storage=url).get_trials()
-    assert_shared_and_rerun(trials, 6, doomed.pid, survivor.pid)
+    assert_shared_and_rerun(trials, 6, doomed, survivor)
     workers = {t.user_attrs["worker"].rpartition(":")[2] for t in counted(trials)}
-    assert workers == {str(doomed.pid), str(survivor.pid)}  # no third worker
+    assert workers == {str(doomed), str(survivor)}  # no third worker
 
     doc = json.loads((tmp_path / "b.json").read_text())
     assert doc["error"] is None and doc["storage"] == url.replace(PASSWORD, "***")

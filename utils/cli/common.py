@@ -99,9 +99,9 @@ def _flag_type(field: Any) -> Callable[[str], Any]:
 def settings_given(args: argparse.Namespace) -> dict[str, Any]:
     """The ``TrainingConfig`` fields this command line sets: ``--config``'s, then every
     settings flag given on top (and ``--seed``)."""
-    from utils.training.config import config_fields, load_config_file
+    from utils.training.config import config_fields
 
-    given = load_config_file(args.config) if getattr(args, "config", None) else {}
+    given = dict(_config_file(args))
     given.update({name: value for name in config_fields()
                   if (value := getattr(args, name, None)) is not None})
     return given
@@ -112,10 +112,19 @@ def resolve_seed(args: argparse.Namespace) -> None:
     the file's seed fixes the initial weights as the flag's would."""
     if getattr(args, "seed", 0) is not None:
         return
-    from utils.training.config import load_config_file
-
-    stored = load_config_file(args.config).get("seed") if getattr(args, "config", None) else None
+    stored = _config_file(args).get("seed")
     args.seed = 0 if stored is None else stored
+
+
+def _config_file(args: argparse.Namespace) -> dict[str, Any]:
+    """``--config``'s fields (empty without it), read and checked once per command line."""
+    if not getattr(args, "config", None):
+        return {}
+    if getattr(args, "_config_fields", None) is None:
+        from utils.training.config import load_config_file
+
+        args._config_fields = load_config_file(args.config)
+    return args._config_fields
 
 
 def requested_source(args: argparse.Namespace, loaded=None) -> dict[str, Any]:

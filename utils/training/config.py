@@ -21,6 +21,7 @@ import json
 import math
 import os
 import re
+import types
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -333,7 +334,7 @@ def _kinds(annotation: Any) -> tuple[Any, ...]:
     """The plain types of an annotation and the words its ``Literal`` parts allow
     (``int | Literal["auto"] | None`` -> ``(int, "auto", NoneType)``)."""
     origin = get_origin(annotation)
-    if origin is Union or type(annotation).__name__ == "UnionType":
+    if origin in (Union, types.UnionType):
         return tuple(k for arg in get_args(annotation) for k in _kinds(arg))
     if origin is Literal:
         return _literal(annotation)
