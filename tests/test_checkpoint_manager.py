@@ -261,7 +261,7 @@ def test_a_failed_background_save_is_raised_by_the_next_call(make, monkeypatch):
     manager.save(state_at(10), 10)
     real_stream = atomic.write_atomic_stream
 
-    def full_disk(path, fill):
+    def full_disk(path, fill, **_kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(atomic, "write_atomic_stream", full_disk)
@@ -441,8 +441,35 @@ def test_an_interrupted_save_leaves_nothing_used_and_is_cleaned_up(make):
     with pytest.warns(RuntimeWarning, match="step-00000030.ckpt: it has no manifest"):
         assert fresh.latest_valid().step == 20
     fresh.save(state_at(40), 40)
-    assert names(folder) == ["latest.json", "step-00000020.ckpt", "step-00000020.json",
+    assert names(folder) == [".spare.ckpt",  # the unused step-30 file, kept to write over
+                             "latest.json", "step-00000020.ckpt", "step-00000020.json",
                              "step-00000040.ckpt", "step-00000040.json"]
+    fresh.close()
+    assert ".spare.ckpt" not in names(folder)
+
+
+def test_a_rotated_out_checkpoint_is_written_over_by_the_next_save(make):
+    manager = make(keep_last=1)
+    folder = manager.checkpoints_dir
+    manager.save(state_at(10), 10)
+    first = (folder / "step-00000010.ckpt").stat().st_ino
+    assert manager.drain(10)  # a step still being mirrored is not rotated out
+    manager.save(state_at(20), 20)
+    assert manager.drain(10)
+    assert (folder / ".spare.ckpt").stat().st_ino == first  # retired, not deleted
+    smaller = {"model": {"w": torch.zeros(2)}, "step": 30}  # the reused file must shrink
+    info = manager.save(smaller, 30)
+    assert info.path.stat().st_ino == first and info.size == info.path.stat().st_size
+    assert manager.drain(10)
+    manager.save(smaller, 30)  # saved again: step 20 goes now that its copy is done
+    assert manager.drain(10)
+    assert steps_in(folder) == [30] and manager.latest_valid().step == 30
+    assert_complete(manager, folder)
+    assert torch.equal(manager.load(info)["model"]["w"], torch.zeros(2))
+    assert not (manager.mirror_checkpoints_dir / ".spare.ckpt").exists()  # local only
+    manager.close()
+    assert names(folder) == ["latest.json", "step-00000030.ckpt", "step-00000030.json"]
+    assert steps_in(manager.mirror_checkpoints_dir) == [30]
 
 
 def test_mirror_file_copies_files_and_folders(make, tmp_path):

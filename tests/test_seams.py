@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import errno
 import os
 import re
 from pathlib import Path
@@ -133,6 +134,66 @@ def test_copy_atomic_streams_hashes_and_never_tears_the_target(tmp_path, monkeyp
     monkeypatch.setattr(os, "replace", real_replace)
     assert dst.read_bytes() == previous
     assert sorted(p.name for p in dst.parent.iterdir()) == ["big.bin"]
+
+
+def test_a_stream_written_over_a_retired_file_reuses_it_and_cuts_it_to_size(tmp_path):
+    retired, target = tmp_path / ".spare", tmp_path / "step.ckpt"
+    retired.write_bytes(b"x" * (atomic.CHUNK + 100))  # longer than what comes
+    inode = retired.stat().st_ino
+    payload = os.urandom(1000)
+    sha, size = atomic.write_atomic_stream(target, lambda fh: fh.write(payload), reuse=retired)
+    assert target.read_bytes() == payload and size == 1000 and sha == atomic.sha256(payload)
+    assert target.stat().st_ino == inode  # the same file, written over in place
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step.ckpt"]
+    # a missing file to reuse is no error; a failing write consumes it and keeps the target
+    atomic.write_atomic_stream(target, lambda fh: fh.write(b"new"), reuse=retired)
+    assert target.read_bytes() == b"new"
+    retired.write_bytes(b"old bytes")
+
+    def full(fh):
+        fh.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        atomic.write_atomic_stream(target, full, reuse=retired)
+    assert target.read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step.ckpt"]
+
+
+@pytest.mark.parametrize("refused", [None, errno.EINVAL, errno.ENOSYS])
+def test_an_unhashed_copy_goes_through_the_kernel_or_falls_back_to_reading(
+        tmp_path, monkeypatch, refused):
+    src, dst = tmp_path / "big.bin", tmp_path / "mirror" / "big.bin"
+    src.write_bytes(os.urandom(2 * atomic.CHUNK + 5))
+    real, calls = os.sendfile, []
+
+    def sendfile(*args):
+        calls.append(args)
+        if refused is not None:
+            raise OSError(refused, os.strerror(refused))
+        return real(*args)
+
+    monkeypatch.setattr(os, "sendfile", sendfile)
+    assert atomic.copy_atomic(src, dst, digest=False) is None
+    assert dst.read_bytes() == src.read_bytes() and calls
+    assert atomic.copy_atomic(src, dst) == atomic.sha256_file(src)  # hashed: read, not sent
+    assert len(calls) == (1 if refused else 4)  # 3 chunks + the empty read that ends it
+
+
+def test_a_kernel_copy_that_fails_midway_is_an_error_not_a_fallback(tmp_path, monkeypatch):
+    src, dst = tmp_path / "big.bin", tmp_path / "mirror" / "big.bin"
+    src.write_bytes(os.urandom(2 * atomic.CHUNK))
+    real = os.sendfile
+
+    def dropped(out_fd, in_fd, offset, count):
+        if offset:
+            raise OSError(errno.EINVAL, "Invalid argument")  # after bytes went: not a refusal
+        return real(out_fd, in_fd, offset, count)
+
+    monkeypatch.setattr(os, "sendfile", dropped)
+    with pytest.raises(OSError, match="Invalid argument"):
+        atomic.copy_atomic(src, dst, digest=False)
+    assert not dst.parent.exists() or list(dst.parent.iterdir()) == []
 
 
 def test_compare_reports_like_assert_close():

@@ -5,6 +5,7 @@
     step-00000050.ckpt   torch.save of the training state
     step-00000050.json   its manifest {"step", "file", "size", "sha256", "val_loss", "created"}
     latest.json          {"step": 50, "file": "step-00000050.ckpt"} (file relative to the folder)
+    .spare.ckpt          a rotated-out checkpoint the next save writes over (local folder only)
 
 The same layout is used in the run folder and in its mirror (Drive has no symlinks, so the
 pointer is a small JSON file). A checkpoint is valid only if its manifest exists and the file's
@@ -22,10 +23,11 @@ from pathlib import Path
 from utils import atomic
 from utils.atomic import read_json
 
-__all__ = ["LATEST", "CheckpointInfo", "ckpt_name", "keep_set", "make_manifest",
+__all__ = ["LATEST", "SPARE", "CheckpointInfo", "ckpt_name", "keep_set", "make_manifest",
            "manifest_name", "read_manifests", "step_of", "verify"]
 
 LATEST = "latest.json"
+SPARE = ".spare.ckpt"
 _STEP_FILE = re.compile(r"^step-(\d{8,})\.(ckpt|json)$")
 
 
