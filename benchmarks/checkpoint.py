@@ -101,9 +101,10 @@ def fake_step(state: dict, matmuls: int) -> None:
     state["global_step"] += 1
 
 
-def background_cpu() -> float:
-    """CPU seconds used so far by the manager's threads (the save writer, the mirror)."""
-    tick, total = os.sysconf("SC_CLK_TCK"), 0.0
+def background_cpu_by_thread() -> dict[int, float]:
+    """CPU seconds used so far by each of the checkpoint manager's live threads (the save
+    writer, the mirror), by native thread id."""
+    tick, used = os.sysconf("SC_CLK_TCK"), {}
     for thread in threading.enumerate():
         if thread.name.startswith("checkpoint") and thread.native_id is not None:
             try:
@@ -111,8 +112,13 @@ def background_cpu() -> float:
             except OSError:
                 continue
             utime, stime = fields.rsplit(")", 1)[1].split()[11:13]
-            total += (int(utime) + int(stime)) / tick
-    return total
+            used[thread.native_id] = (int(utime) + int(stime)) / tick
+    return used
+
+
+def background_cpu() -> float:
+    """CPU seconds used so far by the manager's live threads."""
+    return sum(background_cpu_by_thread().values())
 
 
 def run(mode: str, state: dict, args, matmuls: int, run_dir: Path, drive: Path,

@@ -17,15 +17,18 @@ spin against the other processes.
 **Checkpoints.** A ~17M-parameter GPT (a checkpoint of ~200 MB: weights and Adam's two
 moments) trained by ``train()`` with ``checkpoint_every=50`` and ``mirror_dir`` in a folder that
 behaves like Google Drive (0.3 s latency + 40 MB/s for every file written there: the simulation
-of ``checkpoint.py``). Load drifts over minutes here, so each save is paired with its own
-neighbourhood: the ``every // 2`` steps from the save on (the save's call and its background
-mirror copy) against as many steps just before it; the extra seconds over the interval's
-training time is the overhead. Beside it, the seconds the save blocks the step it is taken in.
+of ``checkpoint.py``), against the same run without checkpoints; the two run interleaved,
+``--ckpt-rounds`` times (the order rotates), and the overhead is the training time's ratio
+within a round, minus one (median over rounds). Load drifts by several percent between runs
+a minute apart on this shared machine, so two more figures are printed that do not depend on
+it: the seconds the step holding a save waits, and the CPU seconds the checkpoint threads use
+per save — with every core busy training, that CPU is taken from training, so ``estimated``
+= (wait + CPU / threads) / interval is what a save costs a loop that keeps all cores busy.
 ``--ckpt-modes shipped save`` adds a run with ``ManagerIO`` patched to ``CheckpointManager.save``
 (the local write inline) for comparison.
 
-    python benchmarks/train.py                          # ≈ 3.5 min here (2 cores, load 2)
-    python benchmarks/train.py --rounds 5 --steps 60 --ckpt-steps 225   # steadier
+    python benchmarks/train.py                          # ≈ 6.5 min here (2 cores)
+    python benchmarks/train.py --rounds 5 --steps 60 --ckpt-rounds 3   # steadier
     python benchmarks/train.py --skip-throughput --ckpt-modes shipped save
     python benchmarks/train.py --batch-size 8 --seq-len 256 --ckpt-batch-size 8   # bigger steps
 
@@ -52,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 import torch.nn.functional as F
-from checkpoint import BYTES_PER_S, LATENCY_S, slow_folder
+from checkpoint import BYTES_PER_S, LATENCY_S, background_cpu_by_thread, slow_folder
 from reference_gpt import CONFIG as REFERENCE
 from reference_gpt import ROOT, write_reference
 
@@ -250,28 +253,12 @@ def throughput(args, tmp: Path) -> dict:
 
 
 # ---- checkpoints -------------------------------------------------------------------------
-def paired(times: list[float], saves: list[int], every: int) -> dict:
-    """Extra seconds of the ``every // 2`` steps from each save on over as many steps just
-    before it, as a share of a checkpoint interval (``times[g]``: seconds of step g)."""
-    w, extra, quiet = every // 2, [], []
-    for s in saves:
-        base = statistics.median(times[max(1, s - w):s])
-        extra.append(sum(times[s:s + w]) - base * w)
-        quiet.append(base)
-    interval = every * statistics.median(quiet)
-    return {"extra_s_per_save": extra, "blocked_s_per_save": [times[s] - b for s, b in
-                                                               zip(saves, quiet, strict=True)],
-            "interval_s": interval, "overhead": statistics.median(extra) / interval,
-            "blocked_overhead": statistics.median(times[s] - b for s, b in
-                                                  zip(saves, quiet, strict=True)) / interval}
-
-
 @contextlib.contextmanager
 def saving(mode: str):
     """``shipped``: train() as it is (``ManagerIO`` → ``CheckpointManager.save_async``: a host
     copy inline, the local write and the mirror in background threads). ``save``: ``ManagerIO``
     patched to ``CheckpointManager.save`` (the local write inline, the mirror in the background),
-    for comparison."""
+    for comparison. ``none``: no checkpoints, the baseline."""
     from utils.training.callbacks import ManagerIO
 
     real = ManagerIO.save_checkpoint
@@ -289,57 +276,87 @@ def saving(mode: str):
 
 
 def checkpoint_overhead(args, tmp: Path) -> dict:
+    """Each mode and the baseline without checkpoints, interleaved round by round (the order
+    rotates); a mode's overhead in a round is its training time over the baseline's of the same
+    round, minus one; the figure is the median over rounds."""
     setup = Setup(tmp / "big", BIG, args.ckpt_batch_size, args.seq_len)
     drive = (tmp / "drive").resolve()
     drive.mkdir()
     slow_folder(drive)
+    order = ["none", *args.ckpt_modes]
+    runs: dict[str, list[dict]] = {mode: [] for mode in order}
+    for r in range(args.ckpt_rounds):
+        for mode in order[r % len(order):] + order[:r % len(order)]:
+            print(f"  round {r + 1}: {mode} …", flush=True)
+            with saving(mode):
+                runs[mode].append(checkpoint_run(setup, args, tmp / f"ckpt-{mode}-{r}",
+                                                 drive / f"{mode}-{r}", mode != "none"))
+    interval = statistics.median(run["median_step_s"] for run in runs["none"]) * args.every
     modes = {}
     for mode in args.ckpt_modes:
-        print(f"  {mode} …", flush=True)
-        with saving(mode):
-            modes[mode] = checkpoint_run(setup, args, tmp / f"ckpt-{mode}", drive / mode)
-    return {"model": f"GPT {BIG}", "parameters": modes[args.ckpt_modes[0]]["parameters"],
-            "checkpoint_mb": modes[args.ckpt_modes[0]]["checkpoint_mb"],
+        per_round = [run["train_s"] / base["train_s"] - 1
+                     for run, base in zip(runs[mode], runs["none"], strict=True)]
+        blocked = [b for run in runs[mode] for b in run["blocked_s_per_save"]]
+        cpu = statistics.median(run["background_cpu_s_per_save"] for run in runs[mode])
+        cores = torch.get_num_threads()
+        modes[mode] = {"overhead": statistics.median(per_round), "overhead_per_round": per_round,
+                       "blocked_s_per_save": blocked, "interval_s": interval,
+                       "blocked_overhead": statistics.median(blocked) / interval,
+                       "background_cpu_s_per_save": cpu,
+                       # what the save costs a loop that keeps every core busy: its wait, and
+                       # its threads' CPU taken from the training threads' share of the cores
+                       "estimated_overhead": (statistics.median(blocked) + cpu / cores)
+                       / interval,
+                       "runs": runs[mode]}
+    first = runs[args.ckpt_modes[0]][0]
+    return {"model": f"GPT {BIG}", "parameters": first["parameters"],
+            "checkpoint_mb": first["checkpoint_mb"], "saves": first["saves"],
             "batch": [args.ckpt_batch_size, args.seq_len], "steps": args.ckpt_steps,
-            "every": args.every, "target_overhead": TARGET_CKPT,
+            "every": args.every, "rounds": args.ckpt_rounds, "target_overhead": TARGET_CKPT,
             "slow_folder": {"latency_s": LATENCY_S, "mb_per_s": BYTES_PER_S / 1e6},
-            "modes": modes}
+            "baseline": runs["none"], "modes": modes}
 
 
-def checkpoint_run(setup: Setup, args, out: Path, mirror: Path) -> dict:
+def checkpoint_run(setup: Setup, args, out: Path, mirror: Path, checkpoints: bool) -> dict:
     import lightning.pytorch as pl
 
     import utils
     from utils.training.training_core import train
 
     times: list[float] = []  # times[g]: seconds of optimizer step g (a save counts in its step)
+    cpu: dict[int, float] = {}  # the checkpoint threads' CPU seconds, as last seen
 
     class Clock(pl.Callback):  # after RunState in the callback list: a save lands in its step
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             now = time.perf_counter()
             times.append(now - self.last)
-            self.last = now
+            cpu.update(background_cpu_by_thread())  # read while the threads live
+            self.last = time.perf_counter()  # the reading is not the step's
 
         def on_train_start(self, trainer, pl_module):
             times.append(0.0)
             self.last = time.perf_counter()
 
-    config = setup.config(args.ckpt_steps, out, checkpoint_every=args.every, keep_last=2,
-                          mirror_dir=str(mirror))
+    config = (setup.config(args.ckpt_steps, out, checkpoint_every=args.every, keep_last=2,
+                           mirror_dir=str(mirror)) if checkpoints
+              else setup.config(args.ckpt_steps, out))
     loaded = setup.loaded()
     start = time.perf_counter()
     train(loaded, setup.data(utils.adapt(loaded)), config, tokenizer=setup.tokenizer,
           gate=False, progress=False, say=quiet, callbacks=[Clock()])
     wall = time.perf_counter() - start
-    saves = list(range(args.every, args.ckpt_steps - args.every // 2 + 1, args.every))
-    figures = paired(times, saves, args.every)
-    size = next((out / "checkpoints").glob("step-*.ckpt")).stat().st_size
-    mirrored = sorted(p.name for p in (mirror / "checkpoints").glob("step-*.ckpt"))
-    return {"parameters": sum(p.numel() for p in loaded.model.parameters()),
-            "checkpoint_mb": size / 1e6, "saves": saves,
-            "median_step_s": statistics.median(times[1:saves[0]]),
-            "save_step_s": [times[s] for s in saves], **figures, "mirrored": mirrored,
-            "train_wall_s": wall}
+    saves = list(range(args.every, args.ckpt_steps + 1, args.every)) if checkpoints else []
+    step = statistics.median(times[2:])
+    figures = {"parameters": sum(p.numel() for p in loaded.model.parameters()),
+               "train_s": sum(times[2:]),  # from the end of step 1 (its start is not timed)
+               "median_step_s": step, "saves": saves, "train_wall_s": wall,
+               "blocked_s_per_save": [times[s] - step for s in saves],
+               "background_cpu_s_per_save": sum(cpu.values()) / max(1, len(saves))}
+    if checkpoints:
+        size = next((out / "checkpoints").glob("step-*.ckpt")).stat().st_size
+        figures["checkpoint_mb"] = size / 1e6
+        figures["mirrored"] = sorted(p.name for p in (mirror / "checkpoints").glob("step-*.ckpt"))
+    return figures
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -348,10 +365,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=20, help="steps per throughput run")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--ckpt-steps", type=int, default=125, help="steps of the checkpoint "
-                        "run (saves every --every steps; 25 more after the last one)")
+    parser.add_argument("--ckpt-steps", type=int, default=349, help="steps of each checkpoint "
+                        "run (saves every --every steps; the default makes 6 saves and lets "
+                        "the last one finish inside the run)")
     parser.add_argument("--every", type=int, default=50)
     parser.add_argument("--ckpt-batch-size", type=int, default=1)
+    parser.add_argument("--ckpt-rounds", type=int, default=2, help="interleaved rounds of the "
+                        "checkpoint runs and the baseline without checkpoints (default 2)")
     parser.add_argument("--ckpt-modes", nargs="+", default=["shipped"],
                         choices=["shipped", "save"], help="shipped: train() as it is "
                         "(save_async); save: ManagerIO patched to the inline local write")
@@ -414,29 +434,30 @@ def report(result: dict) -> None:
                       "step here: profile a run (python -m cProfile) against the hand loop")
     c = result.get("checkpoint")
     if c:
+        base = statistics.median(run["median_step_s"] for run in c["baseline"])
         print(f"{c['model']} ({c['parameters'] / 1e6:.1f}M parameters), checkpoint "
-              f"{c['checkpoint_mb']:.0f} MB every {c['every']} steps, mirrored into a "
-              f"{c['slow_folder']['latency_s']} s + {c['slow_folder']['mb_per_s']:.0f} MB/s "
-              "folder:")
+              f"{c['checkpoint_mb']:.0f} MB every {c['every']} steps ({len(c['saves'])} saves in "
+              f"{c['steps']} steps), mirrored into a {c['slow_folder']['latency_s']} s + "
+              f"{c['slow_folder']['mb_per_s']:.0f} MB/s folder; without checkpoints a step takes "
+              f"{base:.3f} s:")
         for mode, m in c["modes"].items():
             label = ("train() as shipped (save_async)" if mode == "shipped" else
                      "ManagerIO patched to save (local write inline)")
-            print(f"  {label}: steps of {m['median_step_s']:.2f} s; the step holding each "
-                  f"save {', '.join(f'{s:.2f}' for s in m['save_step_s'])} s; extra per save "
-                  f"(paired) {', '.join(f'{x:+.2f}' for x in m['extra_s_per_save'])} s")
-            print(f"    overhead {m['overhead']:+.1%} of step time (target ≤ {TARGET_CKPT:.0%})"
-                  f" — {verdict(m['overhead'] <= TARGET_CKPT)}; the save blocks its step "
-                  f"{m['blocked_overhead']:+.1%} of it (median "
-                  f"{statistics.median(m['blocked_s_per_save']):+.2f} s a save)")
-            if m["overhead"] > TARGET_CKPT and m["blocked_overhead"] <= TARGET_CKPT:
-                print("    why: the step waits for little; the rest is the background threads "
-                      "(torch.save, fsync and sha256 of the checkpoint, the mirror's copy and "
-                      "its verifying sha256) taking CPU from training on a machine whose "
-                      "cores are all busy; on a GPU the training thread mostly waits for the "
-                      "device, which should leave them a core (not measured here)")
-            elif m["overhead"] > TARGET_CKPT:
-                print("    why: the save itself holds the training step (the local write is "
-                      "inline)")
+            per = ", ".join(f"{x:+.1%}" for x in m["overhead_per_round"])
+            print(f"  {label}: overhead {m['overhead']:+.1%} of training time (rounds {per}; "
+                  f"target ≤ {TARGET_CKPT:.0%}) — {verdict(m['overhead'] <= TARGET_CKPT)}")
+            print(f"    the step holding a save waits {m['blocked_overhead']:+.1%} of a "
+                  f"checkpoint interval (median {statistics.median(m['blocked_s_per_save']):+.2f}"
+                  f" s a save: " + ", ".join(f"{b:+.2f}" for b in m["blocked_s_per_save"]) + ")")
+            print(f"    the checkpoint threads use {m['background_cpu_s_per_save']:.2f} CPU s a "
+                  f"save; with every core training, estimated {m['estimated_overhead']:+.1%} "
+                  f"of training time (wait + CPU / {torch.get_num_threads()} threads, over "
+                  f"{m['interval_s']:.1f} s)")
+            if m["overhead"] > TARGET_CKPT:
+                print("    why: the background threads (torch.save, fsync and sha256 of the "
+                      "checkpoint, the mirror's copy and its verifying sha256) take CPU from "
+                      "training on a machine whose cores are all busy; on a GPU the training "
+                      "thread mostly waits for the device, which leaves them a core")
     print(f"load average {result['load_average'][0]:.1f} on {result['cpus']} CPUs "
           "(shared machine: figures are medians of interleaved runs)")
 
