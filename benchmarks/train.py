@@ -449,11 +449,19 @@ def report(result: dict) -> None:
             print(f"    the step holding a save waits {m['blocked_overhead']:+.1%} of a "
                   f"checkpoint interval (median {statistics.median(m['blocked_s_per_save']):+.2f}"
                   f" s a save: " + ", ".join(f"{b:+.2f}" for b in m["blocked_s_per_save"]) + ")")
-            print(f"    the checkpoint threads use {m['background_cpu_s_per_save']:.2f} CPU s a "
-                  f"save; with every core training, estimated {m['estimated_overhead']:+.1%} "
-                  f"of training time (wait + CPU / {torch.get_num_threads()} threads, over "
-                  f"{m['interval_s']:.1f} s)")
-            if m["overhead"] > TARGET_CKPT:
+            threads = result["torch_threads"]
+            if threads < result["cpus"]:
+                print(f"    the checkpoint threads use {m['background_cpu_s_per_save']:.2f} CPU s "
+                      f"a save, on a core training leaves free ({threads} torch thread(s) on "
+                      f"{result['cpus']} CPUs): the wait is what a save costs")
+            else:
+                print(f"    the checkpoint threads use {m['background_cpu_s_per_save']:.2f} CPU s "
+                      f"a save; with every core training, estimated "
+                      f"{m['estimated_overhead']:+.1%} of training time (wait + CPU / "
+                      f"{threads} threads, over {m['interval_s']:.1f} s)")
+            if m["overhead"] > TARGET_CKPT and mode == "save":
+                print("    why: the local write holds the step it is taken in")
+            elif m["overhead"] > TARGET_CKPT and threads >= result["cpus"]:
                 print("    why: the background threads (torch.save, fsync and sha256 of the "
                       "checkpoint, the mirror's copy and its verifying sha256) take CPU from "
                       "training on a machine whose cores are all busy; on a GPU the training "
