@@ -160,6 +160,20 @@ def test_a_stream_written_over_a_retired_file_reuses_it_and_cuts_it_to_size(tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step.ckpt"]
 
 
+def test_a_retired_file_with_another_name_or_not_a_file_is_never_written_over(tmp_path):
+    target = tmp_path / "step.ckpt"
+    retired, backup = tmp_path / ".spare", tmp_path / "backup.ckpt"
+    retired.write_bytes(b"the user's backup")
+    os.link(retired, backup)  # e.g. a `cp -al` backup of the run folder
+    atomic.write_atomic_stream(target, lambda fh: fh.write(b"new"), reuse=retired)
+    assert backup.read_bytes() == b"the user's backup" and retired.exists()
+    assert target.read_bytes() == b"new" and target.stat().st_ino != backup.stat().st_ino
+    odd = tmp_path / "folder"
+    odd.mkdir()
+    atomic.write_atomic_stream(target, lambda fh: fh.write(b"newer"), reuse=odd)
+    assert odd.is_dir() and target.read_bytes() == b"newer"
+
+
 @pytest.mark.parametrize("refused", [None, errno.EINVAL, errno.ENOSYS])
 def test_an_unhashed_copy_goes_through_the_kernel_or_falls_back_to_reading(
         tmp_path, monkeypatch, refused):

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable
@@ -115,15 +116,16 @@ def _publish(path: Path, fill: Callable[[BinaryIO], object], reuse: Path | None 
     ``reuse``: a file no longer needed, on the same filesystem (a checkpoint rotation retired),
     that becomes the temporary file and is written over in place, then cut to the new size —
     its pages and disk blocks are reused instead of allocated (for a 200 MB checkpoint the
-    allocation is most of the write's CPU). A missing ``reuse`` is no error."""
+    allocation is most of the write's CPU). A ``reuse`` that is missing, not a regular file or
+    has another hard link is left alone and a new file is written."""
     fd, tmp = _temp_beside(path)
     try:
         reused = False
-        if reuse is not None:
+        if reuse is not None and _only_name_of_a_file(reuse):
             try:
                 os.replace(reuse, tmp)  # atomically: the old bytes now have the temp's name
                 reused = True
-            except FileNotFoundError:
+            except OSError:  # gone meanwhile, or not ours to move: write a new file
                 pass
         if reused:
             os.close(fd)
@@ -139,6 +141,16 @@ def _publish(path: Path, fill: Callable[[BinaryIO], object], reuse: Path | None 
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _only_name_of_a_file(path: Path) -> bool:
+    """Whether ``path`` is a regular file with no other name: writing over a file that is also
+    linked elsewhere (a ``cp -al`` backup of the run) would change the other copy too."""
+    try:
+        info = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_nlink == 1
 
 
 def write_atomic_stream(path: str | os.PathLike, fill: Callable[[BinaryIO], object], *,
